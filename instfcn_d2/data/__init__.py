@@ -1,0 +1,15 @@
+"""Datasets of the project, registered in detectron2's catalogs on import.
+
+- ``instfcn_shapes_train`` / ``instfcn_shapes_val``: the built-in synthetic set, generated on first
+  use under ``$INSTFCN_D2_CACHE`` (no download).
+- ``coco128_train`` / ``coco128_val``: real COCO images under ``$DETECTRON2_DATASETS/coco128``;
+  the val instance annotations are derived from its panoptic PNGs on first use.
+"""
+from .coco128 import register_coco128
+from .dataset_mapper import DatasetRecordError, InstFCNDatasetMapper
+from .synthetic import register_synthetic_shapes
+
+register_synthetic_shapes()
+register_coco128()
+
+__all__ = ["InstFCNDatasetMapper", "DatasetRecordError", "register_synthetic_shapes", "register_coco128"]
