@@ -1,0 +1,47 @@
+"""Shared pytest fixtures: where the real data lives and an isolated cache per test session."""
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """The dataset root holding ``coco128/``: ``$DETECTRON2_DATASETS`` if it has it, else ``../shared/data``."""
+    env = os.environ.get("DETECTRON2_DATASETS")
+    if env and (Path(env) / "coco128").is_dir():
+        return Path(env)
+    return (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def coco128_dir() -> Path:
+    path = shared_data_root() / "coco128"
+    if not path.is_dir():
+        pytest.fail(f"coco128 not found at {path}: set DETECTRON2_DATASETS to the folder holding coco128/")
+    return path
+
+
+def pytest_configure(config):
+    """Generated datasets and derived annotations go to a fresh temp dir per test session unless
+    the caller set ``INSTFCN_D2_CACHE``. Set here, before test modules are imported, because
+    ``import instfcn_d2`` registers the datasets (their loaders read the variable when called)."""
+    if "INSTFCN_D2_CACHE" not in os.environ:
+        path = tempfile.mkdtemp(prefix="instfcn_d2_test_cache_")
+        os.environ["INSTFCN_D2_CACHE"] = path
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
+    import importlib.util
+
+    path = REPO_ROOT / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"instfcn_tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
