@@ -1,0 +1,69 @@
+#!/usr/bin/env python
+"""Draw a model's predicted masks over dataset images (next to the ground truth) as PNGs.
+
+  python tools/visualize_predictions.py --config-file CFG --output OUT/vis \
+      MODEL.WEIGHTS OUT/model_final.pth
+
+Uses detectron2's ``DefaultPredictor`` and ``Visualizer`` unchanged. Writes one
+``<image>_pred_vs_gt.png`` per image (left: prediction, right: ground truth).
+"""
+import argparse
+import os
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from PIL import Image
+
+import instfcn_d2  # noqa: F401  (registers datasets and models)
+from instfcn_d2.config import get_instfcn_cfg
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--dataset", default=None, help="dataset name (default: the config's first DATASETS.TEST)")
+    parser.add_argument("--num-images", type=int, default=None, help="default: INSTFCN.VIS_NUM_IMAGES")
+    parser.add_argument("--score-thresh", type=float, default=None, help="default: INSTFCN.VIS_SCORE_THRESH")
+    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    return parser.parse_args(argv)
+
+
+def visualize(cfg, dataset_name, num_images, score_thresh, output_dir):
+    """Returns the list of PNG paths written."""
+    os.makedirs(output_dir, exist_ok=True)
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(dataset_name)
+    records = DatasetCatalog.get(dataset_name)[:num_images]
+    written = []
+    for i, record in enumerate(records):
+        bgr = read_image(record["file_name"], format="BGR")
+        instances = predictor(bgr)["instances"].to("cpu")
+        instances = instances[instances.scores >= score_thresh]
+        rgb = bgr[:, :, ::-1]
+        pred = Visualizer(rgb, metadata, scale=2.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
+        gt = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(record)
+        panel = np.concatenate([pred.get_image(), np.full((pred.get_image().shape[0], 8, 3), 255, np.uint8), gt.get_image()], axis=1)
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(output_dir, f"{stem}_pred_vs_gt.png")
+        Image.fromarray(panel).save(path)
+        written.append(path)
+        print(f"[visualize] {i + 1}/{len(records)} {path}: {len(instances)} instances >= {score_thresh}", flush=True)
+    return written
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = get_instfcn_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    dataset = args.dataset or cfg.DATASETS.TEST[0]
+    num = cfg.INSTFCN.VIS_NUM_IMAGES if args.num_images is None else args.num_images
+    thresh = cfg.INSTFCN.VIS_SCORE_THRESH if args.score_thresh is None else args.score_thresh
+    visualize(cfg, dataset, num, thresh, args.output)
+
+
+if __name__ == "__main__":
+    main()
