@@ -120,4 +120,4 @@ if ! "$PY" -c "import instfcn_d2" 2>/dev/null || [ "$(cat "$BUILD_STAMP" 2>/dev/
 else
   say "instfcn_d2 installed, instfcn_d2._C [$flavor] up to date"
 fi
-"$PY" -c "import instfcn_d2, instfcn_d2._C, detectron2, torch; print('[setup_env] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| instfcn_d2', instfcn_d2.__version__)"
+"$PY" -W ignore::FutureWarning -c "import instfcn_d2, instfcn_d2._C, detectron2, torch; print('[setup_env] ready: torch', torch.__version__, '| detectron2', detectron2.__version__, '| instfcn_d2', instfcn_d2.__version__)"

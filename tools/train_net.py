@@ -42,7 +42,9 @@ def main(args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # detectron2 v0.6's train() returns the final evaluation only with TEST.EXPECTED_RESULTS set.
+    return getattr(trainer, "_last_eval_results", None)
 
 
 def run(argv=None):
