@@ -42,6 +42,8 @@ def _assert_same(a, b):
     torch.testing.assert_close(gw_a, gw_b)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the Python shape checks
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace.*is deprecated:FutureWarning")
 def test_jit_trace():
     model = _Both().eval()
     ps_maps, win_maps = _inputs(0)

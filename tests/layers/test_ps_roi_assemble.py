@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torchvision
+from detectron2.layers import ROIAlign
 
 from instfcn_d2.layers import PSRoIAssemble, ps_roi_assemble
 from instfcn_d2.layers.reference import ps_roi_assemble_reference
@@ -21,9 +22,9 @@ def _rois(n_rois, batch, height, width, scale, generator, dtype=torch.float32, m
     return torch.cat([b, lo, hi], dim=1).to(dtype)
 
 
-# RoIs (scale 0.5 on an 8x10 map) whose sample points avoid integer coordinates, so that
+# RoIs (scale 0.5 on a 5x6 map) whose sample points avoid integer coordinates, so that
 # bilinear interpolation is differentiable there (for gradcheck); one is partly outside the map.
-_SMOOTH_ROIS = [[0, 1.3, 2.2, 13.7, 11.1], [1, -3.3, 4.1, 7.7, 20.9], [1, 5.1, 5.3, 5.6, 6.2]]
+_SMOOTH_ROIS = [[0, 1.3, 2.2, 9.7, 8.1], [1, -3.3, 1.1, 5.7, 12.9], [1, 5.1, 5.3, 5.6, 6.2]]
 
 
 @pytest.mark.parametrize("aligned", [True, False])
@@ -115,14 +116,15 @@ def test_backward_matches_reference(aligned, sampling_ratio):
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_gradcheck(aligned, sampling_ratio):
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 9 * 2, 8, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 9, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor(_SMOOTH_ROIS, dtype=torch.float64)
 
     def fn(t):
-        return ps_roi_assemble(t, rois, 7, 3, 0.5, sampling_ratio, aligned)
+        return ps_roi_assemble(t, rois, 5, 3, 0.5, sampling_ratio, aligned)
 
     assert torch.autograd.gradcheck(fn, (x,))
-    assert torch.autograd.gradgradcheck(fn, (x,))
+    # The op is linear in x: the backward's own gradient is the forward, checked here.
+    assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
 
 
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
@@ -144,11 +146,10 @@ def test_matches_torchvision_ps_roi_align(sampling_ratio):
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_k1_matches_detectron2_roi_align(aligned, sampling_ratio):
     """With one cell (k = 1) the op is RoIAlign: detectron2's ROIAlign module, both conventions."""
-    detectron2_layers = pytest.importorskip("detectron2.layers")
     g = torch.Generator().manual_seed(31)
     x = torch.randn(2, 6, 15, 17, generator=g)
     rois = _rois(20, 2, 15, 17, 0.25, g, margin=0.1)
-    d2 = detectron2_layers.ROIAlign((14, 14), 0.25, sampling_ratio, aligned=aligned)(x, rois)
+    d2 = ROIAlign((14, 14), 0.25, sampling_ratio, aligned=aligned)(x, rois)
     ours = PSRoIAssemble(14, 1, 0.25, sampling_ratio, aligned=aligned)(x, rois)
     torch.testing.assert_close(ours, d2, rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,13 @@
+"""Native position-sensitive assembling layers (``torch.ops.instfcn_d2.*``) and their references.
+
+- :func:`ps_roi_assemble` / :class:`PSRoIAssemble`: per-RoI ``m x m`` assembling with bilinear
+  (RoIAlign) sampling from ``k x k`` position-sensitive groups, for FCIS and BiSeg.
+- :func:`window_assemble` / :class:`WindowAssemble`: InstanceFCN's ``m x m`` sliding windows
+  assembled by copying from ``k*k`` instance-sensitive maps (dense or at listed positions).
+- :mod:`.reference`: pure-PyTorch oracles of the ops (slow; for tests).
+"""
+from ._ext import has_cuda
+from .ps_roi_assemble import PSRoIAssemble, ps_roi_assemble
+from .window_assemble import WindowAssemble, window_assemble
+
+__all__ = ["PSRoIAssemble", "ps_roi_assemble", "WindowAssemble", "window_assemble", "has_cuda"]

@@ -1,0 +1,187 @@
+"""Instance-sensitive window assembling (InstanceFCN): ``window_assemble`` and ``WindowAssemble``.
+
+The ``k*k`` instance-sensitive score maps score "this pixel is at relative position (gi, gj) of
+an instance". A sliding ``m x m`` window (``m = 21`` feature pixels, ``k = 5`` in the paper) is
+assembled by pure copying: pixel ``(u, v)`` of the window whose top-left corner is ``(y, x)`` is
+``input[n, gi*k + gj, y+u, x+v]`` with ``gi = floor(u*k/m)``, ``gj = floor(v*k/m)``.
+
+Two forms:
+
+- dense (``positions=None``): every window that fits in the map,
+  ``(N, k*k, H, W) -> (N, H-m+1, W-m+1, m, m)`` (a zero-size dimension when ``H < m`` or ``W < m``);
+- listed: windows at ``positions`` ``(P, 3)`` integer rows ``(batch_index, y, x)``,
+  ``-> (P, m, m)``; pixels outside the map read 0 and get no gradient.
+
+The ops are ``torch.ops.instfcn_d2.window_assemble_dense`` / ``window_assemble`` (CPU:
+float32/float64; CUDA: also float16/bfloat16), differentiable w.r.t. ``input`` and usable under
+``torch.jit.trace``, ``torch.compile`` and ``torch.export``.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import _ext  # noqa: F401  (loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
+
+__all__ = ["window_assemble", "WindowAssemble"]
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# ---- fake (meta) kernels -------------------------------------------------------------------------
+@torch.library.register_fake("instfcn_d2::window_assemble_dense")
+def _dense_fake(input, window_size, group_size):
+    n, _, h, w = input.shape
+    m = window_size
+    return input.new_empty((n, torch.sym_max(h - m + 1, 0), torch.sym_max(w - m + 1, 0), m, m))
+
+
+@torch.library.register_fake("instfcn_d2::window_assemble_dense_backward")
+def _dense_backward_fake(grad, window_size, group_size, height, width):
+    return grad.new_empty((grad.shape[0], group_size * group_size, height, width))
+
+
+@torch.library.register_fake("instfcn_d2::window_assemble")
+def _listed_fake(input, positions, window_size, group_size):
+    return input.new_empty((positions.shape[0], window_size, window_size))
+
+
+@torch.library.register_fake("instfcn_d2::window_assemble_backward")
+def _listed_backward_fake(grad, positions, window_size, group_size, batch_size, height, width):
+    return grad.new_empty((batch_size, group_size * group_size, height, width))
+
+
+# ---- autograd: copying is linear, so each backward's own gradient is its forward ----------------
+def _dense_setup(ctx, inputs, output):
+    input, window_size, group_size = inputs
+    ctx.params = (window_size, group_size)
+    ctx.hw = (input.shape[2], input.shape[3])
+
+
+def _dense_backward(ctx, grad):
+    return torch.ops.instfcn_d2.window_assemble_dense_backward(grad, *ctx.params, *ctx.hw), None, None
+
+
+def _dense_backward_setup(ctx, inputs, output):
+    ctx.params = inputs[1:3]
+
+
+def _dense_backward_backward(ctx, grad_grad_input):
+    return (torch.ops.instfcn_d2.window_assemble_dense(grad_grad_input, *ctx.params),) + (None,) * 4
+
+
+def _listed_setup(ctx, inputs, output):
+    input, positions, window_size, group_size = inputs
+    ctx.save_for_backward(positions)
+    ctx.params = (window_size, group_size)
+    ctx.shape = (input.shape[0], input.shape[2], input.shape[3])
+
+
+def _listed_backward(ctx, grad):
+    (positions,) = ctx.saved_tensors
+    grad_input = torch.ops.instfcn_d2.window_assemble_backward(grad, positions, *ctx.params, *ctx.shape)
+    return grad_input, None, None, None
+
+
+def _listed_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.params = inputs[2:4]
+
+
+def _listed_backward_backward(ctx, grad_grad_input):
+    (positions,) = ctx.saved_tensors
+    return (torch.ops.instfcn_d2.window_assemble(grad_grad_input, positions, *ctx.params),) + (None,) * 6
+
+
+torch.library.register_autograd("instfcn_d2::window_assemble_dense", _dense_backward, setup_context=_dense_setup)
+torch.library.register_autograd(
+    "instfcn_d2::window_assemble_dense_backward", _dense_backward_backward, setup_context=_dense_backward_setup
+)
+torch.library.register_autograd("instfcn_d2::window_assemble", _listed_backward, setup_context=_listed_setup)
+torch.library.register_autograd(
+    "instfcn_d2::window_assemble_backward", _listed_backward_backward, setup_context=_listed_backward_setup
+)
+
+
+# ---- Python face ---------------------------------------------------------------------------------
+def _check_sizes(window_size: int, group_size: int) -> None:
+    for name, value in (("window_size", window_size), ("group_size", group_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"window_assemble: {name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"window_assemble: {name} must be >= 1, got {value}")
+    if group_size > window_size:
+        raise ValueError(
+            f"window_assemble: group_size (k = {group_size}) must be <= window_size (m = {window_size}): "
+            "every grid cell needs at least one window pixel"
+        )
+
+
+def _check_input(input: Tensor, group_size: int) -> None:
+    kk = group_size * group_size
+    if input.dim() != 4 or input.shape[1] != kk:
+        raise ValueError(
+            f"window_assemble: input must have shape (N, k*k, H, W) with k*k = {kk} channels "
+            f"(group_size k = {group_size}), got {tuple(input.shape)}"
+        )
+    allowed = _CPU_DTYPES if input.device.type == "cpu" else _CUDA_DTYPES
+    if input.dtype not in allowed:
+        raise TypeError(
+            f"window_assemble: {input.device.type} kernel supports {[str(d) for d in allowed]}, got {input.dtype}"
+        )
+
+
+def _check_positions(positions: Tensor, input: Tensor) -> Tensor:
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError(
+            f"window_assemble: positions must have shape (P, 3) = (batch_index, y, x), got {tuple(positions.shape)}"
+        )
+    if positions.dtype.is_floating_point or positions.dtype.is_complex or positions.dtype == torch.bool:
+        raise TypeError(f"window_assemble: positions must be an integer tensor, got {positions.dtype}")
+    if positions.device != input.device:
+        raise ValueError(f"window_assemble: positions is on {positions.device} but input is on {input.device}")
+    return positions.to(torch.int64)
+
+
+def window_assemble(
+    input: Tensor, window_size: int = 21, group_size: int = 5, positions: Optional[Tensor] = None
+) -> Tensor:
+    """Assemble ``m x m`` windows from ``k*k`` instance-sensitive score maps by copying.
+
+    Args:
+        input: ``(N, k*k, H, W)``; channel ``gi*k + gj`` scores relative position ``(gi, gj)``.
+        window_size: ``m``, window side in feature pixels.
+        group_size: ``k``, cells per window side (``1 <= k <= m``).
+        positions: ``None`` for every window that fits, or ``(P, 3)`` integer rows
+            ``(batch_index, y, x)`` of window top-left corners (may lie outside the map).
+
+    Returns:
+        ``(N, H-m+1, W-m+1, m, m)`` (dense) or ``(P, m, m)`` (listed).
+    """
+    _check_sizes(window_size, group_size)
+    _check_input(input, group_size)
+    if positions is None:
+        return torch.ops.instfcn_d2.window_assemble_dense(input, window_size, group_size)
+    positions = _check_positions(positions, input)
+    return torch.ops.instfcn_d2.window_assemble(input, positions, window_size, group_size)
+
+
+class WindowAssemble(nn.Module):
+    """Module form of :func:`window_assemble`.
+
+    ``forward(input (N, k*k, H, W), positions=None) -> (N, H-m+1, W-m+1, m, m)``, or ``(P, m, m)``
+    for ``positions`` ``(P, 3)``.
+    """
+
+    def __init__(self, window_size: int = 21, group_size: int = 5):
+        super().__init__()
+        _check_sizes(window_size, group_size)
+        self.window_size = window_size
+        self.group_size = group_size
+
+    def forward(self, input: Tensor, positions: Optional[Tensor] = None) -> Tensor:
+        return window_assemble(input, self.window_size, self.group_size, positions)
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}, group_size={self.group_size}"

@@ -1,0 +1,66 @@
+// Operator registration of instfcn_d2's native layers.
+//
+// Schemas live in TORCH_LIBRARY(instfcn_d2): torch.ops.instfcn_d2.<name>. Kernels are
+// registered per device; fake (meta) kernels and autograd formulas are registered from Python
+// (instfcn_d2/layers/), which is what torch.compile / torch.export / torch.jit.trace use.
+// SymInt arguments let the backward ops carry symbolic input shapes under torch.compile.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "ps_roi_assemble/ps_roi_assemble.h"
+#include "window_assemble/window_assemble.h"
+
+namespace instfcn_d2 {
+namespace {
+bool has_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+} // namespace
+} // namespace instfcn_d2
+
+TORCH_LIBRARY(instfcn_d2, m) {
+  m.def(
+      "ps_roi_assemble(Tensor input, Tensor rois, float spatial_scale, int output_size, int group_size, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "ps_roi_assemble_backward(Tensor grad, Tensor rois, float spatial_scale, int output_size, int group_size, "
+      "int sampling_ratio, bool aligned, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  m.def("window_assemble_dense(Tensor input, int window_size, int group_size) -> Tensor");
+  m.def(
+      "window_assemble_dense_backward(Tensor grad, int window_size, int group_size, SymInt height, "
+      "SymInt width) -> Tensor");
+  m.def("window_assemble(Tensor input, Tensor positions, int window_size, int group_size) -> Tensor");
+  m.def(
+      "window_assemble_backward(Tensor grad, Tensor positions, int window_size, int group_size, "
+      "SymInt batch_size, SymInt height, SymInt width) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
+  m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cpu);
+  m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cpu);
+  m.impl("window_assemble_dense", &instfcn_d2::window_assemble_dense_forward_cpu);
+  m.impl("window_assemble_dense_backward", &instfcn_d2::window_assemble_dense_backward_cpu);
+  m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cpu);
+  m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(instfcn_d2, CUDA, m) {
+  m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cuda);
+  m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cuda);
+  m.impl("window_assemble_dense", &instfcn_d2::window_assemble_dense_forward_cuda);
+  m.impl("window_assemble_dense_backward", &instfcn_d2::window_assemble_dense_backward_cuda);
+  m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cuda);
+  m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cuda);
+}
+#endif
+
+// The operators above are reached through torch.ops.instfcn_d2; the Python module itself only
+// reports how it was built.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("has_cuda", &instfcn_d2::has_cuda, "True when the extension was compiled with its CUDA kernels");
+}

@@ -1,0 +1,126 @@
+// Instance-sensitive window assembling (InstanceFCN).
+//
+// Contract shared by the CPU (window_assemble_cpu.cpp) and CUDA (window_assemble_cuda.cu)
+// kernels; the operators are registered in ../vision.cpp as
+//   instfcn_d2::window_assemble_dense(Tensor input, int window_size, int group_size) -> Tensor
+//   instfcn_d2::window_assemble_dense_backward(Tensor grad, int window_size, int group_size,
+//       SymInt height, SymInt width) -> Tensor
+//   instfcn_d2::window_assemble(Tensor input, Tensor positions, int window_size,
+//       int group_size) -> Tensor
+//   instfcn_d2::window_assemble_backward(Tensor grad, Tensor positions, int window_size,
+//       int group_size, SymInt batch_size, SymInt height, SymInt width) -> Tensor
+//
+// Shapes (k = group_size, m = window_size, k <= m):
+//   input      (N, k*k, H, W)       instance-sensitive score maps
+//   dense      (N, H-m+1, W-m+1, m, m)  one m x m window per top-left corner (y, x) where the
+//                                   window fits; a zero-size dimension when H < m or W < m
+//   positions  (P, 3) int64         rows (batch_index, y, x): window top-left corners, which may
+//                                   lie partly or wholly outside the map
+//   listed     (P, m, m)
+//
+// Semantics: pure copying, no interpolation. Pixel (u, v) of the window with top-left corner
+// (y, x) is input[n, gi*k + gj, y + u, x + v], gi = floor(u*k/m), gj = floor(v*k/m). For listed
+// windows, pixels outside the map read 0 and receive no gradient. Backward sums the gradients
+// of every window pixel that copied an input pixel (CPU: each thread owns whole input planes,
+// no atomics; CUDA: the dense backward gathers per input pixel, the listed backward uses
+// atomics because listed windows may overlap).
+//
+// CPU kernels: float32 / float64. CUDA kernels: float32 / float64 / float16 / bfloat16.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace instfcn_d2 {
+
+at::Tensor window_assemble_dense_forward_cpu(const at::Tensor& input, int64_t window_size, int64_t group_size);
+at::Tensor window_assemble_dense_backward_cpu(
+    const at::Tensor& grad,
+    int64_t window_size,
+    int64_t group_size,
+    int64_t height,
+    int64_t width);
+at::Tensor window_assemble_forward_cpu(
+    const at::Tensor& input,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size);
+at::Tensor window_assemble_backward_cpu(
+    const at::Tensor& grad,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size,
+    int64_t batch_size,
+    int64_t height,
+    int64_t width);
+
+#ifdef WITH_CUDA
+at::Tensor window_assemble_dense_forward_cuda(const at::Tensor& input, int64_t window_size, int64_t group_size);
+at::Tensor window_assemble_dense_backward_cuda(
+    const at::Tensor& grad,
+    int64_t window_size,
+    int64_t group_size,
+    int64_t height,
+    int64_t width);
+at::Tensor window_assemble_forward_cuda(
+    const at::Tensor& input,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size);
+at::Tensor window_assemble_backward_cuda(
+    const at::Tensor& grad,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size,
+    int64_t batch_size,
+    int64_t height,
+    int64_t width);
+#endif
+
+// Argument checks shared by every kernel (the Python layer checks first, with the same words).
+inline void window_assemble_check_sizes(int64_t window_size, int64_t group_size) {
+  TORCH_CHECK(group_size >= 1, "window_assemble: group_size (k) must be >= 1, got ", group_size);
+  TORCH_CHECK(window_size >= 1, "window_assemble: window_size (m) must be >= 1, got ", window_size);
+  TORCH_CHECK(
+      group_size <= window_size,
+      "window_assemble: group_size (k = ",
+      group_size,
+      ") must be <= window_size (m = ",
+      window_size,
+      "): every grid cell needs at least one window pixel");
+}
+
+inline void window_assemble_check_input(const at::Tensor& input, int64_t window_size, int64_t group_size) {
+  window_assemble_check_sizes(window_size, group_size);
+  TORCH_CHECK(
+      input.dim() == 4 && input.size(1) == group_size * group_size,
+      "window_assemble: input must have shape (N, k*k, H, W) with k*k = ",
+      group_size * group_size,
+      " channels, got ",
+      input.sizes());
+}
+
+inline void window_assemble_check_positions(const at::Tensor& positions, const at::Tensor& other, const char* other_name) {
+  TORCH_CHECK(
+      positions.dim() == 2 && positions.size(1) == 3,
+      "window_assemble: positions must have shape (P, 3) = (batch_index, y, x), got ",
+      positions.sizes());
+  TORCH_CHECK(
+      positions.scalar_type() == at::kLong,
+      "window_assemble: positions must be int64, got ",
+      positions.scalar_type());
+  TORCH_CHECK(
+      positions.device() == other.device(),
+      "window_assemble: positions is on ",
+      positions.device(),
+      " but ",
+      other_name,
+      " is on ",
+      other.device());
+}
+
+// Bins [cell_start(g), cell_start(g + 1)) of an m-long axis have floor(p * k / m) == g.
+C10_HOST_DEVICE inline int64_t window_cell_start(int64_t g, int64_t k, int64_t m) {
+  return (g * m + k - 1) / k;
+}
+
+} // namespace instfcn_d2
