@@ -7,6 +7,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
 from ..data.dataset_mapper import InstFCNDatasetMapper
+from ..evaluation import SegmentProposalEvaluator
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
@@ -17,7 +18,9 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type", None)
     evaluators = []
-    if kind == "coco":
+    if kind == "coco" and cfg.MODEL.META_ARCHITECTURE == "InstanceFCN":  # class-agnostic segment proposals
+        evaluators.append(SegmentProposalEvaluator(dataset_name, output_dir=output_folder, distributed=True))
+    elif kind == "coco":
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder))
     elif kind == "sem_seg":

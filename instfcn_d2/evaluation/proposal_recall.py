@@ -1,0 +1,347 @@
+"""Class-agnostic segment-proposal recall (InstanceFCN's AR@N, the paper's Fig. 6 / Tables 1-3).
+
+``SegmentProposalEvaluator`` is a detectron2 ``DatasetEvaluator`` for models whose outputs are
+``Instances`` with ``pred_masks`` and ``scores``; classes are ignored. For every image it keeps
+the top-N proposals by score, measures the mask IoU with the ground-truth instances and matches
+them one-to-one exactly as pycocotools' ``COCOeval`` does with ``iouType="segm"`` and
+``params.useCats = 0``:
+
+- proposals are visited by descending score (stable sort: equal scores keep the model's order);
+- each one takes, among the still unmatched ground truths with IoU >= the threshold, the one with
+  the highest IoU (ties: the *last* in COCO's ground-truth order, i.e. the dataset's annotation
+  order grouped by ``category_id``), so each ground truth is matched at most once;
+- recall at a threshold = matched ground truths / ground truths, pooled over all images (not a
+  mean of per-image recalls); AR@N = mean of the recalls over IoU 0.50:0.05:0.95.
+
+Crowd ground truths (``iscrowd=1``) are left out of recall: COCO only lets them absorb proposals
+(a proposal matched to a crowd region is neither a hit nor does it free its top-N slot), which
+never changes which non-crowd instance another proposal matches, so dropping them gives COCO's
+recall exactly. Object sizes use the annotation's ``area`` when the record has one, else the
+rule of detectron2's ``convert_to_coco_dict`` (polygon area by the shoelace formula, RLE pixel
+count), with COCO's inclusive ranges small [0, 32^2], medium [32^2, 96^2], large [96^2, 1e10].
+
+Numbers are reported x100 (percent), like detectron2's COCO AP/AR. A recall with no non-crowd
+ground truth to recall (the whole dataset, or one size range) is NaN, with a warning in the log
+(COCOeval reports -1 there).
+"""
+import io
+import json
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+logger = logging.getLogger(__name__)
+
+# The very array COCOeval uses (``Params.setDetParams``), so thresholds compare bit-identically.
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+
+# COCO's size ranges (inclusive on both ends, as COCOeval's ``area < lo or area > hi`` ignore test).
+AREA_RANGES = OrderedDict(
+    [("all", (0.0, 1e5**2)), ("small", (0.0, 32.0**2)), ("medium", (32.0**2, 96.0**2)), ("large", (96.0**2, 1e5**2))]
+)
+_AREA_KEY = {"small": "s", "medium": "m", "large": "l"}
+
+PLOT_FILE = "proposal_recall_vs_iou.png"
+JSON_FILE = "proposal_recall.json"
+
+
+def match_proposals(ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
+    """COCO's greedy one-to-one matching of score-sorted proposals to ground truths.
+
+    Args:
+        ious: ``(D, G)`` mask IoU of the ``D`` proposals, sorted by descending score, with the
+            ``G`` non-crowd ground truths of one image, in COCO's ground-truth order.
+        iou_thresholds: ``(T,)`` thresholds.
+
+    Returns:
+        ``(T, G)`` int64: for each threshold and ground truth, the rank (row of ``ious``) of the
+        proposal matched to it, -1 if none. The matching of the top-``N`` proposals is the first
+        ``N`` ranks of this one (greedy in score order), so ``0 <= rank < N`` counts hits at N.
+    """
+    ious = np.asarray(ious, dtype=np.float64)
+    if ious.ndim != 2:
+        raise ValueError(f"match_proposals: ious must be (D, G), got shape {ious.shape}")
+    thresholds = np.asarray(iou_thresholds, dtype=np.float64)
+    num_dets, num_gts = ious.shape
+    ranks = np.full((len(thresholds), num_gts), -1, dtype=np.int64)
+    if num_dets == 0 or num_gts == 0:
+        return ranks
+    # COCOeval caps the threshold just below 1 so that a perfect mask still matches at t = 1.
+    eff = np.minimum(thresholds, 1 - 1e-10)[:, None]  # (T, 1)
+    free = np.ones((len(thresholds), num_gts), dtype=bool)
+    rows = np.arange(len(thresholds))
+    useful = np.nonzero(ious.max(axis=1) >= eff.min())[0]  # others can match nothing
+    for d in useful:
+        ok = free & (ious[d][None, :] >= eff)  # (T, G)
+        hit = ok.any(axis=1)
+        if not hit.any():
+            continue
+        vals = np.where(ok, ious[d][None, :], -np.inf)
+        best = num_gts - 1 - np.argmax(vals[:, ::-1], axis=1)  # last of the maxima, as COCOeval
+        ranks[rows[hit], best[hit]] = d
+        free[rows[hit], best[hit]] = False
+        if not free.any():
+            break
+    return ranks
+
+
+def _encode_masks(masks: np.ndarray) -> List[dict]:
+    """``(R, H, W)`` binary masks -> R compressed RLEs (COCOEvaluator's encoding)."""
+    if len(masks) == 0:
+        return []
+    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
+def _gt_rle_and_area(ann: dict, height: int, width: int, where: str) -> Tuple[dict, float]:
+    """One annotation's mask as a compressed RLE (COCO's ``annToRLE``) and its area."""
+    from detectron2.structures.masks import polygon_area
+
+    seg = ann.get("segmentation", None)
+    if seg is None:
+        raise ValueError(f"{where}: annotation has no 'segmentation'; segment proposals need instance masks")
+    if isinstance(seg, list):  # polygons [[x0, y0, x1, y1, ...], ...]
+        polys = [np.asarray(p, dtype=np.float64) for p in seg]
+        if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
+            raise ValueError(f"{where}: polygon segmentation needs >= 3 (x, y) points per polygon")
+        rle = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))
+        area = float(np.sum([polygon_area(p[0::2], p[1::2]) for p in polys]))
+    elif isinstance(seg, dict):  # RLE, compressed (str/bytes counts) or not (list counts)
+        if list(seg.get("size", [])) != [height, width]:
+            raise ValueError(f"{where}: RLE size {seg.get('size')} != image (height, width) ({height}, {width})")
+        rle = mask_util.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
+        area = float(mask_util.area(rle))
+    elif isinstance(seg, np.ndarray):  # binary mask (H, W), as detectron2 accepts
+        if seg.shape != (height, width):
+            raise ValueError(f"{where}: mask shape {seg.shape} != image (height, width) ({height}, {width})")
+        rle = _encode_masks(seg[None].astype(bool))[0]
+        area = float(mask_util.area(rle))
+    else:
+        raise TypeError(f"{where}: unknown segmentation type {type(seg).__name__}")
+    if "area" in ann:  # the dataset's own area (as in its COCO json) wins, as in COCOEvaluator
+        area = float(ann["area"])
+    return rle, area
+
+
+class SegmentProposalEvaluator(DatasetEvaluator):
+    """Class-agnostic mask recall AR@N of segment proposals (see the module docstring).
+
+    ``evaluate()`` returns ``{"proposals": {"AR@10": ..., "AR@100": ..., "AR@1000": ...,
+    "AR_s@1000": ..., "AR_m@1000": ..., "AR_l@1000": ...}}`` in percent (the size keys at the
+    largest N), and when ``output_dir`` is set writes ``proposal_recall_vs_iou.png`` (recall vs IoU
+    threshold, one curve per N) and ``proposal_recall.json`` (the raw recalls, fractions in [0, 1]).
+    Only the images passed to :meth:`process` are evaluated.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        max_dets: Sequence[int] = (10, 100, 1000),
+        output_dir: Optional[str] = None,
+        distributed: bool = True,
+    ):
+        """
+        Args:
+            dataset_name: a ``DatasetCatalog`` name; its records (with ``image_id``, ``height``,
+                ``width``, ``annotations`` holding ``segmentation``) are the ground truth.
+            max_dets: the numbers N of top-scoring proposals per image (positive, increasing).
+            output_dir: where the plot and JSON go (nothing written when None).
+            distributed: gather the predictions of all processes to the main one.
+        """
+        max_dets = tuple(int(n) for n in max_dets)
+        if not max_dets or any(n <= 0 for n in max_dets) or list(max_dets) != sorted(set(max_dets)):
+            raise ValueError(f"SegmentProposalEvaluator: max_dets must be positive and increasing, got {max_dets}")
+        self._dataset_name = dataset_name
+        self._max_dets = max_dets
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self._predictions: List[dict] = []
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        """Keep the top ``max(max_dets)`` proposals of each image as RLEs.
+
+        ``inputs[i]`` needs ``image_id``; ``outputs[i]["instances"]`` needs ``pred_masks``
+        ``(R, H, W)`` (bool; other dtypes are binarised at > 0.5) at the image resolution and
+        ``scores`` ``(R,)``.
+        """
+        keep = self._max_dets[-1]
+        for inp, out in zip(inputs, outputs):
+            if "image_id" not in inp:
+                raise KeyError(f"SegmentProposalEvaluator({self._dataset_name}): an input has no 'image_id'")
+            image_id = inp["image_id"]
+            if "instances" not in out:
+                raise KeyError(f"SegmentProposalEvaluator: output of image_id {image_id} has no 'instances'")
+            inst = out["instances"].to("cpu")
+            for field in ("pred_masks", "scores"):
+                if not inst.has(field):
+                    raise KeyError(f"SegmentProposalEvaluator: instances of image_id {image_id} have no '{field}'")
+            scores = inst.scores.numpy().astype(np.float64)
+            order = np.argsort(-scores, kind="mergesort")[:keep]  # COCOeval's stable score sort
+            masks = inst.pred_masks.numpy()[order]  # (min(R, keep), H, W)
+            masks = masks if masks.dtype == bool else masks > 0.5
+            self._predictions.append(
+                {
+                    "image_id": image_id,
+                    "size": tuple(int(s) for s in inst.image_size),
+                    "scores": scores[order],
+                    "rles": _encode_masks(masks),
+                }
+            )
+
+    def evaluate(self):
+        if self._distributed:
+            comm.synchronize()
+            gathered = comm.gather(self._predictions, dst=0)
+            if not comm.is_main_process():
+                return {}
+            predictions = [p for chunk in gathered for p in chunk]
+        else:
+            predictions = self._predictions
+        if not predictions:
+            logger.warning("SegmentProposalEvaluator(%s): no images were processed", self._dataset_name)
+            return {}
+        stats = self._compute(predictions)
+        results = self._summarize(stats)
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            with PathManager.open(os.path.join(self._output_dir, JSON_FILE), "w") as f:
+                json.dump(_json_safe({**stats, "AR": results}), f, indent=1)
+            with PathManager.open(os.path.join(self._output_dir, PLOT_FILE), "wb") as f:
+                f.write(plot_recall_vs_iou(stats["iou_thresholds"], stats["recall"]["all"], self._max_dets))
+        return {"proposals": results}
+
+    def _compute(self, predictions: List[dict]) -> dict:
+        """Matched counts per area range, N and threshold, pooled over the processed images."""
+        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
+        num_t, num_n = len(IOU_THRESHOLDS), len(self._max_dets)
+        hits = {a: np.zeros((num_n, num_t), dtype=np.int64) for a in AREA_RANGES}
+        num_gt = {a: 0 for a in AREA_RANGES}
+        num_crowd, seen = 0, set()
+        for pred in predictions:
+            image_id = pred["image_id"]
+            if image_id in seen:
+                logger.warning("SegmentProposalEvaluator: image_id %s processed twice; keeping the first", image_id)
+                continue
+            seen.add(image_id)
+            if image_id not in records:
+                raise KeyError(f"SegmentProposalEvaluator: image_id {image_id} is not in dataset '{self._dataset_name}'")
+            rles, areas, crowd = self._ground_truth(records[image_id], pred["size"])
+            num_crowd += crowd
+            if rles and pred["rles"]:
+                ious = np.asarray(mask_util.iou(pred["rles"], rles, [0] * len(rles)), dtype=np.float64)
+                ranks = match_proposals(ious.reshape(len(pred["rles"]), len(rles)))
+            else:
+                ranks = np.full((num_t, len(rles)), -1, dtype=np.int64)
+            for a, (lo, hi) in AREA_RANGES.items():
+                in_range = (areas >= lo) & (areas <= hi)
+                num_gt[a] += int(in_range.sum())
+                for i, n in enumerate(self._max_dets):
+                    hits[a][i] += ((ranks >= 0) & (ranks < n) & in_range[None, :]).sum(axis=1)
+        recall = {}
+        for a in AREA_RANGES:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rec = hits[a] / num_gt[a] if num_gt[a] else np.full((num_n, num_t), np.nan)
+            recall[a] = {str(n): rec[i].tolist() for i, n in enumerate(self._max_dets)}
+        if num_gt["all"] == 0:
+            logger.warning(
+                "SegmentProposalEvaluator(%s): the %d evaluated images have no non-crowd ground truth; "
+                "recall is undefined (NaN)", self._dataset_name, len(seen)
+            )
+        return {
+            "dataset": self._dataset_name,
+            "iou_thresholds": IOU_THRESHOLDS.tolist(),
+            "max_dets": list(self._max_dets),
+            "num_images": len(seen),
+            "num_gt": num_gt,
+            "num_crowd_gt_excluded": num_crowd,
+            "recall": recall,
+        }
+
+    def _ground_truth(self, record: dict, pred_size: Tuple[int, int]) -> Tuple[List[dict], np.ndarray, int]:
+        """Non-crowd gt RLEs in COCOeval's order (``category_id`` groups, dataset order within),
+        their areas ``(G,)``, and the number of crowd gts left out."""
+        image_id = record["image_id"]
+        height, width = int(record.get("height", pred_size[0])), int(record.get("width", pred_size[1]))
+        if (height, width) != tuple(pred_size):
+            raise ValueError(
+                f"SegmentProposalEvaluator: image_id {image_id} of '{self._dataset_name}' is {height}x{width} "
+                f"but its predicted masks are {pred_size[0]}x{pred_size[1]}; masks must be at image resolution"
+            )
+        anns = record.get("annotations", [])
+        order = sorted(range(len(anns)), key=lambda i: anns[i].get("category_id", 0))  # stable
+        rles, areas, crowd = [], [], 0
+        for i in order:
+            ann = anns[i]
+            if ann.get("iscrowd", 0):
+                crowd += 1
+                continue
+            where = f"dataset '{self._dataset_name}', image_id {image_id}, annotation {i}"
+            rle, area = _gt_rle_and_area(ann, height, width, where)
+            rles.append(rle)
+            areas.append(area)
+        return rles, np.asarray(areas, dtype=np.float64), crowd
+
+    def _summarize(self, stats: dict) -> Dict[str, float]:
+        results = OrderedDict()
+        for n in self._max_dets:
+            results[f"AR@{n}"] = _mean_percent(stats["recall"]["all"][str(n)])
+        top = str(self._max_dets[-1])
+        for a, key in _AREA_KEY.items():
+            results[f"AR_{key}@{top}"] = _mean_percent(stats["recall"][a][top])
+        logger.info(
+            "Segment proposal recall on %s (%d images, %d non-crowd gt): %s",
+            self._dataset_name, stats["num_images"], stats["num_gt"]["all"],
+            ", ".join(f"{k}={v:.2f}" for k, v in results.items()),
+        )
+        return results
+
+
+def _mean_percent(recalls: Sequence[float]) -> float:
+    return float(np.mean(recalls) * 100.0)
+
+
+def _json_safe(obj):
+    """NaN -> None so the JSON file stays standard."""
+    if isinstance(obj, float):
+        return None if np.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def plot_recall_vs_iou(iou_thresholds: Sequence[float], recall: Dict[str, Sequence[float]], max_dets) -> bytes:
+    """The paper's Fig. 6 for one model: recall (y) vs IoU threshold (x), one curve per N
+    (``recall[str(N)]`` of length T, fractions). Returns the PNG bytes."""
+    # An explicit Agg canvas: no global matplotlib backend switch inside a library.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for n in max_dets:
+        rec = np.asarray(recall[str(n)], dtype=np.float64)
+        ax.plot(iou_thresholds, rec, marker="o", markersize=3, label=f"{n} proposals (AR {np.mean(rec) * 100:.1f})")
+    ax.set_xlabel("IoU")
+    ax.set_ylabel("Recall")
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
