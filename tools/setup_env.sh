@@ -107,6 +107,10 @@ else
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 BUILD_STAMP="$VENV/.instfcn_build"
+# A CUDA build also runs on CPU: keep it rather than rebuild a CPU-only one.
+if [ "$flavor" = cpu ] && [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = cuda ]; then
+  flavor=cuda
+fi
 so=$(ls "$ROOT"/instfcn_d2/_C*.so 2>/dev/null | head -n1 || true)
 newer=""
 if [ -n "$so" ]; then
