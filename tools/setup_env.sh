@@ -91,8 +91,12 @@ else
 fi
 
 # 5. the project and its native extension
-if [ "${FORCE_CUDA:-0}" = 1 ] || "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+BUILD_STAMP="$VENV/.instfcn_build"
+# An existing CUDA build also runs on CPU: keep that flavour rather than rebuild a CPU-only one.
+if [ "${FORCE_CUDA:-0}" = 1 ] || [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = cuda ] ||
+  "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   flavor=cuda
+  export FORCE_CUDA=1
   if [ -z "${CUDA_HOME:-}" ]; then
     # /usr/local/bin/nvcc may be a wrapper script: find the toolkit root that has lib64/libcudart.
     for cand in /usr/local/cuda /usr/local/cuda-*; do
@@ -106,11 +110,6 @@ else
   flavor=cpu
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-BUILD_STAMP="$VENV/.instfcn_build"
-# A CUDA build also runs on CPU: keep it rather than rebuild a CPU-only one.
-if [ "$flavor" = cpu ] && [ "$(cat "$BUILD_STAMP" 2>/dev/null)" = cuda ]; then
-  flavor=cuda
-fi
 so=$(ls "$ROOT"/instfcn_d2/_C*.so 2>/dev/null | head -n1 || true)
 newer=""
 if [ -n "$so" ]; then
