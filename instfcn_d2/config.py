@@ -26,6 +26,9 @@ def add_instfcn_config(cfg: CN) -> CN:
     from .modeling.backbone.config import add_backbone_config  # MODEL.VGG, MODEL.DILATED_RESNET
 
     add_backbone_config(_C)
+    from .modeling.instance_fcn_config import add_instance_fcn_config  # MODEL.INSTANCE_FCN
+
+    add_instance_fcn_config(_C)
     return cfg
 
 

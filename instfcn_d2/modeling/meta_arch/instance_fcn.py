@@ -1,0 +1,343 @@
+"""InstanceFCN (Dai, He, Li, Ren, Sun, ECCV 2016): class-agnostic segment proposals from
+instance-sensitive score maps, as a detectron2 meta-architecture.
+
+Data path, top to bottom in this file::
+
+    image -> trunk (backbone, stride-8 map MODEL.INSTANCE_FCN.IN_FEATURE)
+          -> maps: mask branch  (1x1 conv 512 + ReLU, 3x3 conv -> k*k instance-sensitive maps)
+                   objectness   (3x3 conv 512 + ReLU, 1x1 conv -> 1 logit per position)
+          -> assemble: m x m window masks copied from the k*k maps (native window_assemble)
+          -> training: DeepMask-labelled windows, 256 per image (1:1), logistic losses
+             inference: top windows by objectness, assemble, paste + binarise, mask-box NMS
+
+Window convention: the objectness logit at feature position ``(y, x)`` scores the window
+*centred* there, whose top-left feature pixel is ``(y - m//2, x - m//2)``; in image pixels it is
+the square of side ``m * stride`` starting at ``((x - m//2) * stride, (y - m//2) * stride)``.
+Windows may hang off the map (their outside pixels are 0) so an image smaller than one window
+still gets proposals. Only positions whose centre lies inside the (unpadded) image are used.
+See :mod:`instfcn_d2.modeling.window_labels` for the positive / negative definition.
+
+With ``MODEL.INSTANCE_FCN.MASK_HEAD = "DeepMask"`` the mask branch is the paper's ~DeepMask
+baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
+"""
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data.transforms import ResizeShortestEdge
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ..instance_fcn_heads import ObjectnessHead, build_instance_fcn_mask_head
+from ..postprocessing import mask_tight_boxes, window_masks_to_proposals
+from ..window_labels import (
+    WindowLabelParams,
+    label_windows,
+    sample_windows,
+    window_boxes,
+    window_grid,
+    window_mask_targets,
+    window_top_left,
+)
+
+__all__ = ["InstanceFCN"]
+
+logger = logging.getLogger(__name__)
+
+
+@META_ARCH_REGISTRY.register()
+class InstanceFCN(nn.Module):
+    """InstanceFCN segment proposals (``MODEL.META_ARCHITECTURE: "InstanceFCN"``).
+
+    ``forward(batched_inputs)``: detectron2's list of dicts (``"image"`` CHW in ``INPUT.FORMAT``,
+    ``"instances"`` with ``gt_masks`` in training, optional ``"height"`` / ``"width"`` of the
+    output). Training returns ``{"loss_objectness", "loss_mask"}``; inference a list of
+    ``{"instances": Instances}`` at the output resolution with ``pred_masks`` (bool ``(N, H, W)``),
+    ``pred_boxes`` (tight boxes of the masks), ``scores`` (objectness) and ``pred_classes`` (0).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_feature: str,
+        mask_head: nn.Module,
+        objectness_head: nn.Module,
+        window_size: int,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        label_params: WindowLabelParams = WindowLabelParams(),
+        windows_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        objectness_loss_weight: float = 1.0,
+        mask_loss_weight: float = 1.0,
+        pre_nms_topk: int = 2000,
+        score_thresh: float = 0.0,
+        mask_thresh: float = 0.5,
+        nms_thresh: float = 0.8,
+        detections_per_image: int = 1000,
+        test_min_sizes: Optional[Sequence[int]] = None,
+        test_max_size: int = 4000,
+    ):
+        """
+        Args:
+            backbone: returns ``in_feature`` (stride 8 in the paper).
+            mask_head: an :mod:`..instance_fcn_heads` mask head (``forward`` + ``assemble``).
+            objectness_head: ``(N, C, H, W) -> (N, H, W)`` window logits.
+            window_size: ``m`` in feature pixels.
+            test_min_sizes: shorter sides of the multi-scale test (``None``: the input as given);
+                each scale resizes the given image tensor to that shorter side of the *original*
+                image (``height`` / ``width``), so the mapper should hand over the largest scale
+                (``INPUT.MIN_SIZE_TEST = max(TEST.AUG.MIN_SIZES)``) and the others downsample it.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.in_feature = in_feature
+        self.mask_head = mask_head
+        self.objectness_head = objectness_head
+        self.window_size = window_size
+        self.stride = backbone.output_shape()[in_feature].stride
+        self.label_params = label_params
+        self.windows_per_image = windows_per_image
+        self.positive_fraction = positive_fraction
+        self.objectness_loss_weight = objectness_loss_weight
+        self.mask_loss_weight = mask_loss_weight
+        self.pre_nms_topk = pre_nms_topk
+        self.score_thresh = score_thresh
+        self.mask_thresh = mask_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+        self.test_min_sizes = tuple(test_min_sizes) if test_min_sizes else None
+        self.test_max_size = test_max_size
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+        if self.pixel_mean.shape != self.pixel_std.shape:
+            raise ValueError(f"MODEL.PIXEL_MEAN {pixel_mean} and MODEL.PIXEL_STD {pixel_std} differ in length")
+
+    @classmethod
+    def from_config(cls, cfg):
+        c = cfg.MODEL.INSTANCE_FCN
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        if c.IN_FEATURE not in shapes:
+            raise ValueError(
+                f"MODEL.INSTANCE_FCN.IN_FEATURE = {c.IN_FEATURE!r} is not an output of backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} (it returns {sorted(shapes)}); set the backbone's OUT_FEATURES"
+            )
+        shape = shapes[c.IN_FEATURE]
+        if shape.stride != 8:
+            logger.warning(
+                "InstanceFCN: %s has stride %s; the paper uses a stride-8 map (window = m * stride px)",
+                c.IN_FEATURE,
+                shape.stride,
+            )
+        return {
+            "backbone": backbone,
+            "in_feature": c.IN_FEATURE,
+            "mask_head": build_instance_fcn_mask_head(cfg, shape),
+            "objectness_head": ObjectnessHead(shape.channels, conv_dim=c.OBJECTNESS_DIM),
+            "window_size": c.WINDOW_SIZE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "label_params": WindowLabelParams(
+                object_size_fraction=c.OBJECT_SIZE_FRACTION,
+                positive_center_tol=c.POSITIVE_CENTER_TOL,
+                negative_center_tol=c.NEGATIVE_CENTER_TOL,
+                positive_scale_tol=c.POSITIVE_SCALE_TOL,
+                negative_scale_tol=c.NEGATIVE_SCALE_TOL,
+            ),
+            "windows_per_image": c.WINDOWS_PER_IMAGE,
+            "positive_fraction": c.POSITIVE_FRACTION,
+            "objectness_loss_weight": c.OBJECTNESS_LOSS_WEIGHT,
+            "mask_loss_weight": c.MASK_LOSS_WEIGHT,
+            "pre_nms_topk": c.PRE_NMS_TOPK_TEST,
+            "score_thresh": c.SCORE_THRESH_TEST,
+            "mask_thresh": c.MASK_THRESH,
+            "nms_thresh": c.NMS_THRESH_TEST,
+            "detections_per_image": c.DETECTIONS_PER_IMAGE,
+            "test_min_sizes": cfg.TEST.AUG.MIN_SIZES if cfg.TEST.AUG.ENABLED else None,
+            "test_max_size": cfg.TEST.AUG.MAX_SIZE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError("InstanceFCN training needs 'instances' in every input dict (from the dataset mapper)")
+        images = self.preprocess_image([x["image"] for x in batched_inputs])
+        mask_maps, objectness = self.compute_maps(images)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.losses(mask_maps, objectness, images.image_sizes, gt_instances)
+
+    # ---- trunk -> maps ---------------------------------------------------------------------------
+    def preprocess_image(self, images: List[Tensor]) -> ImageList:
+        """Normalise ``(C, H, W)`` images and pad them into a batch divisible as the backbone needs."""
+        images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def compute_maps(self, images: ImageList) -> Tuple[Tensor, Tensor]:
+        """-> the mask head's maps (``(N, k*k, H, W)`` for InstanceFCN) and objectness logits ``(N, H, W)``."""
+        features = self.backbone(images.tensor)[self.in_feature]
+        return self.mask_head(features), self.objectness_head(features)
+
+    def window_centres(self, image_size: Tuple[int, int], map_size: Tuple[int, int]) -> Tensor:
+        """``(P, 2)`` feature positions ``(y, x)`` whose window centre lies inside the unpadded image."""
+        s = self.stride
+        h = min(int(map_size[0]), math.ceil(image_size[0] / s))
+        w = min(int(map_size[1]), math.ceil(image_size[1] / s))
+        return window_grid(h, w, device=self.device)
+
+    # ---- assemble -> losses (training) ----------------------------------------------------------
+    def losses(
+        self, mask_maps: Tensor, objectness: Tensor, image_sizes: List[Tuple[int, int]], gt_instances: List[Instances]
+    ) -> Dict[str, Tensor]:
+        """Logistic loss on the objectness of the sampled windows (mean over windows) + per-pixel
+        logistic loss on the assembled masks of the positive ones (mean over their pixels)."""
+        m = self.window_size
+        obj_logits, obj_targets, pos_rows, mask_targets = [], [], [], []
+        for i, (gt, image_size) in enumerate(zip(gt_instances, image_sizes)):
+            centres = self.window_centres(image_size, objectness.shape[-2:])
+            boxes = window_boxes(centres, m, self.stride)
+            gt_masks, gt_boxes = _gt_masks_and_boxes(gt, self.device)
+            labels, matched = label_windows(gt_boxes, boxes, self.label_params)
+            pos_idx, neg_idx = sample_windows(labels, self.windows_per_image, self.positive_fraction)
+            sampled = centres[torch.cat([pos_idx, neg_idx])]
+            obj_logits.append(objectness[i, sampled[:, 0], sampled[:, 1]])
+            obj_targets.append((torch.arange(len(sampled), device=self.device) < len(pos_idx)).to(torch.float32))
+            tl = window_top_left(centres[pos_idx], m)
+            pos_rows.append(torch.cat([torch.full_like(tl[:, :1], i), tl], dim=1))
+            if len(pos_idx):
+                mask_targets.append(
+                    window_mask_targets(gt_masks, matched[pos_idx], boxes[pos_idx], self.mask_head.mask_size)
+                )
+
+        obj_logits, obj_targets, pos_rows = torch.cat(obj_logits), torch.cat(obj_targets), torch.cat(pos_rows)
+        loss_objectness = F.binary_cross_entropy_with_logits(obj_logits, obj_targets, reduction="mean")
+        if len(pos_rows):
+            mask_logits = self.mask_head.assemble(mask_maps, pos_rows)
+            loss_mask = F.binary_cross_entropy_with_logits(mask_logits, torch.cat(mask_targets), reduction="mean")
+        else:
+            # no positive window in the batch: a zero loss that still reaches every parameter of
+            # the mask branch (DistributedDataParallel fails on parameters without a gradient)
+            loss_mask = mask_maps.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.mask_head.parameters())
+        _put_scalars(
+            {
+                "instance_fcn/num_pos_windows": len(pos_rows) / len(gt_instances),
+                "instance_fcn/num_neg_windows": (len(obj_targets) - len(pos_rows)) / len(gt_instances),
+            }
+        )
+        return {
+            "loss_objectness": loss_objectness * self.objectness_loss_weight,
+            "loss_mask": loss_mask * self.mask_loss_weight,
+        }
+
+    # ---- assemble -> proposals (inference) --------------------------------------------------------
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        """Proposals per image, merged over the test scales (``TEST.AUG``) before the mask-box NMS."""
+        output_sizes = [
+            (int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1])))
+            for x in batched_inputs
+        ]
+        candidates = [[] for _ in batched_inputs]  # per image: (probs, boxes, scores) per scale
+        for min_size in self.test_min_sizes or (None,):
+            raw = [self._resize_for_test(x["image"], out, min_size) for x, out in zip(batched_inputs, output_sizes)]
+            images = self.preprocess_image(raw)
+            mask_maps, objectness = self.compute_maps(images)
+            for i, (image_size, out_size) in enumerate(zip(images.image_sizes, output_sizes)):
+                candidates[i].append(self.window_candidates(mask_maps, objectness, i, image_size, out_size))
+
+        results = []
+        for cands, out_size in zip(candidates, output_sizes):
+            probs, boxes, scores = (torch.cat(parts) for parts in zip(*cands))
+            instances = window_masks_to_proposals(
+                probs,
+                boxes,
+                scores,
+                out_size,
+                mask_threshold=self.mask_thresh,
+                nms_threshold=self.nms_thresh,
+                max_detections=self.detections_per_image,
+            )
+            results.append({"instances": instances})
+        return results
+
+    def window_candidates(
+        self,
+        mask_maps: Tensor,
+        objectness: Tensor,
+        index: int,
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """The top ``pre_nms_topk`` windows of image ``index`` by objectness, assembled.
+
+        Windows are ranked by objectness *before* assembling, so only candidates are assembled;
+        the result equals assembling every window and then keeping the same top ones.
+
+        Returns ``(P, M, M)`` mask probabilities, ``(P, 4)`` window boxes at ``output_size`` and
+        ``(P,)`` objectness probabilities (decreasing).
+        """
+        m = self.window_size
+        centres = self.window_centres(image_size, objectness.shape[-2:])
+        scores = objectness[index, centres[:, 0], centres[:, 1]].sigmoid()
+        scores, order = scores.topk(min(self.pre_nms_topk, len(scores)))
+        keep = scores > self.score_thresh
+        scores, centres = scores[keep], centres[order[keep]]
+        tl = window_top_left(centres, m)
+        rows = torch.cat([torch.full_like(tl[:, :1], index), tl], dim=1)
+        probs = self.mask_head.assemble(mask_maps, rows).sigmoid()
+        boxes = window_boxes(centres, m, self.stride)
+        # window boxes from the network's input resolution to the output resolution
+        scale = boxes.new_tensor([output_size[1] / image_size[1], output_size[0] / image_size[0]] * 2)
+        return probs, boxes * scale, scores
+
+    def _resize_for_test(self, image: Tensor, output_size: Tuple[int, int], min_size: Optional[int]) -> Tensor:
+        """The image at test scale ``min_size`` (shorter side of the original image), or as given."""
+        if min_size is None:
+            return image
+        h, w = ResizeShortestEdge.get_output_shape(output_size[0], output_size[1], min_size, self.test_max_size)
+        if (h, w) == tuple(image.shape[-2:]):
+            return image
+        image = image[None].to(self.device, torch.float32)
+        return F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _gt_masks_and_boxes(gt: Instances, device: torch.device):
+    """The image's non-empty instance masks and their tight boxes ``(G, 4)``."""
+    if len(gt) == 0:
+        # detectron2's mapper adds no gt_masks field to an image without annotations
+        return None, torch.zeros((0, 4), device=device)
+    if not gt.has("gt_masks"):
+        raise ValueError(
+            "InstanceFCN needs instance masks ('gt_masks'): use a dataset with 'segmentation' annotations "
+            "and MODEL.MASK_ON True (detectron2's DatasetMapper loads masks only then)"
+        )
+    masks = gt.gt_masks
+    if isinstance(masks, Tensor):
+        masks = BitMasks(masks)
+    if not isinstance(masks, (BitMasks, PolygonMasks)):
+        raise TypeError(f"InstanceFCN: gt_masks must be BitMasks, PolygonMasks or a tensor, got {type(masks).__name__}")
+    masks = masks[masks.nonempty()]
+    if isinstance(masks, BitMasks):
+        boxes = mask_tight_boxes(masks.tensor)
+    else:
+        boxes = masks.get_bounding_boxes().tensor.to(device)
+    return masks, boxes
+
+
+def _put_scalars(values: Dict[str, float]) -> None:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # called outside a trainer (tests, notebooks): nothing to log to
+        return
+    storage.put_scalars(**values)
