@@ -45,7 +45,9 @@ def visualize(cfg, dataset_name, num_images, score_thresh, output_dir):
         instances = instances[instances.scores >= score_thresh]
         rgb = bgr[:, :, ::-1]
         pred = Visualizer(rgb, metadata, scale=2.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
-        gt = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(record)
+        # Instances only: records may also carry a semantic label file, which would be drawn too.
+        gt_record = {k: v for k, v in record.items() if k != "sem_seg_file_name"}
+        gt = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(gt_record)
         panel = np.concatenate([pred.get_image(), np.full((pred.get_image().shape[0], 8, 3), 255, np.uint8), gt.get_image()], axis=1)
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         path = os.path.join(output_dir, f"{stem}_pred_vs_gt.png")
