@@ -8,6 +8,7 @@
 // Every bin of a RoI gets the same number of taps per axis (zero-padded), so the inner loops
 // have a trip count fixed per RoI; the common small counts (1..4) are compile-time constants.
 #include "ps_roi_assemble/ps_roi_assemble.h"
+#include "ps_roi_assemble/bilinear.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
@@ -19,29 +20,6 @@
 
 namespace instfcn_d2 {
 namespace {
-
-// torchvision's bilinear_interpolate along one axis. Returns false for a sample outside
-// [-1, size] (it contributes 0); otherwise the two taps and their weights.
-template <typename T>
-inline bool axis_bilinear(T coord, int64_t size, int64_t& lo, int64_t& hi, T& wlo, T& whi) {
-  if (coord < static_cast<T>(-1.0) || coord > static_cast<T>(size)) {
-    return false;
-  }
-  if (coord <= 0) {
-    coord = 0;
-  }
-  lo = static_cast<int64_t>(coord);
-  if (lo >= size - 1) {
-    lo = hi = size - 1;
-    coord = static_cast<T>(lo);
-  } else {
-    hi = lo + 1;
-  }
-  const T l = coord - static_cast<T>(lo);
-  whi = l;
-  wlo = static_cast<T>(1) - l;
-  return true;
-}
 
 // Taps of the m bins of one RoI along one axis: bin p reads the `taps` consecutive rows (or
 // columns) start[p] .. start[p] + taps - 1 with weights w[p * taps ..] (sums over the bin's

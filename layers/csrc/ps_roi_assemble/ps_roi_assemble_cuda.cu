@@ -6,6 +6,7 @@
 // gradient's dtype at the end. A RoI whose batch index is not in [0, N) gives zeros (checking it
 // on the host would need a device-to-host copy).
 #include "ps_roi_assemble/ps_roi_assemble.h"
+#include "ps_roi_assemble/bilinear.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -23,28 +24,6 @@ constexpr int kThreads = 256;
 
 inline int64_t num_blocks(int64_t n) {
   return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16);
-}
-
-// torchvision's bilinear_interpolate along one axis (see the CPU kernel).
-template <typename T>
-__device__ __forceinline__ bool axis_bilinear(T coord, int64_t size, int64_t& lo, int64_t& hi, T& wlo, T& whi) {
-  if (coord < static_cast<T>(-1.0) || coord > static_cast<T>(size)) {
-    return false;
-  }
-  if (coord <= 0) {
-    coord = 0;
-  }
-  lo = static_cast<int64_t>(coord);
-  if (lo >= size - 1) {
-    lo = hi = size - 1;
-    coord = static_cast<T>(lo);
-  } else {
-    hi = lo + 1;
-  }
-  const T l = coord - static_cast<T>(lo);
-  whi = l;
-  wlo = static_cast<T>(1) - l;
-  return true;
 }
 
 // Geometry of one RoI (shared by forward and backward).
