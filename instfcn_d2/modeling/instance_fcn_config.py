@@ -19,6 +19,11 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.GROUP_SIZE = 5
     # m: side of the sliding window in feature pixels (21 -> 168 image px at stride 8).
     _C.WINDOW_SIZE = 21
+    # Channels of a shared 1x1 conv + ReLU between IN_FEATURE and both branches; 0 = none (the
+    # paper's VGG-16, whose conv5 already has 512). For ResNet's 2048-d res5 a 512-d reduction gives
+    # the branches VGG's input width, as FCIS / R-FCN reduce res5 to 1024-d before their heads;
+    # without it the objectness branch's 3x3 conv costs 4x as much.
+    _C.REDUCE_DIM = 0
     # "InstanceSensitive" (InstanceFCN) | "DeepMask" (the paper's ~DeepMask baseline, Table 2).
     _C.MASK_HEAD = "InstanceSensitive"
     # Channels of the 1x1 conv of the mask branch (and of ~DeepMask's extra 1x1 conv).
@@ -56,6 +61,10 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.MASK_THRESH = 0.5
     # IoU threshold of the NMS on the tight boxes of the binary masks.
     _C.NMS_THRESH_TEST = 0.8
+    # Where the NMS takes those tight boxes: "window" = of the binarised m x m window mask (cheap;
+    # within a cell of the pasted box) or "image" = of the mask pasted at image size (exact; pastes
+    # every candidate). See instfcn_d2/modeling/postprocessing.py.
+    _C.NMS_BOX_RESOLUTION = "window"
     # Proposals kept per image (1000 for AR@1000). TEST.DETECTIONS_PER_IMAGE is not used.
     _C.DETECTIONS_PER_IMAGE = 1000
     return cfg

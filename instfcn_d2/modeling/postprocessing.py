@@ -1,39 +1,73 @@
 """Window masks -> segment proposals: paste, binarise, mask-box NMS (InstanceFCN inference).
 
-The paper's inference: each assembled ``m x m`` window mask is binarised ("truncated") at image
-resolution, proposals are suppressed by NMS on the objectness scores and the IoU of the *tight
-boxes of the binary masks* (threshold 0.8), and the top N are kept. Pasting computes what
-detectron2's ``paste_masks_in_image`` computes (bilinear upsampling of the window into its box,
-then ``>= threshold``; parts of a window outside the image are clipped away), batched over the
-equal-size windows of a test scale; NMS is torchvision's.
+The paper's inference: each assembled ``m x m`` window mask is binarised ("truncated"),
+proposals are suppressed by NMS on the objectness scores and the IoU of the *tight boxes of the
+binary masks* (threshold 0.8), and the top N are kept. Two resolutions for those tight boxes:
+
+- ``"window"`` (default): the box of the binarised ``m x m`` mask the network predicts, each cell
+  spanning ``1/m`` of its window. Costs O(P * m * m) for P candidates, which is what keeps the
+  part after the trunk cheap with thousands of candidates; the boxes differ from the pasted
+  masks' by less than one cell (8 px at stride 8) per side.
+- ``"image"``: the box of each mask pasted at image resolution (exact, ~50x the cost).
+
+Only the survivors of the NMS are pasted at image size. Pasting computes what detectron2's
+``paste_masks_in_image`` computes (bilinear upsampling of the window into its box, then
+``>= threshold``; parts of a window outside the image are clipped away).
 """
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
 from torchvision.ops import nms
 
 __all__ = [
     "paste_window_masks",
+    "paste_window_masks_with_boxes",
     "pasted_mask_boxes",
+    "window_mask_boxes",
     "mask_tight_boxes",
     "mask_box_nms",
     "window_masks_to_proposals",
 ]
 
+NMS_BOX_RESOLUTIONS = ("window", "image")
+
 # Bytes of intermediate tensors per pasting chunk (bounds memory with thousands of windows).
-_PASTE_BUDGET_BYTES = 1 << 28
+_PASTE_BUDGET_BYTES = 1 << 26
 
 
-def _local_pastes(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int], threshold: float):
+def _interpolation_matrices(start: Tensor, length: int, lo: Tensor, hi: Tensor, m: int) -> Tensor:
+    """``(B, length, m)`` weights of bilinear sampling along one axis, as ``grid_sample`` with
+    ``align_corners=False`` and zero padding computes them.
+
+    Pixel ``start[b] + i`` (centre ``+ 0.5``) of the image maps to ``u = (centre - lo) / (hi - lo)
+    * m - 0.5`` in the ``m`` cells of box ``[lo, hi)``; its two taps ``floor(u)`` and ``floor(u) + 1``
+    get weights ``1 - frac(u)`` and ``frac(u)``; taps outside ``[0, m)`` read zero.
+    """
+    centres = start[:, None].to(torch.float32) + torch.arange(length, device=start.device) + 0.5
+    u = (centres - lo[:, None]) / (hi - lo)[:, None] * m - 0.5
+    u0 = u.floor()
+    frac = (u - u0)[..., None]
+    # columns 0 and m + 1 of the padded matrix collect the taps that fall off the window
+    i0 = (u0.to(torch.int64) + 1).clamp(0, m + 1)[..., None]
+    i1 = (u0.to(torch.int64) + 2).clamp(0, m + 1)[..., None]
+    weights = torch.zeros((len(start), length, m + 2), dtype=torch.float32, device=start.device)
+    weights.scatter_add_(2, i0, 1 - frac)
+    weights.scatter_add_(2, i1, frac)
+    return weights[:, :, 1 : m + 1]
+
+
+def _local_pastes(
+    mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int], threshold: float
+) -> Iterator[Tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Paste each window only over the pixels its box can reach, in batches of equal-size boxes.
 
-    Per pixel this computes exactly what detectron2's ``paste_masks_in_image`` computes (pixel
-    centres mapped into the box, ``grid_sample`` bilinear with zero padding, ``>= threshold``),
-    but vectorised over windows: at one test scale every window box has the same size, so one
-    ``grid_sample`` call pastes a whole batch. detectron2's CPU path pastes masks one by one.
+    Per pixel this computes what detectron2's ``paste_masks_in_image`` computes (pixel centres
+    mapped into the box, bilinear with zero padding, ``>= threshold``), but bilinear upsampling is
+    separable, so a batch of windows is pasted by two batched matrix products
+    ``W_y (h, m) @ mask (m, m) @ W_x (m, w)^T``: BLAS work instead of ``grid_sample``'s per-pixel
+    gathers (3x faster on CPU). detectron2's CPU path pastes masks one by one.
 
     Yields ``(index (B,), local (B, h, w) bool, x_start (B,), y_start (B,))``: ``local[b]``
     covers image pixels ``[y_start, y_start + h) x [x_start, x_start + w)``; pixels outside the
@@ -41,6 +75,7 @@ def _local_pastes(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]
     """
     H, W = int(image_size[0]), int(image_size[1])
     device = mask_probs.device
+    m = mask_probs.shape[-1]
     boxes = boxes.to(torch.float32)
     x_start = boxes[:, 0].floor().to(torch.int64) - 1  # one pixel of margin as detectron2
     y_start = boxes[:, 1].floor().to(torch.int64) - 1
@@ -50,16 +85,15 @@ def _local_pastes(mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int]
     groups = torch.unique(sizes, dim=0) if len(sizes) else sizes
     for h, w in groups.tolist():
         members = ((heights == h) & (widths == w)).nonzero().squeeze(1)
-        chunk = max(1, _PASTE_BUDGET_BYTES // (h * w * 16))
+        chunk = max(1, _PASTE_BUDGET_BYTES // (h * w * 8))
         for part in members.split(chunk):
             b = boxes[part]
+            wy = _interpolation_matrices(y_start[part], h, b[:, 1], b[:, 3], m)
+            wx = _interpolation_matrices(x_start[part], w, b[:, 0], b[:, 2], m)
+            probs = mask_probs[part].to(torch.float32)
+            local = torch.bmm(torch.bmm(wy, probs), wx.transpose(1, 2)) >= threshold
             xs = x_start[part, None] + torch.arange(w, device=device)  # (B, w) image columns
             ys = y_start[part, None] + torch.arange(h, device=device)  # (B, h) image rows
-            gx = (xs.to(torch.float32) + 0.5 - b[:, 0:1]) / (b[:, 2:3] - b[:, 0:1]) * 2 - 1
-            gy = (ys.to(torch.float32) + 0.5 - b[:, 1:2]) / (b[:, 3:4] - b[:, 1:2]) * 2 - 1
-            grid = torch.stack([gx[:, None, :].expand(-1, h, -1), gy[:, :, None].expand(-1, -1, w)], dim=3)
-            probs = mask_probs[part, None].to(torch.float32)
-            local = F.grid_sample(probs, grid, align_corners=False)[:, 0] >= threshold
             inside = ((ys >= 0) & (ys < H))[:, :, None] & ((xs >= 0) & (xs < W))[:, None, :]
             yield part, local & inside, x_start[part], y_start[part]
 
@@ -70,12 +104,35 @@ def paste_window_masks(
     """Paste ``(P, M, M)`` probabilities into their XYXY ``boxes`` ``(P, 4)`` of an image of
     ``image_size = (H, W)``: bilinear upsampling, then ``>= threshold`` -> bool ``(P, H, W)``.
     Same result as detectron2's ``paste_masks_in_image`` (tested), faster for many windows."""
+    return paste_window_masks_with_boxes(mask_probs, boxes, image_size, threshold)[0]
+
+
+def paste_window_masks_with_boxes(
+    mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int], threshold: float = 0.5
+) -> Tuple[Tensor, Tensor]:
+    """:func:`paste_window_masks` and the tight boxes ``(P, 4)`` of the pasted masks (all-zero for
+    an empty mask), taken from each window's own region instead of scanning ``(P, H, W)`` again."""
     H, W = int(image_size[0]), int(image_size[1])
-    out = torch.zeros((mask_probs.shape[0], H, W), dtype=torch.bool, device=mask_probs.device)
+    P = mask_probs.shape[0]
+    out = torch.zeros((P, H, W), dtype=torch.bool, device=mask_probs.device)
+    tight = torch.zeros((P, 4), dtype=torch.float32, device=mask_probs.device)
     for part, local, x_start, y_start in _local_pastes(mask_probs, boxes, (H, W), threshold):
-        n, yy, xx = local.nonzero(as_tuple=True)
-        out[part[n], y_start[n] + yy, x_start[n] + xx] = True
-    return out
+        h, w = local.shape[1:]
+        tight[part] = _offset_tight_boxes(local, x_start, y_start)
+        # one slice copy per window (clipped to the image): cheaper than scattering pixel indices
+        for p, loc, x0, y0 in zip(part.tolist(), local, x_start.tolist(), y_start.tolist()):
+            ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
+            if ya < yb and xa < xb:
+                out[p, ya:yb, xa:xb] = loc[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    return out, tight
+
+
+def _offset_tight_boxes(local: Tensor, x_start: Tensor, y_start: Tensor) -> Tensor:
+    """Image-coordinate tight boxes ``(B, 4)`` of local pastes ``(B, h, w)`` at offsets ``(B,)``."""
+    boxes = mask_tight_boxes(local)
+    offset = torch.stack([x_start, y_start, x_start, y_start], dim=1).to(torch.float32)
+    nonempty = (boxes[:, 2] > boxes[:, 0])[:, None]
+    return torch.where(nonempty, boxes + offset, torch.zeros_like(boxes))
 
 
 def pasted_mask_boxes(
@@ -85,10 +142,7 @@ def pasted_mask_boxes(
     materialising ``(P, H, W)`` (an empty mask gets an all-zero box)."""
     out = torch.zeros((mask_probs.shape[0], 4), dtype=torch.float32, device=mask_probs.device)
     for part, local, x_start, y_start in _local_pastes(mask_probs, boxes, image_size, threshold):
-        tight = mask_tight_boxes(local)
-        offset = torch.stack([x_start, y_start, x_start, y_start], dim=1).to(torch.float32)
-        nonempty = local.flatten(1).any(dim=1, keepdim=True)
-        out[part] = torch.where(nonempty, tight + offset, torch.zeros_like(tight))
+        out[part] = _offset_tight_boxes(local, x_start, y_start)
     return out
 
 
@@ -111,6 +165,29 @@ def mask_tight_boxes(masks: Tensor) -> Tensor:
     return torch.where(x_any.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
+def window_mask_boxes(
+    mask_probs: Tensor, boxes: Tensor, image_size: Tuple[int, int], threshold: float = 0.5
+) -> Tensor:
+    """Tight boxes ``(P, 4)`` of the ``(P, M, M)`` window masks binarised at window resolution.
+
+    Cell ``(i, j)`` of window ``p`` spans ``1/M`` of its XYXY box ``boxes[p]`` per side; the box of
+    the cells ``>= threshold`` is clipped to the image ``(H, W)`` as pasting clips the masks. A mask
+    with no cell on (or none inside the image) gets an all-zero box.
+    """
+    H, W = int(image_size[0]), int(image_size[1])
+    P, M = mask_probs.shape[0], mask_probs.shape[-1]
+    if P == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=mask_probs.device)
+    cells = mask_tight_boxes(mask_probs >= threshold)  # in cell units, [j, j + 1)
+    boxes = boxes.to(torch.float32)
+    origin = boxes[:, :2].repeat(1, 2)
+    cell_size = ((boxes[:, 2:] - boxes[:, :2]) / M).repeat(1, 2)
+    tight = origin + cells * cell_size
+    tight = torch.minimum(tight.clamp(min=0), tight.new_tensor([W, H, W, H]))
+    empty = (cells[:, 2] <= cells[:, 0]) | (tight[:, 2] <= tight[:, 0]) | (tight[:, 3] <= tight[:, 1])
+    return torch.where(empty[:, None], torch.zeros_like(tight), tight)
+
+
 def mask_box_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """NMS on the tight boxes of binary masks: indices kept, by decreasing score. Empty masks (an
     all-zero box) are dropped: they cannot be proposals."""
@@ -128,6 +205,7 @@ def window_masks_to_proposals(
     mask_threshold: float = 0.5,
     nms_threshold: float = 0.8,
     max_detections: int = 1000,
+    nms_box_resolution: str = "window",
 ) -> Instances:
     """Segment proposals of one image from its candidate windows (of one or several test scales).
 
@@ -136,23 +214,33 @@ def window_masks_to_proposals(
         window_boxes: ``(P, 4)`` XYXY window boxes at the output resolution.
         scores: ``(P,)`` objectness probabilities.
         image_size: ``(H, W)`` of the output.
+        nms_box_resolution: ``"window"`` or ``"image"``: where the tight boxes the NMS compares
+            are taken (see the module docstring).
 
     Returns:
         ``Instances`` of at most ``max_detections`` proposals by decreasing score, with
-        ``pred_masks`` bool ``(N, H, W)``, ``pred_boxes`` (tight boxes of the masks), ``scores``
-        and ``pred_classes`` (all 0: proposals are class-agnostic).
+        ``pred_masks`` bool ``(N, H, W)``, ``pred_boxes`` (tight boxes of the pasted masks),
+        ``scores`` and ``pred_classes`` (all 0: proposals are class-agnostic).
 
-    The tight boxes for the NMS come from pasting each window over its own box only; the full
-    ``(N, H, W)`` masks are made for the survivors only, so memory stays ``O(max_detections * H * W)``
-    with thousands of candidate windows.
+    The full ``(N, H, W)`` masks are made for the survivors of the NMS only, so memory stays
+    ``O(max_detections * H * W)`` with thousands of candidate windows. A survivor whose pasted
+    mask is empty (possible with window-resolution boxes: a cell just over the threshold whose
+    upsampled pixels all fall under it) is dropped.
     """
+    if nms_box_resolution not in NMS_BOX_RESOLUTIONS:
+        raise ValueError(f"nms_box_resolution must be one of {NMS_BOX_RESOLUTIONS}, got {nms_box_resolution!r}")
     H, W = int(image_size[0]), int(image_size[1])
-    tight = pasted_mask_boxes(mask_probs, window_boxes, (H, W), mask_threshold)
-    keep = mask_box_nms(tight, scores, nms_threshold)[:max_detections]
+    box_fn = window_mask_boxes if nms_box_resolution == "window" else pasted_mask_boxes
+    nms_boxes = box_fn(mask_probs, window_boxes, (H, W), mask_threshold)
+    keep = mask_box_nms(nms_boxes, scores, nms_threshold)[:max_detections]
 
+    masks, tight = paste_window_masks_with_boxes(mask_probs[keep], window_boxes[keep], (H, W), mask_threshold)
+    nonempty = tight[:, 2] > tight[:, 0]
+    if not bool(nonempty.all()):
+        keep, masks, tight = keep[nonempty], masks[nonempty], tight[nonempty]
     result = Instances((H, W))
-    result.pred_masks = paste_window_masks(mask_probs[keep], window_boxes[keep], (H, W), mask_threshold)
-    result.pred_boxes = Boxes(tight[keep])
+    result.pred_masks = masks
+    result.pred_boxes = Boxes(tight)
     result.scores = scores[keep]
     result.pred_classes = torch.zeros(len(keep), dtype=torch.int64, device=scores.device)
     return result

@@ -20,7 +20,9 @@ from instfcn_d2.modeling.postprocessing import (
     mask_box_nms,
     mask_tight_boxes,
     paste_window_masks,
+    paste_window_masks_with_boxes,
     pasted_mask_boxes,
+    window_mask_boxes,
     window_masks_to_proposals,
 )
 from instfcn_d2.modeling.window_labels import window_boxes
@@ -324,6 +326,60 @@ def test_window_pasting_equals_detectron2_paste_masks_in_image():
         assert torch.equal(pasted_mask_boxes(probs, boxes, (H, W), 0.5), mask_tight_boxes(expected))
 
 
+def test_pasted_masks_come_with_their_tight_boxes():
+    torch.manual_seed(1)
+    probs = torch.rand(30, 9, 9)
+    xy = torch.rand(30, 2) * 60 - 20
+    boxes = torch.cat([xy, xy + 45.5], dim=1)
+    masks, tight = paste_window_masks_with_boxes(probs, boxes, (70, 90), 0.6)
+    assert torch.equal(masks, paste_window_masks(probs, boxes, (70, 90), 0.6))
+    assert torch.equal(tight, mask_tight_boxes(masks))
+
+
+def test_window_mask_boxes_are_the_cells_boxes_clipped_to_the_image():
+    probs = torch.zeros(3, 4, 4)
+    probs[0, 1:3, 2] = 0.9  # rows 1-2, column 2 of a window of 4 cells of 8 px at (10, 20)
+    probs[1, 0, 0] = 0.9  # top-left cell of a window hanging off the top-left corner
+    probs[2] = 0.4  # nothing on
+    boxes = torch.tensor([[10.0, 20.0, 42.0, 52.0], [-16.0, -16.0, 16.0, 16.0], [0.0, 0.0, 32.0, 32.0]])
+    got = window_mask_boxes(probs, boxes, (40, 60), 0.5)
+    assert got[0].tolist() == [26.0, 28.0, 34.0, 40.0]  # x 10 + 2*8 .. 10 + 3*8; y 20 + 8 .. min(20 + 24, 40)
+    assert got[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # its only cell (-16..-8) is off the image: empty
+    assert got[2].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_window_and_image_nms_boxes_agree_on_blocky_masks():
+    """Masks that are constant per cell paste to (almost) their cell boxes: both NMS box resolutions
+    suppress the same windows; the returned boxes are always those of the pasted masks."""
+    probs = torch.zeros(4, 6, 6)
+    probs[0, 1:5, 1:5] = 1.0
+    probs[1, 1:5, 1:5] = 1.0  # same window one pixel lower: box IoU > 0.8 -> suppressed
+    probs[2, 0:2, 0:2] = 1.0  # a small object in a corner: kept
+    probs[3, 2:4, 2:4] = 1.0  # small object inside 0's box: IoU 1/4 -> kept
+    boxes = torch.tensor([[0.0, 0.0, 48.0, 48.0], [0.0, 1.0, 48.0, 49.0], [0.0, 0.0, 48.0, 48.0], [0.0, 0.0, 48.0, 48.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    results = [
+        window_masks_to_proposals(probs, boxes, scores, (60, 60), nms_box_resolution=r) for r in ("window", "image")
+    ]
+    for inst in results:
+        assert inst.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+        assert torch.equal(inst.pred_boxes.tensor, mask_tight_boxes(inst.pred_masks))
+    assert torch.equal(results[0].pred_masks, results[1].pred_masks)
+    with pytest.raises(ValueError, match="nms_box_resolution.*'pixel'"):
+        window_masks_to_proposals(probs, boxes, scores, (60, 60), nms_box_resolution="pixel")
+
+
+def test_reduce_dim_puts_a_1x1_conv_before_both_branches():
+    model = _model("MODEL.INSTANCE_FCN.REDUCE_DIM", "16")
+    conv = model.feature_reduce[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (128, 16, (1, 1))
+    assert model.mask_head.reduce.in_channels == 16
+    with pytest.raises(ValueError, match="REDUCE_DIM must be >= 0"):
+        _model("MODEL.INSTANCE_FCN.REDUCE_DIM", "-1")
+    with pytest.raises(ValueError, match="NMS_BOX_RESOLUTION.*'cells'"):
+        _model("MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION", "cells")
+
+
 # ---- ~DeepMask head ------------------------------------------------------------------------------------
 def test_mask_layer_parameters_instance_sensitive_vs_deepmask():
     """The paper: InstanceFCN's mask layer 512*3*3*25 = 0.1M vs ~DeepMask's fc 512*14*14*512 + 512*56^2 = 53M."""
@@ -379,7 +435,8 @@ def test_config_errors_name_the_key():
 
 @pytest.mark.parametrize(
     "path", ["shapes/instance_fcn_R18_cpu.yaml", "coco128/instance_fcn_R18_cpu.yaml",
-             "voc/instance_fcn_VGG16_k5.yaml", "coco/instance_fcn_VGG16_k5.yaml"],
+             "voc/instance_fcn_VGG16_k5.yaml", "coco/instance_fcn_VGG16_k5.yaml",
+             "coco/instance_fcn_R50_dilated_k5.yaml"],
 )
 def test_configs_load_and_build(path):
     cfg = get_instfcn_cfg(str(REPO_ROOT / "configs" / path), ["MODEL.DEVICE", "cpu"])

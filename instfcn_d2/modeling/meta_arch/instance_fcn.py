@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
 from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
@@ -34,7 +35,7 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from ..instance_fcn_heads import ObjectnessHead, build_instance_fcn_mask_head
-from ..postprocessing import mask_tight_boxes, window_masks_to_proposals
+from ..postprocessing import NMS_BOX_RESOLUTIONS, mask_tight_boxes, window_masks_to_proposals
 from ..window_labels import (
     WindowLabelParams,
     label_windows,
@@ -70,6 +71,7 @@ class InstanceFCN(nn.Module):
         mask_head: nn.Module,
         objectness_head: nn.Module,
         window_size: int,
+        feature_reduce: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         label_params: WindowLabelParams = WindowLabelParams(),
@@ -81,6 +83,7 @@ class InstanceFCN(nn.Module):
         score_thresh: float = 0.0,
         mask_thresh: float = 0.5,
         nms_thresh: float = 0.8,
+        nms_box_resolution: str = "window",
         detections_per_image: int = 1000,
         test_min_sizes: Optional[Sequence[int]] = None,
         test_max_size: int = 4000,
@@ -90,6 +93,8 @@ class InstanceFCN(nn.Module):
             backbone: returns ``in_feature`` (stride 8 in the paper).
             mask_head: an :mod:`..instance_fcn_heads` mask head (``forward`` + ``assemble``).
             objectness_head: ``(N, C, H, W) -> (N, H, W)`` window logits.
+            feature_reduce: optional ``(N, C_in, H, W) -> (N, C, H, W)`` module between the trunk
+                and both branches (``MODEL.INSTANCE_FCN.REDUCE_DIM``).
             window_size: ``m`` in feature pixels.
             test_min_sizes: shorter sides of the multi-scale test (``None``: the input as given);
                 each scale resizes the given image tensor to that shorter side of the *original*
@@ -101,6 +106,7 @@ class InstanceFCN(nn.Module):
         self.in_feature = in_feature
         self.mask_head = mask_head
         self.objectness_head = objectness_head
+        self.feature_reduce = feature_reduce
         self.window_size = window_size
         self.stride = backbone.output_shape()[in_feature].stride
         self.label_params = label_params
@@ -112,6 +118,11 @@ class InstanceFCN(nn.Module):
         self.score_thresh = score_thresh
         self.mask_thresh = mask_thresh
         self.nms_thresh = nms_thresh
+        if nms_box_resolution not in NMS_BOX_RESOLUTIONS:
+            raise ValueError(
+                f"MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION must be one of {NMS_BOX_RESOLUTIONS}, got {nms_box_resolution!r}"
+            )
+        self.nms_box_resolution = nms_box_resolution
         self.detections_per_image = detections_per_image
         self.test_min_sizes = tuple(test_min_sizes) if test_min_sizes else None
         self.test_max_size = test_max_size
@@ -131,6 +142,14 @@ class InstanceFCN(nn.Module):
                 f"{cfg.MODEL.BACKBONE.NAME} (it returns {sorted(shapes)}); set the backbone's OUT_FEATURES"
             )
         shape = shapes[c.IN_FEATURE]
+        feature_reduce = None
+        if c.REDUCE_DIM < 0:
+            raise ValueError(f"MODEL.INSTANCE_FCN.REDUCE_DIM must be >= 0 (0 = no reduction), got {c.REDUCE_DIM}")
+        if c.REDUCE_DIM > 0:
+            feature_reduce = nn.Sequential(nn.Conv2d(shape.channels, c.REDUCE_DIM, kernel_size=1), nn.ReLU(inplace=True))
+            nn.init.normal_(feature_reduce[0].weight, std=0.01)  # as the branches' other new layers
+            nn.init.zeros_(feature_reduce[0].bias)
+            shape = ShapeSpec(channels=c.REDUCE_DIM, stride=shape.stride)
         if shape.stride != 8:
             logger.warning(
                 "InstanceFCN: %s has stride %s; the paper uses a stride-8 map (window = m * stride px)",
@@ -143,6 +162,7 @@ class InstanceFCN(nn.Module):
             "mask_head": build_instance_fcn_mask_head(cfg, shape),
             "objectness_head": ObjectnessHead(shape.channels, conv_dim=c.OBJECTNESS_DIM),
             "window_size": c.WINDOW_SIZE,
+            "feature_reduce": feature_reduce,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "label_params": WindowLabelParams(
@@ -160,6 +180,7 @@ class InstanceFCN(nn.Module):
             "score_thresh": c.SCORE_THRESH_TEST,
             "mask_thresh": c.MASK_THRESH,
             "nms_thresh": c.NMS_THRESH_TEST,
+            "nms_box_resolution": c.NMS_BOX_RESOLUTION,
             "detections_per_image": c.DETECTIONS_PER_IMAGE,
             "test_min_sizes": cfg.TEST.AUG.MIN_SIZES if cfg.TEST.AUG.ENABLED else None,
             "test_max_size": cfg.TEST.AUG.MAX_SIZE,
@@ -188,6 +209,8 @@ class InstanceFCN(nn.Module):
     def compute_maps(self, images: ImageList) -> Tuple[Tensor, Tensor]:
         """-> the mask head's maps (``(N, k*k, H, W)`` for InstanceFCN) and objectness logits ``(N, H, W)``."""
         features = self.backbone(images.tensor)[self.in_feature]
+        if self.feature_reduce is not None:
+            features = self.feature_reduce(features)
         return self.mask_head(features), self.objectness_head(features)
 
     def window_centres(self, image_size: Tuple[int, int], map_size: Tuple[int, int]) -> Tensor:
@@ -266,6 +289,7 @@ class InstanceFCN(nn.Module):
                 out_size,
                 mask_threshold=self.mask_thresh,
                 nms_threshold=self.nms_thresh,
+                nms_box_resolution=self.nms_box_resolution,
                 max_detections=self.detections_per_image,
             )
             results.append({"instances": instances})
