@@ -7,29 +7,54 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 
 from ..data.dataset_mapper import InstFCNDatasetMapper
-from ..evaluation import SegmentProposalEvaluator
+from ..evaluation import RegionAPEvaluator, SegmentProposalEvaluator
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
-    """Evaluators for ``dataset_name`` from its ``evaluator_type`` metadata: ``coco`` -> COCO
-    segm (+ bbox for models that predict boxes)."""
+    """Evaluators for ``dataset_name``, from its metadata's ``evaluator_type`` and the model
+    (``cfg.MODEL.META_ARCHITECTURE``; no model is built):
+
+    ===============  ===================  ==================================================
+    evaluator_type   META_ARCHITECTURE    evaluators
+    ===============  ===================  ==================================================
+    coco, sbd        InstanceFCN          SegmentProposalEvaluator (class-agnostic AR@N)
+    coco             FCIS, BiSeg          COCOEvaluator(bbox, segm)
+    coco             others               COCOEvaluator(bbox, + segm when MODEL.MASK_ON)
+    sbd              FCIS, BiSeg, or      RegionAPEvaluator (mAPr@0.5 / @0.7) +
+                     MODEL.MASK_ON        COCOEvaluator(bbox, segm)
+    sbd              others (no masks)    COCOEvaluator(bbox)
+    sem_seg          any                  SemSegEvaluator
+    ===============  ===================  ==================================================
+
+    BiSeg also predicts semantic segmentation (``sem_seg``): on a dataset whose metadata has
+    ``sem_seg_root`` it gets detectron2's ``SemSegEvaluator`` (mean IU) besides. Some loaders set
+    ``sem_seg_root`` when first run; ``DefaultTrainer.test`` builds the test loader before the
+    evaluator, so it is there by then. FCIS and BiSeg always predict masks, whatever
+    ``MODEL.MASK_ON`` says (a Mask R-CNN switch). Several evaluators come as ``DatasetEvaluators``.
+    """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type", None)
+    arch = cfg.MODEL.META_ARCHITECTURE
+    predicts_masks = cfg.MODEL.MASK_ON or arch in ("FCIS", "BiSeg")
+    coco_tasks = ("bbox", "segm") if predicts_masks else ("bbox",)
     evaluators = []
-    if kind == "coco" and cfg.MODEL.META_ARCHITECTURE == "InstanceFCN":  # class-agnostic segment proposals
+    if kind in ("coco", "sbd") and arch == "InstanceFCN":  # class-agnostic segment proposals
         evaluators.append(SegmentProposalEvaluator(dataset_name, output_dir=output_folder, distributed=True))
-    elif kind == "coco":
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        evaluators.append(COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder))
+    elif kind in ("coco", "sbd"):
+        if kind == "sbd" and predicts_masks:
+            evaluators.append(RegionAPEvaluator(dataset_name, output_dir=output_folder, distributed=True))
+        evaluators.append(COCOEvaluator(dataset_name, tasks=coco_tasks, distributed=True, output_dir=output_folder))
     elif kind == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
         raise ValueError(
             f"dataset '{dataset_name}' has evaluator_type={kind!r}: no evaluator known for it "
-            "(expected 'coco' or 'sem_seg' in its MetadataCatalog entry)"
+            "(expected 'coco', 'sbd' or 'sem_seg' in its MetadataCatalog entry)"
         )
+    if arch == "BiSeg" and kind != "sem_seg" and meta.get("sem_seg_root", None):
+        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 

@@ -1,4 +1,14 @@
-"""Evaluators of instfcn-d2: class-agnostic segment-proposal recall (InstanceFCN's AR@N)."""
+"""Evaluators of instfcn-d2: class-agnostic segment-proposal recall (InstanceFCN's AR@N) and
+VOC / SBD region AP (mAPr@0.5 / @0.7 of FCIS and BiSeg)."""
 from .proposal_recall import IOU_THRESHOLDS, SegmentProposalEvaluator, match_proposals, plot_recall_vs_iou
+from .region_ap import RegionAPEvaluator, match_detections, plot_region_ap
 
-__all__ = ["IOU_THRESHOLDS", "SegmentProposalEvaluator", "match_proposals", "plot_recall_vs_iou"]
+__all__ = [
+    "IOU_THRESHOLDS",
+    "SegmentProposalEvaluator",
+    "match_proposals",
+    "plot_recall_vs_iou",
+    "RegionAPEvaluator",
+    "match_detections",
+    "plot_region_ap",
+]
