@@ -23,12 +23,16 @@ def add_instfcn_config(cfg: CN) -> CN:
         _C.INSTFCN.VIS_NUM_IMAGES = 4
         # Score threshold of the predicted instances drawn in those images.
         _C.INSTFCN.VIS_SCORE_THRESH = 0.5
+        # Training: side of a random square crop taken after the scale jitter (0 = none); images
+        # smaller than it are kept whole. Bounds the cost of large training scales.
+        _C.INSTFCN.TRAIN_CROP_SIZE = 0
     from .modeling.backbone.config import add_backbone_config  # MODEL.VGG, MODEL.DILATED_RESNET
 
     add_backbone_config(_C)
     from .modeling.instance_fcn_config import add_instance_fcn_config  # MODEL.INSTANCE_FCN
 
     add_instance_fcn_config(_C)
+
     return cfg
 
 
