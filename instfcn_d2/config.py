@@ -32,7 +32,12 @@ def add_instfcn_config(cfg: CN) -> CN:
     from .modeling.instance_fcn_config import add_instance_fcn_config  # MODEL.INSTANCE_FCN
 
     add_instance_fcn_config(_C)
+    from .modeling.fcis_config import add_fcis_config  # MODEL.FCIS
 
+    add_fcis_config(_C)
+    from .modeling.biseg_config import add_biseg_config  # MODEL.BISEG
+
+    add_biseg_config(_C)
     return cfg
 
 

@@ -1,0 +1,85 @@
+"""Heads that produce position-sensitive score maps (FCIS, BiSeg) and the channel layout they use.
+
+A position-sensitive map set for ``num_outputs`` per-RoI output channels has ``k*k*num_outputs``
+channels; :func:`instfcn_d2.layers.ps_roi_assemble` reads channel ``(o*k + gi)*k + gj`` for output
+channel ``o`` at grid cell ``(gi, gj)`` (the R-FCN / FCIS / torchvision layout).
+
+FCIS inside/outside layout (the one place it is defined; every FCIS / BiSeg module follows it):
+the maps are one tensor ``(N, k*k*2*(C+1), H, W)`` assembled as ``2*(C+1)`` output channels with
+
+- output channel ``o = c``           : *inside* score of class ``c``,
+- output channel ``o = (C+1) + c``   : *outside* score of class ``c``,
+
+for ``c`` in ``0 .. C`` where, as everywhere in detectron2, ``0 .. C-1`` are the foreground
+classes and ``C`` is background. An assembled ``(R, 2*(C+1), M, M)`` tensor therefore *views* as
+``(R, 2, C+1, M, M)`` with ``[:, 0]`` = inside and ``[:, 1]`` = outside
+(:func:`split_inside_outside`). (The official FCIS code groups the channels the same way, two
+blocks of ``C+1``; only which block is inside differs, which does not matter when training.)
+
+Box regression maps (R-FCN style, class-agnostic): ``k*k*4`` channels, output channel ``o`` =
+delta ``(dx, dy, dw, dh)[o]``, assembled ``k x k`` and averaged (:func:`assemble_box_deltas`).
+"""
+from torch import Tensor, nn
+
+from ..layers import ps_roi_assemble
+
+__all__ = ["PSScoreMaps", "split_inside_outside", "inside_outside_channel", "assemble_box_deltas"]
+
+
+class PSScoreMaps(nn.Module):
+    """A 1x1 conv producing ``k*k*num_outputs`` position-sensitive score maps.
+
+    ``forward``: ``(N, in_channels, H, W) -> (N, k*k*num_outputs, H, W)``.
+
+    FCIS uses it twice on the 1024-d ``conv_new_1`` features: ``num_outputs = 2*(C+1)`` for the
+    inside/outside maps and ``num_outputs = 4`` for the class-agnostic box maps; BiSeg adds a
+    second inside/outside set on res3. Initialised as the official FCIS / R-FCN code
+    (weights ``N(0, 0.01)``, bias 0).
+    """
+
+    def __init__(self, in_channels: int, group_size: int, num_outputs: int):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("group_size", group_size), ("num_outputs", num_outputs)):
+            if value < 1:
+                raise ValueError(f"PSScoreMaps: {name} must be >= 1, got {value}")
+        self.group_size = group_size
+        self.num_outputs = num_outputs
+        self.conv = nn.Conv2d(in_channels, group_size * group_size * num_outputs, kernel_size=1)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.conv(features)
+
+
+def inside_outside_channel(class_index: int, outside: bool, num_classes: int) -> int:
+    """The assembled output channel of the inside (or outside) score of ``class_index``
+    (``0 .. C``, ``C`` = background) for ``num_classes = C`` foreground classes."""
+    if not 0 <= class_index <= num_classes:
+        raise ValueError(f"class_index must be in [0, {num_classes}] (C = {num_classes}), got {class_index}")
+    return class_index + (num_classes + 1) * int(outside)
+
+
+def split_inside_outside(assembled: Tensor) -> Tensor:
+    """``(R, 2*(C+1), M, M)`` assembled inside/outside scores -> ``(R, 2, C+1, M, M)`` (a view)."""
+    if assembled.dim() != 4 or assembled.shape[1] % 2:
+        raise ValueError(f"expected assembled inside/outside scores (R, 2*(C+1), M, M), got {tuple(assembled.shape)}")
+    R, two_c1, M, M2 = assembled.shape
+    return assembled.view(R, 2, two_c1 // 2, M, M2)
+
+
+def assemble_box_deltas(
+    box_maps: Tensor,
+    rois: Tensor,
+    group_size: int,
+    spatial_scale: float,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> Tensor:
+    """R-FCN's position-sensitive box regression: ``(N, k*k*4, H, W)`` maps and ``(R, 5)`` RoIs
+    -> ``(R, 4)`` class-agnostic deltas, each the average of its ``k x k`` assembled cells
+    (position-sensitive RoI pooling with ``m = k``, then global average pooling)."""
+    cells = ps_roi_assemble(
+        box_maps, rois.to(box_maps.dtype), group_size, group_size, spatial_scale, sampling_ratio, aligned
+    )
+    return cells.mean(dim=(2, 3))

@@ -1,0 +1,570 @@
+"""FCIS meta-architecture and FCISROIHeads: inside/outside math, losses, inference, bad input, overfit.
+
+Models are tiny (R18 GN with res5 dilated to stride 16, 32-channel conv_new_1, k = 7, M = 21,
+2 classes) and images are <= 128 px, so every test but the overfit one runs in seconds.
+"""
+import numpy as np
+import pytest
+import torch
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+from detectron2.utils.visualizer import Visualizer
+
+from conftest import REPO_ROOT
+from instfcn_d2.config import get_instfcn_cfg
+from instfcn_d2.modeling.fcis_heads import (
+    FCISROIHeads,
+    boxes_to_rois,
+    inside_outside_class_logits,
+    inside_outside_mask_probs,
+)
+from instfcn_d2.modeling.meta_arch.fcis import FCIS, fcis_postprocess
+from instfcn_d2.modeling.score_maps import inside_outside_channel
+
+BASE = str(REPO_ROOT / "configs" / "Base-FCIS.yaml")
+C = 2  # classes: 0 = square, 1 = disc
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
+    "MODEL.RESNETS.NORM", "GN",
+    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[24, 48, 96]]",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "300",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "300",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+    "MODEL.ROI_HEADS.NUM_CLASSES", str(C),
+    "MODEL.FCIS.CONV_NEW_DIM", "32",
+    "MODEL.FCIS.CONV_NEW_INIT", "msra",  # from scratch (see fcis_config.py)
+    "MODEL.FCIS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.FCIS.DETECTIONS_PER_IMAGE", "20",
+    "INPUT.MIN_SIZE_TEST", "96",
+    "INPUT.MAX_SIZE_TEST", "160",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: on a shared 2-core machine, OpenMP threads contend and run 10-40x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(*opts):
+    return get_instfcn_cfg(BASE, TINY + list(opts))
+
+
+def _model(*opts, seed=0):
+    torch.manual_seed(seed)
+    return build_model(_cfg(*opts))
+
+
+def _sample(seed, size=(96, 96), sides=(36, 32), polygons=False):
+    """A textured image with a square (class 0) then a disc (class 1), each of random colour, as
+    the dataset mapper returns it (``image`` uint8 CHW, ``instances`` with boxes/classes/masks)."""
+    rng = np.random.default_rng(seed)
+    H, W = size
+    yy, xx = np.mgrid[:H, :W]
+    image = rng.uniform(40, 90, (3, 1, 1)) + 25 * np.sin(xx / 6.0 + seed)[None] + rng.normal(0, 4, (3, H, W))
+    masks, polys = [], []
+    for j, side in enumerate(sides):
+        cx, cy = rng.uniform(side / 2 + 2, W - side / 2 - 2), rng.uniform(side / 2 + 2, H - side / 2 - 2)
+        if j % 2 == 0:
+            x0, y0 = round(cx - side / 2), round(cy - side / 2)
+            mask = (xx >= x0) & (xx < x0 + side) & (yy >= y0) & (yy < y0 + side)
+            polys.append([np.array([x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side], dtype=np.float64)])
+        else:
+            mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= (side / 2) ** 2
+            t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+            polys.append([np.stack([cx + side / 2 * np.cos(t), cy + side / 2 * np.sin(t)], 1).reshape(-1)])
+        for prev in masks:
+            mask &= ~prev
+        image[:, mask] = rng.uniform(0, 255, (3, 1))
+        masks.append(mask)
+    inst = Instances((H, W))
+    bit = torch.from_numpy(np.stack(masks))
+    inst.gt_masks = PolygonMasks(polys) if polygons else BitMasks(bit)
+    inst.gt_boxes = BitMasks(bit).get_bounding_boxes()
+    inst.gt_classes = torch.tensor([j % 2 for j in range(len(sides))], dtype=torch.int64)
+    image = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8))
+    return {"image": image, "instances": inst, "height": H, "width": W, "file_name": f"sample_{seed}.png"}
+
+
+def _empty_sample(seed=0, size=(96, 96)):
+    d = _sample(seed, size)
+    d["instances"] = Instances(size, gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64))
+    return d
+
+
+def _test_input(d):
+    return {k: d[k] for k in ("image", "height", "width")}
+
+
+def _train_step(model, batch):
+    model.train()
+    with EventStorage(0) as storage:
+        losses = model(batch)
+        stats = {k: v[0] for k, v in storage.latest().items() if k.startswith("fcis/")}
+    return losses, stats
+
+
+def _make_constant(model, inside=None, outside=None, value=4.0):
+    """Hand-made score maps: zero weights, and bias ``value`` on every cell of the inside (or
+    outside) channels of the given class, 0 elsewhere; box maps all zero (deltas 0)."""
+    heads = model.roi_heads
+    k2 = heads.group_size ** 2
+    with torch.no_grad():
+        for layer in (heads.inside_outside_maps.conv, heads.box_maps.conv):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        for cls, is_outside in ((inside, False), (outside, True)):
+            if cls is not None:
+                o = inside_outside_channel(cls, is_outside, heads.num_classes)
+                heads.inside_outside_maps.conv.bias[o * k2 : (o + 1) * k2] = value
+
+
+# ---- inside/outside math -----------------------------------------------------------------------------
+def test_class_logits_are_the_roi_mean_of_max_inside_outside():
+    torch.manual_seed(0)
+    io = torch.randn(3, 2, C + 1, 5, 5)
+    expected = torch.maximum(io[:, 0], io[:, 1]).mean(dim=(2, 3))
+    torch.testing.assert_close(inside_outside_class_logits(io), expected)
+    probs = inside_outside_mask_probs(io[:, :, 1])
+    torch.testing.assert_close(probs, torch.sigmoid(io[:, 0, 1] - io[:, 1, 1]))
+
+
+@pytest.mark.parametrize("cls", [0, 1])
+def test_all_inside_maps_of_class_c_give_a_full_mask_and_class_c(cls):
+    model = _model()
+    _make_constant(model, inside=cls)
+    rois = torch.tensor([[0, 4.0, 8.0, 60.0, 50.0], [0, 30.0, 20.0, 90.0, 90.0]])
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, 96, 96))
+        io = model.roi_heads.roi_inside_outside(features, rois)
+    assert io.shape == (2, 2, C + 1, 21, 21)
+    scores = torch.softmax(inside_outside_class_logits(io), dim=1)
+    assert scores.argmax(dim=1).tolist() == [cls, cls]
+    torch.testing.assert_close(scores[:, cls], torch.full((2,), np.exp(4.0) / (np.exp(4.0) + C)).float())
+    masks = inside_outside_mask_probs(io[:, :, cls])
+    assert masks.min() > 0.98  # sigmoid(4): every pixel inside
+    assert inside_outside_mask_probs(io[:, :, 1 - cls]).sub(0.5).abs().max() < 1e-6  # no evidence
+
+
+def test_all_outside_maps_of_class_c_give_class_c_with_an_empty_mask():
+    """max(inside, outside) makes "outside of a c-instance" evidence for class c as well."""
+    model = _model()
+    _make_constant(model, outside=1)
+    rois = torch.tensor([[0, 10.0, 10.0, 70.0, 60.0]])
+    with torch.no_grad():
+        io = model.roi_heads.roi_inside_outside(model.backbone(torch.zeros(1, 3, 96, 96)), rois)
+    assert inside_outside_class_logits(io).argmax(dim=1).tolist() == [1]
+    assert inside_outside_mask_probs(io[:, :, 1]).max() < 0.02
+
+
+@pytest.mark.parametrize("voting", [False, True])
+def test_hand_made_maps_end_to_end_give_box_filling_masks_of_class_c(voting):
+    """Every RoI scores class 1 (e^4 / (e^4 + 2)) with a full mask: after NMS the detections above
+    the other classes' score are class 1. Without voting every binary mask is exactly its box
+    (up to the half-cell blur of bilinear pasting) at output resolution; with voting it stays in the box and
+    holds the pixels that voters of >= 40% of the vote weight cover (at least the box centre)."""
+    model = _model("MODEL.FCIS.MASK_VOTING", str(voting))
+    _make_constant(model, inside=1)
+    model.eval()
+    with torch.no_grad():
+        out = model([_test_input(_sample(3))])[0]["instances"]
+    p1 = float(np.exp(4.0) / (np.exp(4.0) + C))
+    confident = out[out.scores > 0.5]
+    assert len(confident) > 0 and set(confident.pred_classes.tolist()) == {1}
+    torch.testing.assert_close(confident.scores, torch.full((len(confident),), p1))
+    # the other class passes SCORE_THRESH_TEST 0.001 with (1 - p1) / 2, ranked below
+    torch.testing.assert_close(out[out.scores < 0.5].scores, torch.full((len(out) - len(confident),), (1 - p1) / 2))
+    assert out.pred_masks.dtype == torch.bool and out.pred_masks.shape[1:] == (96, 96)
+    yy, xx = torch.meshgrid(torch.arange(96) + 0.5, torch.arange(96) + 0.5, indexing="ij")
+    for box, mask in zip(confident.pred_boxes.tensor, confident.pred_masks):
+        x0, y0, x1, y1 = box.tolist()
+        # bilinear pasting blends the last mask cell with the zeros outside the box: allow one cell
+        cw, ch = (x1 - x0) / 21, (y1 - y0) / 21
+        near = (xx >= x0 - cw) & (xx <= x1 + cw) & (yy >= y0 - ch) & (yy <= y1 + ch)
+        strict = (xx > x0 + 1) & (xx < x1 - 1) & (yy > y0 + 1) & (yy < y1 - 1)
+        assert not mask[~near].any()
+        if voting:
+            assert mask[int((y0 + y1) / 2), int((x0 + x1) / 2)]
+        else:
+            assert mask[strict].all()
+
+
+# ---- training ------------------------------------------------------------------------------------------
+def test_losses_are_finite_and_backprop_into_maps_trunk_and_rpn():
+    model = _model()
+    losses, stats = _train_step(model, [_sample(0), _sample(1, polygons=True)])
+    assert set(losses) == {"loss_cls", "loss_mask", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    # an untrained model: uniform classes and 50/50 masks
+    assert abs(losses["loss_cls"].item() - np.log(C + 1)) < 0.05
+    assert abs(losses["loss_mask"].item() - np.log(2)) < 0.05
+    assert stats["fcis/num_fg_rois"] > 0 and stats["fcis/num_rois"] == 32
+    sum(losses.values()).backward()
+    for name, param in [
+        ("inside/outside maps", model.roi_heads.inside_outside_maps.conv.weight),
+        ("box maps", model.roi_heads.box_maps.conv.weight),
+        ("conv_new_1", model.roi_heads.conv_new.weight),
+        ("rpn", model.proposal_generator.rpn_head.conv.weight),
+        ("trunk", model.backbone.stem.conv1.weight),
+    ]:
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def _labelled_proposals(sample, boxes):
+    """One image's proposals labelled as ``label_and_sample_proposals`` does, by hand."""
+    gt = sample["instances"]
+    p = Instances(gt.image_size)
+    p.proposal_boxes = Boxes(boxes)
+    idx = torch.arange(len(boxes)) % len(gt)
+    p.gt_classes = gt.gt_classes[idx]
+    p.gt_boxes = gt.gt_boxes[idx]
+    p.gt_masks = gt.gt_masks[idx]
+    return p
+
+
+def test_mask_loss_targets_inside_on_the_gt_mask_of_the_gt_class():
+    """Logits built from the cropped gt mask (inside high on the mask, outside high elsewhere, at
+    the gt class) give ~0 mask loss; swapping inside and outside, or using the other class's
+    channels, gives a large one. Exact box deltas give 0 box loss."""
+    model = _model()
+    heads = model.roi_heads
+    sample = _sample(5)
+    boxes = sample["instances"].gt_boxes.tensor + torch.tensor([[-3.0, -2.0, 4.0, 3.0]])
+    proposals = [_labelled_proposals(sample, boxes)]
+    M = heads.mask_size
+    target = sample["instances"].gt_masks.crop_and_resize(boxes, M).float()  # (2, M, M)
+    io = torch.zeros(2, 2, C + 1, M, M)
+    cls = proposals[0].gt_classes
+    io[torch.arange(2), 0, cls] = 10 * target
+    io[torch.arange(2), 1, cls] = 10 * (1 - target)
+    gt_deltas = heads.box2box_transform.get_deltas(boxes, proposals[0].gt_boxes.tensor)
+    logits = inside_outside_class_logits(io)
+
+    good = heads.per_roi_losses(proposals, io, logits, gt_deltas)
+    assert good["loss_mask"].max() < 1e-3 and good["loss_box_reg"].max() < 1e-6
+    swapped = heads.per_roi_losses(proposals, io.flip(1), logits, gt_deltas + 0.5)
+    assert swapped["loss_mask"].min() > 3 and swapped["loss_box_reg"].min() > 0.1
+    other = io[:, :, [1, 0, 2]]  # the correct maps put at the other foreground class
+    assert heads.per_roi_losses(proposals, other, logits, gt_deltas)["loss_mask"].min() > 0.5
+
+
+def test_background_rois_have_only_a_classification_loss():
+    model = _model()
+    sample = _sample(6)
+    p = _labelled_proposals(sample, torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 90.0, 90.0]]))
+    p.gt_classes = torch.tensor([C, C])  # background
+    io = torch.randn(2, 2, C + 1, 21, 21)
+    losses = model.roi_heads.per_roi_losses([p], io, inside_outside_class_logits(io), torch.randn(2, 4))
+    assert losses["loss_mask"].abs().sum() == 0 and losses["loss_box_reg"].abs().sum() == 0
+    assert (losses["loss_cls"] > 0).all()
+
+
+def test_ohem_keeps_the_hardest_rois_of_each_image():
+    model = _model("MODEL.FCIS.OHEM", "True", "MODEL.FCIS.OHEM_BATCH_SIZE", "2")
+    per_roi = {
+        "loss_cls": torch.tensor([0.1, 0.9, 0.2, 0.0, 0.3, 0.1, 0.1]),
+        "loss_mask": torch.tensor([0.0, 0.0, 0.9, 0.0, 0.0, 0.5, 0.0]),
+        "loss_box_reg": torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05]),
+    }
+    selected = model.roi_heads._ohem_select(per_roi, [4, 3])
+    assert sorted(selected.tolist()) == [1, 2, 4, 5]  # image 0: 0.9, 1.1; image 1: 0.3, 0.6
+
+    losses, stats = _train_step(model, [_sample(0), _sample(1)])
+    assert stats["fcis/num_rois"] == 2 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_ohem_sees_every_labelled_proposal():
+    model = _model("MODEL.FCIS.OHEM", "True", "MODEL.FCIS.OHEM_BATCH_SIZE", "1000")
+    losses, stats = _train_step(model, [_sample(0)])
+    # every RPN proposal (100) + the 2 gt boxes, none ignored with IOU_LABELS [0, 1]
+    assert stats["fcis/num_rois"] == 102
+
+
+# ---- inference -------------------------------------------------------------------------------------------
+def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
+    model = _model()
+    model.eval()
+    seen = []
+    original = FCISROIHeads.roi_inside_outside
+
+    def spy(self, features, rois):
+        seen.append(rois.clone())
+        return original(self, features, rois)
+
+    monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
+    with torch.no_grad():
+        model([_test_input(_sample(0)), _test_input(_sample(1))])
+    (rois,) = seen  # one assembling pass
+    assert len(rois) == 2 * 2 * 50  # 2 images x (50 RoIs + 50 regressed)
+    assert set(rois[:, 0].tolist()) == {0.0, 1.0}
+
+    seen.clear()
+    model.roi_heads.test_candidates = "regressed"
+    with torch.no_grad():
+        model([_test_input(_sample(0))])
+    assert len(seen[0]) == 50
+
+
+def test_output_format_default_predictor_and_visualizer():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    predictor = DefaultPredictor(cfg)
+    image = _sample(2, size=(80, 120))["image"].permute(1, 2, 0).numpy()  # HWC "BGR"
+    out = predictor(image)["instances"]
+    assert set(out.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
+    assert out.image_size == (80, 120) and out.pred_masks.shape[1:] == (80, 120)
+    assert out.pred_masks.dtype == torch.bool
+    assert 0 < len(out) <= 20 and out.pred_classes.max() < C
+    assert (out.scores[:-1] >= out.scores[1:]).all()
+    vis = Visualizer(image[:, :, ::-1]).draw_instance_predictions(out)
+    assert vis.get_image().shape == (80, 120, 3)
+
+
+def test_masks_are_binarised_at_0_4_when_pasted():
+    """detector_postprocess with FCIS's threshold: 0.45 is foreground, 0.35 is not."""
+    r = Instances((20, 20))
+    r.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 20.0]]))
+    r.scores = torch.tensor([0.9, 0.8])
+    r.pred_classes = torch.tensor([0, 1])
+    r.pred_masks = torch.stack([torch.full((1, 4, 4), 0.45), torch.full((1, 4, 4), 0.35)])
+    (out,) = fcis_postprocess([r], [{"height": 40, "width": 40}], [(20, 20)], mask_threshold=0.4)
+    masks = out["instances"].pred_masks
+    assert masks.shape == (2, 40, 40) and masks.dtype == torch.bool
+    # (the outermost pixels blend with the zeros outside the box, as in detectron2's pasting)
+    assert masks[0, 5:-5, 5:-5].all() and not masks[1].any()
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+def test_no_rois_gives_empty_instances_with_all_fields():
+    model = _model()
+    model.eval()
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    empty = Instances((64, 64), proposal_boxes=Boxes(torch.zeros(0, 4)), objectness_logits=torch.zeros(0))
+    with torch.no_grad():
+        (result,) = model.roi_heads.inference(dict(features), [empty])
+    assert len(result) == 0 and result.pred_masks.shape == (0, 1, 21, 21)
+    (out,) = fcis_postprocess([result], [{"height": 32, "width": 48}], [(64, 64)])
+    inst = out["instances"]
+    assert set(inst.get_fields()) == {"pred_boxes", "scores", "pred_classes", "pred_masks"}
+    assert inst.pred_masks.shape == (0, 32, 48) and inst.pred_masks.dtype == torch.bool
+
+
+def test_training_with_no_rois_gives_zero_losses_that_still_backprop():
+    model = _model("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "False")
+    model.train()
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    empty = Instances((64, 64), proposal_boxes=Boxes(torch.zeros(0, 4)), objectness_logits=torch.zeros(0))
+    targets = [_empty_sample(size=(64, 64))["instances"]]
+    with EventStorage(0):
+        _, losses = model.roi_heads(None, features, [empty], targets)
+    assert all(v.item() == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.roi_heads.inside_outside_maps.conv.weight.grad is not None
+
+
+def test_image_without_instances_trains_on_background_rois():
+    model = _model()
+    losses, stats = _train_step(model, [_empty_sample(0)])
+    assert stats["fcis/num_fg_rois"] == 0 and stats["fcis/num_rois"] > 0
+    assert losses["loss_mask"].item() == 0 and losses["loss_box_reg"].item() == 0
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    sum(losses.values()).backward()
+    # mixed with an annotated image
+    losses, stats = _train_step(model, [_empty_sample(0), _sample(1)])
+    assert losses["loss_mask"] > 0 and stats["fcis/num_fg_rois"] > 0
+
+
+def test_class_id_out_of_range_names_the_value():
+    model = _model()
+    sample = _sample(0)
+    sample["instances"].gt_classes = torch.tensor([0, 7])
+    with pytest.raises(ValueError, match=r"class id 7 of sample_0.png is out of range \[0, 2\).*NUM_CLASSES = 2"):
+        _train_step(model, [sample])
+    sample["instances"].gt_classes = torch.tensor([-1, 0])
+    with pytest.raises(ValueError, match="class id -1"):
+        _train_step(model, [sample])
+
+
+def test_instances_without_masks_or_inputs_without_instances_raise():
+    model = _model()
+    sample = _sample(0)
+    sample["instances"].remove("gt_masks")
+    with pytest.raises(ValueError, match="needs instance masks.*sample_0.png"):
+        _train_step(model, [sample])
+    with pytest.raises(ValueError, match="needs 'instances'.*sample_1.png"):
+        _train_step(model, [_test_input(_sample(1)) | {"file_name": "sample_1.png"}])
+
+
+def test_tensor_masks_are_accepted_as_bitmasks():
+    model = _model()
+    sample = _sample(0)
+    sample["instances"].gt_masks = sample["instances"].gt_masks.tensor
+    losses, _ = _train_step(model, [sample])
+    assert losses["loss_mask"] > 0
+
+
+# ---- configuration and the BiSeg hooks -------------------------------------------------------------------
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"GROUP_SIZE \(k = 9\) must be <= MODEL.FCIS.MASK_SIZE \(M = 7\)"):
+        _model("MODEL.FCIS.GROUP_SIZE", "9", "MODEL.FCIS.MASK_SIZE", "7")
+    with pytest.raises(ValueError, match=r"IN_FEATURES = \['res3'\].*\['res4', 'res5'\]"):
+        _model("MODEL.ROI_HEADS.IN_FEATURES", "['res3']")
+    with pytest.raises(ValueError, match="MASK_ON True"):
+        _model("MODEL.MASK_ON", "False")
+    with pytest.raises(ValueError, match="TEST_CANDIDATES = 'all'"):
+        _model("MODEL.FCIS.TEST_CANDIDATES", "all")
+    with pytest.raises(ValueError, match="CONV_NEW_INIT = 'xavier'"):
+        _model("MODEL.FCIS.CONV_NEW_INIT", "xavier")
+    with pytest.raises(ValueError, match="BBOX_REG_LOSS_TYPE = 'l2'"):
+        _model("MODEL.FCIS.BBOX_REG_LOSS_TYPE", "l2")
+    m = _model()
+    with pytest.raises(ValueError, match="needs FCISROIHeads.*got Identity.*ROI_HEADS.NAME"):
+        FCIS(backbone=m.backbone, proposal_generator=m.proposal_generator, roi_heads=torch.nn.Identity(),
+             pixel_mean=[0.0, 0.0, 0.0], pixel_std=[1.0, 1.0, 1.0])
+
+
+def test_giou_box_loss_trains():
+    model = _model("MODEL.FCIS.BBOX_REG_LOSS_TYPE", "giou")
+    losses, _ = _train_step(model, [_sample(0)])
+    assert 0 < losses["loss_box_reg"].item() < 2  # giou loss of a positive is in [0, 2)
+
+
+def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
+    """What BiSeg does: extra_features' maps are visible to an overriding roi_inside_outside,
+    extra_losses join the losses and extra_outputs edits the result dicts."""
+
+    class Probe(FCIS):
+        def extra_features(self, images, features):
+            return {"probe": torch.full((len(images), 1, 1, 1), 3.0)}
+
+        def extra_losses(self, batched_inputs, images, features):
+            return {"loss_probe": features["probe"].sum()}
+
+        def extra_outputs(self, batched_inputs, images, features, results):
+            for r in results:
+                r["probe"] = float(features["probe"][0])
+
+    class ProbeHeads(FCISROIHeads):
+        calls = []
+
+        def roi_inside_outside(self, features, rois):
+            self.calls.append(float(features["probe"][0]))
+            return super().roi_inside_outside(features, rois)
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    backbone_model = build_model(cfg)
+    heads = ProbeHeads(cfg, backbone_model.backbone.output_shape())
+    model = Probe(
+        backbone=backbone_model.backbone,
+        proposal_generator=backbone_model.proposal_generator,
+        roi_heads=heads,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+    )
+    losses, _ = _train_step(model, [_sample(0)])
+    assert losses["loss_probe"].item() == 3.0 and "loss_mask" in losses
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([_test_input(_sample(1))])
+    assert out["probe"] == 3.0 and "instances" in out
+    assert ProbeHeads.calls == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("path", ["shapes/fcis_R18_cpu.yaml", "coco128/fcis_R18_cpu.yaml", "voc/fcis_R101.yaml"])
+def test_configs_load_and_build(path):
+    cfg = get_instfcn_cfg(str(REPO_ROOT / "configs" / path), ["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.META_ARCHITECTURE == "FCIS"
+    c = cfg.MODEL.FCIS
+    if "R101" in path:  # the paper's settings
+        assert (c.GROUP_SIZE, c.MASK_SIZE, c.CONV_NEW_DIM, c.NMS_THRESH_TEST, c.MASK_BINARIZE_THRESH) == (
+            7, 21, 1024, 0.3, 0.4
+        )
+        assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, c.MASK_VOTING_IOU) == (101, 300, 0.5)
+    model = build_model(cfg)
+    assert isinstance(model, FCIS) and model.roi_heads.stride == 16
+    assert model.backbone.output_shape()["res4"].stride == 16
+    assert model.roi_heads.mask_size == c.MASK_SIZE and model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+def test_boxes_to_rois_rows():
+    rois = boxes_to_rois([torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.zeros(0, 4), torch.ones(2, 4)])
+    assert rois[:, 0].tolist() == [0.0, 2.0, 2.0] and rois[0, 1:].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+# ---- overfit ----------------------------------------------------------------------------------------------
+def _correct_fraction(model, samples, score_thresh=0.5):
+    """Fraction of gt instances matched by a detection of the right class with score >= thresh and
+    mask IoU >= 0.5."""
+    model.eval()
+    with torch.no_grad():
+        outs = model([_test_input(s) for s in samples])
+    hits = total = 0
+    for sample, out in zip(samples, outs):
+        inst = out["instances"]
+        inst = inst[inst.scores >= score_thresh]
+        gt = sample["instances"]
+        for mask, cls in zip(gt.gt_masks.tensor, gt.gt_classes):
+            same = inst.pred_classes == cls
+            pred = inst.pred_masks[same]
+            inter = (pred & mask).flatten(1).sum(1).float()
+            union = (pred | mask).flatten(1).sum(1).float()
+            hits += int(((inter / union.clamp(min=1)) >= 0.5).any())
+            total += 1
+    return hits / total
+
+
+@pytest.mark.slow
+def test_overfit_a_few_images_learns_masks_and_classes():
+    samples = [_sample(20 + i, size=(112, 112), sides=(44, 40)) for i in range(3)]
+    model = _model("MODEL.FCIS.CONV_NEW_DIM", "64", seed=1)
+    before = _correct_fraction(model, samples)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    first = None
+    with EventStorage(0):
+        for it in range(80):
+            for group in optimizer.param_groups:  # short linear warm-up: GN from scratch
+                group["lr"] = 0.01 * min(1.0, (it + 1) / 20)
+            losses = model(samples)
+            if first is None:
+                first = {k: v.item() for k, v in losses.items()}
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    last = {k: v.item() for k, v in losses.items()}
+    after = _correct_fraction(model, samples)
+    print(f"losses {first} -> {last}; correct instances {before:.2f} -> {after:.2f}")
+    assert last["loss_cls"] < 0.5 * first["loss_cls"] and last["loss_mask"] < 0.5 * first["loss_mask"]
+    assert before == 0 and after >= 5 / 6, (before, after)
+
+
+@pytest.mark.slow
+def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
+    """tools/train_net.py with the CPU config: a few iterations, a checkpoint, COCO bbox + segm AP."""
+    from conftest import load_tool
+
+    from instfcn_d2.data import register_synthetic_shapes
+
+    register_synthetic_shapes("fcis_test_shapes", num_train=8, num_val=3, image_size=128)
+    train_net = load_tool("train_net")
+    argv = ["--config-file", str(REPO_ROOT / "configs" / "shapes" / "fcis_R18_cpu.yaml"),
+            "DATASETS.TRAIN", "('fcis_test_shapes_train',)", "DATASETS.TEST", "('fcis_test_shapes_val',)",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.CHECKPOINT_PERIOD", "100", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MIN_SIZE_TEST", "128",
+            "OUTPUT_DIR", str(tmp_path)]
+    results = train_net.main(train_net.default_argument_parser().parse_args(argv))
+    assert (tmp_path / "model_final.pth").is_file()
+    assert {"bbox", "segm"} <= set(results)
+    assert all(0.0 <= results[t]["AP"] <= 100.0 or np.isnan(results[t]["AP"]) for t in ("bbox", "segm"))

@@ -1,0 +1,90 @@
+"""Mask voting (mask_voting.py) against hand-computed values and detectron2's mask pasting."""
+import pytest
+import torch
+from detectron2.layers.mask_ops import _do_paste_mask
+
+from instfcn_d2.modeling.mask_voting import mask_voting, resample_masks_into_boxes
+
+
+def test_mask_voting_hand_computed():
+    """M = 2, one kept box [0, 0, 4, 4] and three candidates:
+
+    - p0: the kept box itself, mask [[1, 0], [1, 0]], score 0.6;
+    - p1: box [0, 0, 4, 2] (IoU 8/16 = 0.5, votes: the threshold is inclusive), mask
+      [[0.2, 0.4], [0.6, 0.8]], score 0.4. Resampled into the kept frame: kept row 0 (y = 1) is
+      the seam between p1's two rows -> their mean [0.4, 0.6]; kept row 1 (y = 3) lies 1.5 rows
+      below p1's last row centre -> 0 (outside p1's box);
+    - p2: box [2, 0, 6, 4] (IoU 8/24 < 0.5, does not vote), mask ones, score 0.9.
+
+    voted = (0.6 * p0 + 0.4 * p1') / (0.6 + 0.4) = [[0.76, 0.24], [0.6, 0]].
+    """
+    kept = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0], [2.0, 0.0, 6.0, 4.0]])
+    masks = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.2, 0.4], [0.6, 0.8]], [[1.0, 1.0], [1.0, 1.0]]])
+    scores = torch.tensor([0.6, 0.4, 0.9])
+    voted = mask_voting(kept, boxes, masks, scores, iou_threshold=0.5)
+    torch.testing.assert_close(voted, torch.tensor([[[0.76, 0.24], [0.6, 0.0]]]))
+    # binarised at FCIS's 0.4: the 0.24 pixel and the empty one drop
+    assert (voted >= 0.4).tolist() == [[[True, False], [True, False]]]
+    # a stricter threshold leaves p0 alone
+    torch.testing.assert_close(mask_voting(kept, boxes, masks, scores, iou_threshold=0.6), masks[:1])
+
+
+def test_each_kept_box_gets_its_own_voters():
+    """Two far-apart kept boxes: each averages only the candidates around it."""
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    masks = torch.stack([torch.full((3, 3), 1.0), torch.full((3, 3), 0.0), torch.full((3, 3), 0.5)])
+    scores = torch.tensor([0.3, 0.1, 0.8])
+    voted = mask_voting(kept, boxes, masks, scores)
+    torch.testing.assert_close(voted[0], torch.full((3, 3), 0.75))  # (0.3 * 1 + 0.1 * 0) / 0.4
+    torch.testing.assert_close(voted[1], torch.full((3, 3), 0.5))
+
+
+def test_resampling_a_box_into_itself_is_the_identity():
+    torch.manual_seed(0)
+    masks = torch.rand(5, 7, 7)
+    boxes = torch.tensor([[3.0, 4.0, 40.0, 20.0]]).repeat(5, 1) + torch.arange(5.0)[:, None] * 7
+    torch.testing.assert_close(resample_masks_into_boxes(masks, boxes, boxes), masks)
+
+
+def test_resampling_into_the_image_box_equals_detectron2_pasting():
+    """Resampled into a box covering the whole image with M = image size, a mask is exactly what
+    detectron2's ``paste_masks_in_image`` computes (before thresholding)."""
+    torch.manual_seed(1)
+    S = 24
+    masks = torch.rand(3, S, S)
+    boxes = torch.tensor([[2.0, 3.0, 15.5, 20.0], [-4.0, 6.0, 10.0, 30.0], [8.3, 0.7, 23.9, 11.2]])
+    image_box = torch.tensor([[0.0, 0.0, S, S]]).expand(3, 4)
+    ours = resample_masks_into_boxes(masks, boxes, image_box)
+    pasted, _ = _do_paste_mask(masks[:, None], boxes, S, S, skip_empty=False)
+    torch.testing.assert_close(ours, pasted, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_inputs_and_kept_box_without_voters():
+    masks = torch.rand(2, 4, 4)
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0], [1.0, 1.0, 9.0, 9.0]])
+    scores = torch.tensor([0.5, 0.7])
+    assert mask_voting(torch.zeros(0, 4), boxes, masks, scores).shape == (0, 4, 4)
+    assert mask_voting(boxes, torch.zeros(0, 4), torch.zeros(0, 4, 4), torch.zeros(0)).abs().sum() == 0
+    # a kept box far from every candidate: no voter, zeros (not NaN)
+    voted = mask_voting(torch.tensor([[100.0, 100.0, 110.0, 110.0]]), boxes, masks, scores)
+    assert torch.equal(voted, torch.zeros(1, 4, 4))
+
+
+def test_many_pairs_are_chunked_without_changing_the_result(monkeypatch):
+    import instfcn_d2.modeling.mask_voting as mv
+
+    torch.manual_seed(2)
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0]]) + torch.randn(40, 4)
+    masks, scores = torch.rand(40, 5, 5), torch.rand(40)
+    full = mask_voting(boxes[:6], boxes, masks, scores)
+    monkeypatch.setattr(mv, "_PAIRS_PER_CHUNK", 7)
+    torch.testing.assert_close(mask_voting(boxes[:6], boxes, masks, scores), full)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match=r"kept_boxes must be \(K, 4\)"):
+        mask_voting(torch.zeros(3), torch.zeros(1, 4), torch.zeros(1, 2, 2), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"cand_scores \(P,\)"):
+        mask_voting(torch.zeros(1, 4), torch.zeros(2, 4), torch.zeros(2, 2, 2), torch.zeros(3))
