@@ -1,0 +1,178 @@
+"""BiSeg's per-RoI part: ``BiSegROIHeads`` (``ROI_HEADS_REGISTRY``), FCIS's heads with BiSeg's
+inside/outside likelihoods.
+
+Only :meth:`BiSegROIHeads.roi_inside_outside` changes; FCIS's class scores (max + mean +
+softmax), masks (softmax of inside vs outside), box regression, losses and inference (NMS, mask
+voting) run unchanged on what it returns::
+
+    FCIS's set  (k1 = MODEL.FCIS.GROUP_SIZE, on conv_new_1 of res5, stride 16) -> assemble at M/2 --+
+    fine set    (k2 = MODEL.BISEG.GROUP_SIZE_FINE, 1x1 conv on res3, stride 8) -> assemble at M  --+
+        -> fuse (x2 upsample + sum)  -> L (R, 2, C+1, M, M)
+    features["sem_seg_probs"] (N, C+1, H, W), background last -> crop per RoI (R, C+1, M, M)
+        -> combine with L's inside maps (MODEL.BISEG.PRIOR_MODE), outside maps unchanged
+
+``MODEL.BISEG.FUSE False``: FCIS's set only, assembled at M. ``PRIOR_MODE "none"``: no prior.
+"""
+import logging
+from typing import Dict
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+from torch import Tensor
+
+from ..layers import ps_roi_assemble
+from .fcis_heads import FCISROIHeads
+from .score_maps import PSScoreMaps, split_inside_outside
+from .semantic_prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
+
+__all__ = ["BiSegROIHeads", "SEM_SEG_PROBS_KEY", "BISEG_PRIOR_MODES"]
+
+logger = logging.getLogger(__name__)
+
+#: ``features`` entry holding the semantic probabilities ``(N, C+1, H, W)`` in FCIS's class order
+#: (classes ``0 .. C-1``, background ``C``), written by :meth:`BiSeg.extra_features`.
+SEM_SEG_PROBS_KEY = "sem_seg_probs"
+#: ``MODEL.BISEG.PRIOR_MODE`` values: :data:`.semantic_prior.PRIOR_MODES` or "none".
+BISEG_PRIOR_MODES = PRIOR_MODES + ("none",)
+
+
+@ROI_HEADS_REGISTRY.register()
+class BiSegROIHeads(FCISROIHeads):
+    """FCIS's heads whose inside/outside logits are BiSeg's fused, prior-weighted likelihoods.
+
+    Attributes added to :class:`FCISROIHeads`': ``fuse``, ``prior_mode``, ``fine_in_feature``,
+    ``fine_group_size`` (k2), ``fine_spatial_scale`` and ``fine_maps`` (the stride-8
+    :class:`PSScoreMaps`, only with ``fuse``). ``mask_size`` is BiSeg's M.
+    """
+
+    # forward() caches the per-image stride-8 maps under this name in its copy of ``features``
+    FINE_MAPS_KEY = "biseg_fine_inside_outside_maps"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        fuse: bool = True,
+        prior_mode: str = "product",
+        fine_in_feature: str = "res3",
+        fine_in_channels: int = 0,
+        fine_stride: int = 8,
+        fine_group_size: int = 9,
+        **kwargs,
+    ):
+        """
+        Args:
+            fuse: add the stride-8 map set (``False``: FCIS's single set at ``mask_size``).
+            prior_mode: one of :data:`BISEG_PRIOR_MODES`.
+            fine_in_feature, fine_in_channels, fine_stride: the stride-8 map (res3) of the second
+                set, its channels and stride (used only with ``fuse``).
+            fine_group_size: ``k2``.
+            kwargs: :class:`FCISROIHeads` arguments; ``mask_size`` is BiSeg's ``M``.
+        """
+        super().__init__(**kwargs)
+        if prior_mode not in BISEG_PRIOR_MODES:
+            raise ValueError(f"MODEL.BISEG.PRIOR_MODE = {prior_mode!r}; expected one of {BISEG_PRIOR_MODES}")
+        self.fuse = fuse
+        self.prior_mode = prior_mode
+        self.fine_in_feature = fine_in_feature
+        self.fine_group_size = fine_group_size
+        self.fine_spatial_scale = 1.0 / fine_stride
+        if not fuse:
+            return
+        M, k1, k2 = self.mask_size, self.group_size, fine_group_size
+        if M % 2 or k1 > M // 2 or k2 > M:
+            raise ValueError(
+                f"MODEL.BISEG.MASK_SIZE: with FUSE the likelihood side M = {M} must be even with M/2 >= k1 = {k1} "
+                f"(MODEL.FCIS.GROUP_SIZE, assembled at M/2) and M >= k2 = {k2} (MODEL.BISEG.GROUP_SIZE_FINE)"
+            )
+        if fine_in_channels < 1:
+            raise ValueError(f"BiSegROIHeads: fine_in_channels must be >= 1 with fuse, got {fine_in_channels}")
+        self.fine_maps = PSScoreMaps(fine_in_channels, k2, 2 * (self.num_classes + 1))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        if "BISEG" not in cfg.MODEL:
+            raise KeyError(
+                "cfg.MODEL.BISEG is missing: build the config with instfcn_d2.config.get_instfcn_cfg() "
+                "or call instfcn_d2.add_instfcn_config(cfg)"
+            )
+        b = cfg.MODEL.BISEG
+        ret = super().from_config(cfg, input_shape)
+        mask_size = b.MASK_SIZE or (2 * cfg.MODEL.FCIS.MASK_SIZE if b.FUSE else cfg.MODEL.FCIS.MASK_SIZE)
+        ret.update(
+            mask_size=mask_size,
+            fuse=b.FUSE,
+            prior_mode=b.PRIOR_MODE,
+            fine_in_feature=b.FINE_IN_FEATURE,
+            fine_group_size=b.GROUP_SIZE_FINE,
+        )
+        if b.FUSE:
+            if b.FINE_IN_FEATURE not in input_shape:
+                raise ValueError(
+                    f"MODEL.BISEG.FINE_IN_FEATURE = {b.FINE_IN_FEATURE!r} is not a backbone output (it returns "
+                    f"{sorted(input_shape)}): add it to MODEL.RESNETS.OUT_FEATURES, or set MODEL.BISEG.FUSE False"
+                )
+            shape = input_shape[b.FINE_IN_FEATURE]
+            if shape.stride != 8:
+                logger.warning(
+                    "BiSeg: %s has stride %s; the paper's conv3 set is at stride 8", b.FINE_IN_FEATURE, shape.stride
+                )
+            ret.update(fine_in_channels=shape.channels, fine_stride=shape.stride)
+        return ret
+
+    # ---- per-RoI --------------------------------------------------------------------------------------
+    def roi_inside_outside(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
+        """BiSeg's likelihoods of each RoI, prior applied.
+
+        Args:
+            features: backbone maps by name, ``features["sem_seg_probs"]`` (unless the prior mode
+                is "none") and maps cached by the heads.
+            rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
+
+        Returns:
+            ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
+        """
+        likelihoods = self.fused_likelihoods(features, rois)
+        if self.prior_mode == "none":
+            return likelihoods
+        if SEM_SEG_PROBS_KEY not in features:
+            raise KeyError(
+                f"BiSegROIHeads: features[{SEM_SEG_PROBS_KEY!r}] (the semantic probabilities) is missing: "
+                'run it under MODEL.META_ARCHITECTURE "BiSeg" (its extra_features adds them), or set '
+                'MODEL.BISEG.PRIOR_MODE "none"'
+            )
+        prior = crop_roi_prior(
+            features[SEM_SEG_PROBS_KEY], rois, self.mask_size, self.spatial_scale, self.sampling_ratio
+        )
+        inside, outside = combine_prior(likelihoods[:, 0], likelihoods[:, 1], prior, self.prior_mode)
+        return torch.stack([inside, outside], dim=1)
+
+    def fused_likelihoods(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
+        """``(R, 2, C+1, M, M)`` likelihoods before the prior: FCIS's set at ``M/2`` upsampled x2
+        plus the stride-8 set at ``M`` (``fuse``), or FCIS's set at ``M``."""
+        maps = self.inside_outside_score_maps(features)
+        rois = rois.to(maps.dtype)
+        M = self.mask_size
+        coarse = ps_roi_assemble(
+            maps,
+            rois,
+            M // 2 if self.fuse else M,
+            self.group_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+        )
+        if not self.fuse:
+            return split_inside_outside(coarse)
+        if self.fine_in_feature not in features:
+            raise KeyError(
+                f"BiSegROIHeads: features[{self.fine_in_feature!r}] (MODEL.BISEG.FINE_IN_FEATURE) is missing; the "
+                f"backbone returned {sorted(features)}: add it to MODEL.RESNETS.OUT_FEATURES"
+            )
+        fine_maps = self._cached(features, self.FINE_MAPS_KEY, lambda: self.fine_maps(features[self.fine_in_feature]))
+        fine = ps_roi_assemble(
+            fine_maps, rois, M, self.fine_group_size, self.fine_spatial_scale, self.sampling_ratio, self.aligned
+        )
+        return split_inside_outside(fuse_likelihoods(coarse, fine))
