@@ -31,95 +31,34 @@ Usage::
     python tools/benchmark_instance_fcn.py --device cpu --images 2 --out docs/benchmark_instance_fcn.png
 """
 import argparse
-import contextlib
 import os
-import platform
 import sys
-import time
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import List
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # run as a script from anywhere without installing the package
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_common beside this file
+from benchmark_common import (  # noqa: E402
+    REPO,
+    Result,
+    StageTimer,
+    device_description,
+    find_image_dir,
+    fmt,
+    image_paths,
+    run_model,
+)
 
 TARGET_AFTER_TRUNK_SHARE = 0.15
 # InstanceFCN stage columns, in data-path order; "after trunk" = the last three
 STAGES = ["preprocess", "trunk", "branches", "assemble", "paste+nms"]
 
 
-@dataclass
-class Result:
-    name: str
-    totals: List[float] = field(default_factory=list)  # seconds per timed image
-    stages: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
-    detections: List[int] = field(default_factory=list)
-
-    def mean(self, values: List[float]) -> float:
-        return sum(values) / len(values) if values else float("nan")
-
-    @property
-    def total(self) -> float:
-        return self.mean(self.totals)
-
-    def stage(self, name: str) -> float:
-        return self.mean(self.stages.get(name, []))
-
-    @property
-    def after_trunk(self) -> float:
-        """Branches + assembling + pasting + NMS (InstanceFCN only; NaN otherwise)."""
-        if "branches" not in self.stages:
-            return float("nan")
-        return self.mean(
-            [t - p - b for t, p, b in zip(self.totals, self.stages["preprocess"], self.stages["trunk"])]
-        )
-
-
-# ---- images ----------------------------------------------------------------------------------
-def find_image_dir() -> str:
-    candidates = []
-    if os.environ.get("DETECTRON2_DATASETS"):
-        candidates.append(os.path.join(os.environ["DETECTRON2_DATASETS"], "coco128", "val2017"))
-    candidates.append(os.path.join(REPO, "..", "shared", "data", "coco128", "val2017"))
-    for c in candidates:
-        if os.path.isdir(c):
-            return os.path.normpath(c)
-    raise FileNotFoundError(
-        "no coco128/val2017 image folder found; looked in: " + ", ".join(candidates) + " (set $DETECTRON2_DATASETS)"
-    )
-
-
-def load_inputs(paths: List[str], fmt: str, short_side: int, max_size: int) -> List[Dict]:
-    """detectron2 test-time inputs: ``image`` ``(3, H, W)`` float32 in ``fmt`` resized as at test
-    time, ``height`` / ``width`` of the original image (results are pasted at that size, as in
-    detectron2's evaluation)."""
-    from detectron2.data import transforms as T
-    from detectron2.data.detection_utils import read_image
-
-    resize = T.ResizeShortestEdge(short_side, max_size)
-    inputs = []
-    for p in paths:
-        img = read_image(p, format=fmt)
-        h, w = img.shape[:2]
-        img = resize.get_transform(img).apply_image(img)
-        inputs.append(
-            {"image": torch.as_tensor(img.transpose(2, 0, 1).astype("float32")), "height": h, "width": w, "path": p}
-        )
-    return inputs
-
-
-# ---- models ----------------------------------------------------------------------------------
-def build(config: str, opts: List[str], device: str):
-    from detectron2.modeling import build_model
-
-    from instfcn_d2.config import get_instfcn_cfg
-
-    cfg = get_instfcn_cfg(os.path.join(REPO, config), ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + opts)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    return cfg, model
+def after_trunk(r: Result) -> float:
+    """Branches + assembling + pasting + NMS (InstanceFCN only; NaN otherwise)."""
+    if "branches" not in r.stages:
+        return float("nan")
+    return r.mean([t - p - b for t, p, b in zip(r.totals, r.stages["preprocess"], r.stages["trunk"])])
 
 
 # Random-weight ResNets with detectron2's FrozenBN (identity) and its caffe PIXEL_STD of 1 reach
@@ -144,55 +83,6 @@ def model_specs(short_side: int, max_size: int):
     ]
 
 
-# ---- timing ----------------------------------------------------------------------------------
-class StageTimer:
-    """Accumulates wall time per stage of one forward; synchronises CUDA around each stage."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.times: Dict[str, float] = defaultdict(float)
-        self._start: Dict[str, float] = {}
-        self._undo: List[Callable[[], None]] = []
-
-    def now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def hook_module(self, module: torch.nn.Module, stage: str) -> None:
-        def pre(_m, _inp):
-            self._start[stage] = self.now()
-
-        def post(_m, _inp, _out):
-            self.times[stage] += self.now() - self._start.pop(stage)
-
-        handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-        self._undo.append(lambda: [h.remove() for h in handles])
-
-    def wrap_attr(self, owner, attr: str, stage: str) -> None:
-        """Time ``owner.attr(...)`` calls (a bound method on an instance, or a module's function)."""
-        original = getattr(owner, attr)
-        had_own = attr in vars(owner)
-
-        def timed(*args, **kwargs):
-            t0 = self.now()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.times[stage] += self.now() - t0
-
-        setattr(owner, attr, timed)
-        self._undo.append(lambda: setattr(owner, attr, original) if had_own else delattr(owner, attr))
-
-    def reset(self) -> None:
-        self.times.clear()
-
-    def remove(self) -> None:
-        for undo in reversed(self._undo):
-            undo()
-        self._undo.clear()
-
-
 def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.backbone, "trunk")
     if "InstanceFCN" in name:
@@ -207,54 +97,17 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         timer.wrap_attr(meta, "window_masks_to_proposals", "paste+nms")
 
 
-def run_model(name: str, config: str, opts: List[str], paths: List[str], args) -> Result:
-    t0 = time.perf_counter()
-    cfg, model = build(config, opts, args.device)
-    print(f"[{name}] built in {time.perf_counter() - t0:.1f}s ({config}, input {cfg.INPUT.FORMAT})", flush=True)
-    inputs = load_inputs(paths, cfg.INPUT.FORMAT, args.short_side, args.max_size)
-    timer = StageTimer(args.device)
-    instrument(model, name, timer)
-    result = Result(name)
-    try:
-        with torch.no_grad():
-            for i, inp in enumerate(inputs):
-                timer.reset()
-                t = timer.now()
-                out = model([inp])
-                dt = timer.now() - t
-                n = len(out[0]["instances"])
-                shape = "x".join(map(str, inp["image"].shape[-2:]))
-                tag = "warm-up" if i == 0 else f"image {i}/{len(inputs) - 1}"
-                stages = ", ".join(f"{k} {v:.2f}s" for k, v in timer.times.items())
-                print(f"[{name}] {tag} {os.path.basename(inp['path'])} {shape}: {dt:.2f}s, {n} outputs ({stages})",
-                      flush=True)  # fmt: skip
-                if i == 0:
-                    continue
-                result.totals.append(dt)
-                result.detections.append(n)
-                for k, v in timer.times.items():
-                    result.stages[k].append(v)
-    finally:
-        timer.remove()
-    del model
-    return result
-
-
 # ---- report ----------------------------------------------------------------------------------
-def fmt(x: float) -> str:
-    return "—" if x != x else f"{x:.2f}"
-
-
 def markdown_table(results: List[Result]) -> str:
     head = ["model", "s / image", "preprocess", "trunk", "branches", "assemble", "paste + NMS",
             "after trunk", "after-trunk share", "outputs / image"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         fcn = "branches" in r.stages
-        share = f"{100 * r.after_trunk / r.total:.1f}%" if fcn else "—"
+        share = f"{100 * after_trunk(r) / r.total:.1f}%" if fcn else "—"
         cells = [r.name, fmt(r.total)]
         cells += [fmt(r.stage(s)) if (fcn or s == "trunk") else "—" for s in STAGES]
-        cells += [fmt(r.after_trunk), share, f"{r.mean(r.detections):.0f}"]
+        cells += [fmt(after_trunk(r)), share, f"{r.mean(r.detections):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -264,7 +117,7 @@ def ratios(results: List[Result]) -> List[str]:
     lines = [f"- {r.name} / {vgg.name}: {r.total / vgg.total:.2f}x the time per image" for r in results[1:]]
     for r in results:
         if "branches" in r.stages:
-            share = r.after_trunk / r.total
+            share = after_trunk(r) / r.total
             verdict = "MET" if share < TARGET_AFTER_TRUNK_SHARE else "NOT MET"
             parts = ", ".join(f"{s} {100 * r.stage(s) / r.total:.1f}%" for s in STAGES[2:])
             lines.append(
@@ -331,17 +184,16 @@ def main(argv=None) -> int:
     import instfcn_d2  # noqa: F401  (registers the meta-architecture and backbones)
 
     image_dir = args.image_dir or find_image_dir()
-    paths = sorted(os.path.join(image_dir, f) for f in os.listdir(image_dir) if f.lower().endswith((".jpg", ".png")))
-    if len(paths) < args.images + 1:
-        sys.exit(f"{image_dir}: {len(paths)} images, need {args.images + 1} (1 warm-up + --images)")
-    paths = paths[: args.images + 1]
-    device_desc = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else (
-        f"CPU {platform.machine()}, {torch.get_num_threads()} torch threads")  # fmt: skip
+    paths = image_paths(image_dir, args.images + 1)
+    device_desc = device_description(args.device)
     print(f"device: {device_desc}; torch {torch.__version__}; images: {image_dir} "
           f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
           f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
 
-    results = [run_model(name, cfg, opts, paths, args) for name, cfg, opts in model_specs(args.short_side, args.max_size)]
+    results = [
+        run_model(name, cfg, opts, paths, args, instrument)
+        for name, cfg, opts in model_specs(args.short_side, args.max_size)
+    ]
 
     print()
     print(markdown_table(results))

@@ -34,7 +34,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, ROIHeads
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss, weight_init
 from torch import Tensor, nn
@@ -465,13 +465,17 @@ class FCISROIHeads(ROIHeads):
         masks = boxes.new_zeros((len(cand), M, M))
         for c in classes.unique().tolist():
             members = (classes == c).nonzero().squeeze(1)
-            probs = inside_outside_mask_probs(inside_outside[:, :, c])  # (P, M, M), every candidate
             if self.use_mask_voting:
+                # only candidates that vote for some kept box of class c need their mask: the same
+                # result as passing all P of them, without (P, M, M) softmaxes per class
+                iou = pairwise_iou(Boxes(kept_boxes[members]), Boxes(boxes))
+                voters = (iou >= self.mask_voting_iou).any(dim=0).nonzero().squeeze(1)
+                probs = inside_outside_mask_probs(inside_outside[voters, :, c])  # (V, M, M)
                 masks[members] = mask_voting(
-                    kept_boxes[members], boxes, probs, scores[:, c], iou_threshold=self.mask_voting_iou
+                    kept_boxes[members], boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou
                 )
             else:
-                masks[members] = probs[cand[members]]
+                masks[members] = inside_outside_mask_probs(inside_outside[cand[members], :, c])
 
         result = Instances(image_size)
         result.pred_boxes = Boxes(kept_boxes)

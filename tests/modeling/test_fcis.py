@@ -568,3 +568,27 @@ def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
     assert {"bbox", "segm"} <= set(results)
     assert all(0.0 <= results[t]["AP"] <= 100.0 or np.isnan(results[t]["AP"]) for t in ("bbox", "segm"))
+
+
+def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candidate():
+    """detect_single_image softmaxes the masks of the candidates that vote for some kept box only;
+    the voted masks must equal mask_voting over all candidates (non-voters weigh nothing)."""
+    from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
+    from instfcn_d2.modeling.mask_voting import mask_voting
+
+    heads = _model().roi_heads
+    torch.manual_seed(3)
+    P, C, M = 40, heads.num_classes, heads.mask_size
+    xy = torch.rand(P, 2) * 60
+    boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
+    scores = torch.softmax(torch.randn(P, C + 1) * 3, dim=1)
+    inside_outside = torch.randn(P, 2, C + 1, M, M)
+    result = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    assert len(result) > 1
+    for k in range(len(result)):
+        c = int(result.pred_classes[k])
+        expected = mask_voting(
+            result.pred_boxes.tensor[k : k + 1], boxes, inside_outside_mask_probs(inside_outside[:, :, c]),
+            scores[:, c], iou_threshold=heads.mask_voting_iou,
+        )  # fmt: skip
+        torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,45 @@
+"""tools/benchmark_common.py: stage times are exclusive, so nested stages never count twice."""
+import time
+
+import torch
+
+from conftest import load_tool
+
+
+class _Outer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Identity()
+
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.helper(self.inner(x))
+
+    def helper(self, x):
+        time.sleep(0.03)
+        return x
+
+
+def test_nested_stages_get_exclusive_times_that_sum_to_the_total():
+    common = load_tool("benchmark_common")
+    model = _Outer()
+    timer = common.StageTimer("cpu")
+    timer.hook_module(model, "outer")
+    timer.wrap_attr(model, "helper", "helper")
+    timer.hook_module(model.inner, "inner")
+    # a pre-hook registered after the timer's runs inside the "inner" stage
+    model.inner.register_forward_pre_hook(lambda _m, _i: time.sleep(0.02))
+    start = time.perf_counter()
+    model(torch.zeros(1))
+    total = time.perf_counter() - start
+    t = timer.times
+    assert set(t) == {"outer", "helper", "inner"}
+    assert 0.03 <= t["helper"] < 0.03 + 0.02
+    assert 0.02 <= t["inner"] < 0.02 + 0.02
+    assert 0.05 <= t["outer"] < 0.05 + 0.02  # excludes helper's 0.03 s and inner's 0.02 s
+    assert abs(sum(t.values()) - total) < 0.02
+    timer.remove()
+    assert "helper" not in vars(model)  # the wrapper is gone: the class method is back
+    timer.reset()
+    model(torch.zeros(1))
+    assert dict(timer.times) == {}

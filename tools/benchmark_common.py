@@ -1,0 +1,200 @@
+"""What the model benchmarks share: test images, model building, per-stage timing, the timed loop.
+
+Used by ``tools/benchmark_instance_fcn.py`` and ``tools/benchmark_fcis.py`` (tools/ holds scripts,
+not a package: they import this file from their own folder).
+
+Stages are timed inside the real ``model(inputs)`` call, by forward hooks on modules and by
+wrapping methods / module-level functions. Stages may nest (FCIS's score maps are computed lazily
+inside the assembling call): each stage gets its *exclusive* time, i.e. a stage's time excludes
+the time of the stages timed inside it, so the stages of one forward never count a second twice.
+"""
+import os
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # run as a script from anywhere without installing the package
+
+
+@dataclass
+class Result:
+    name: str
+    totals: List[float] = field(default_factory=list)  # seconds per timed image
+    stages: Dict[str, List[float]] = field(default_factory=lambda: defaultdict(list))
+    detections: List[int] = field(default_factory=list)
+
+    @staticmethod
+    def mean(values: List[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    @property
+    def total(self) -> float:
+        return self.mean(self.totals)
+
+    def stage(self, name: str) -> float:
+        return self.mean(self.stages.get(name, []))
+
+
+class StageTimer:
+    """Exclusive wall time per stage of one forward; synchronises CUDA around each stage."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.times: Dict[str, float] = defaultdict(float)
+        self._stack: List[List] = []  # [stage, start, time of the stages nested inside]
+        self._undo: List[Callable[[], None]] = []
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _enter(self, stage: str) -> None:
+        self._stack.append([stage, self.now(), 0.0])
+
+    def _exit(self) -> None:
+        stage, start, nested = self._stack.pop()
+        elapsed = self.now() - start
+        self.times[stage] += elapsed - nested
+        if self._stack:
+            self._stack[-1][2] += elapsed
+
+    def hook_module(self, module: torch.nn.Module, stage: str) -> None:
+        handles = [
+            module.register_forward_pre_hook(lambda _m, _i: self._enter(stage)),
+            module.register_forward_hook(lambda _m, _i, _o: self._exit()),
+        ]
+        self._undo.append(lambda: [h.remove() for h in handles])
+
+    def wrap_attr(self, owner, attr: str, stage: str) -> None:
+        """Time ``owner.attr(...)`` calls (a bound method on an instance, or a module's function)."""
+        original = getattr(owner, attr)
+        had_own = attr in vars(owner)
+
+        def timed(*args, **kwargs):
+            self._enter(stage)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._exit()
+
+        setattr(owner, attr, timed)
+        self._undo.append(lambda: setattr(owner, attr, original) if had_own else delattr(owner, attr))
+
+    def reset(self) -> None:
+        self.times.clear()
+        self._stack.clear()
+
+    def remove(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+
+# ---- images ----------------------------------------------------------------------------------
+def find_image_dir() -> str:
+    candidates = []
+    if os.environ.get("DETECTRON2_DATASETS"):
+        candidates.append(os.path.join(os.environ["DETECTRON2_DATASETS"], "coco128", "val2017"))
+    candidates.append(os.path.join(REPO, "..", "shared", "data", "coco128", "val2017"))
+    for c in candidates:
+        if os.path.isdir(c):
+            return os.path.normpath(c)
+    raise FileNotFoundError(
+        "no coco128/val2017 image folder found; looked in: " + ", ".join(candidates) + " (set $DETECTRON2_DATASETS)"
+    )
+
+
+def image_paths(image_dir: str, count: int) -> List[str]:
+    """The first ``count`` images of ``image_dir`` (sorted), or exit naming the folder."""
+    paths = sorted(os.path.join(image_dir, f) for f in os.listdir(image_dir) if f.lower().endswith((".jpg", ".png")))
+    if len(paths) < count:
+        sys.exit(f"{image_dir}: {len(paths)} images, need {count} (1 warm-up + --images)")
+    return paths[:count]
+
+
+def load_inputs(paths: List[str], fmt: str, short_side: int, max_size: int) -> List[Dict]:
+    """detectron2 test-time inputs: ``image`` ``(3, H, W)`` float32 in ``fmt`` resized as at test
+    time, ``height`` / ``width`` of the original image (results are pasted at that size, as in
+    detectron2's evaluation)."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    resize = T.ResizeShortestEdge(short_side, max_size)
+    inputs = []
+    for p in paths:
+        img = read_image(p, format=fmt)
+        h, w = img.shape[:2]
+        img = resize.get_transform(img).apply_image(img)
+        inputs.append(
+            {"image": torch.as_tensor(img.transpose(2, 0, 1).astype("float32")), "height": h, "width": w, "path": p}
+        )
+    return inputs
+
+
+# ---- models ----------------------------------------------------------------------------------
+def build(config: str, opts: List[str], device: str):
+    """``(cfg, model)`` in eval mode with random weights (seed 0): speed needs no checkpoint."""
+    from detectron2.modeling import build_model
+
+    from instfcn_d2.config import get_instfcn_cfg
+
+    cfg = get_instfcn_cfg(os.path.join(REPO, config), ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""] + opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    return cfg, model
+
+
+def run_model(
+    name: str, config: str, opts: List[str], paths: List[str], args, instrument: Callable[[torch.nn.Module, str, StageTimer], None]
+) -> Result:
+    """Build, hook (``instrument(model, name, timer)``) and run one model on ``paths``: the first
+    image is a warm-up, the others are timed (``args``: ``device``, ``short_side``, ``max_size``)."""
+    t0 = time.perf_counter()
+    cfg, model = build(config, opts, args.device)
+    print(f"[{name}] built in {time.perf_counter() - t0:.1f}s ({config}, input {cfg.INPUT.FORMAT})", flush=True)
+    inputs = load_inputs(paths, cfg.INPUT.FORMAT, args.short_side, args.max_size)
+    timer = StageTimer(args.device)
+    instrument(model, name, timer)
+    result = Result(name)
+    try:
+        with torch.no_grad():
+            for i, inp in enumerate(inputs):
+                timer.reset()
+                t = timer.now()
+                out = model([inp])
+                dt = timer.now() - t
+                n = len(out[0]["instances"])
+                shape = "x".join(map(str, inp["image"].shape[-2:]))
+                tag = "warm-up" if i == 0 else f"image {i}/{len(inputs) - 1}"
+                stages = ", ".join(f"{k} {v:.2f}s" for k, v in timer.times.items())
+                print(f"[{name}] {tag} {os.path.basename(inp['path'])} {shape}: {dt:.2f}s, {n} outputs ({stages})",
+                      flush=True)  # fmt: skip
+                if i == 0:
+                    continue
+                result.totals.append(dt)
+                result.detections.append(n)
+                for k, v in timer.times.items():
+                    result.stages[k].append(v)
+    finally:
+        timer.remove()
+    del model
+    return result
+
+
+def fmt(x: float) -> str:
+    return "—" if x != x else f"{x:.2f}"
+
+
+def device_description(device: str) -> str:
+    import platform
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} torch threads"
