@@ -35,7 +35,11 @@ def read_metrics(path):
 
 def plot(series, out_png, title=""):
     losses = sorted(k for k in series if k.startswith("loss") or k == "total_loss")
-    metrics = sorted(k for k in series if k.endswith("/AP") or k.endswith("/AP50") or k.startswith("AR"))
+    # COCO AP ("segm/AP"), proposal recall ("proposals/AR@100"), VOC region AP, semantic mIoU
+    metrics = sorted(
+        k for k in series
+        if k.endswith(("/AP", "/AP50", "/mIoU")) or "AR@" in k.split("/")[-1] or "mAPr@" in k
+    )
     fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(13 if metrics else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
     for key in losses:

@@ -1,3 +1,3 @@
-from .trainer import Trainer
+from .trainer import Trainer, build_evaluators
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "build_evaluators"]
