@@ -9,12 +9,7 @@ import torch.nn.functional as F
 from instfcn_d2.modeling.semantic_prior import SemanticBranch, combine_prior, crop_roi_prior, fuse_likelihoods
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---- SemanticBranch ------------------------------------------------------------------------------------
