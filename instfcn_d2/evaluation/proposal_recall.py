@@ -94,6 +94,18 @@ def match_proposals(ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRE
     return ranks
 
 
+def _gather_predictions(predictions: List[dict], distributed: bool) -> Optional[List[dict]]:
+    """All processes' per-image predictions on the main process (``None`` on the others), as
+    detectron2's ``COCOEvaluator.evaluate`` gathers them; the local list when not distributed."""
+    if not distributed:
+        return predictions
+    comm.synchronize()
+    gathered = comm.gather(predictions, dst=0)
+    if not comm.is_main_process():
+        return None
+    return [p for chunk in gathered for p in chunk]
+
+
 def _encode_masks(masks: np.ndarray) -> List[dict]:
     """``(R, H, W)`` binary masks -> R compressed RLEs (COCOEvaluator's encoding)."""
     if len(masks) == 0:
@@ -200,14 +212,9 @@ class SegmentProposalEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self):
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = [p for chunk in gathered for p in chunk]
-        else:
-            predictions = self._predictions
+        predictions = _gather_predictions(self._predictions, self._distributed)
+        if predictions is None:  # not the main process
+            return {}
         if not predictions:
             logger.warning("SegmentProposalEvaluator(%s): no images were processed", self._dataset_name)
             return {}

@@ -61,12 +61,11 @@ from detectron2.evaluation import DatasetEvaluator
 # detectron2's PASCAL VOC box evaluator has the very ``voc_ap`` of the MNC / FCIS code (same
 # 11-point grid ``np.arange(0, 1.1, 0.1)``, same all-point envelope): reused, not rewritten.
 from detectron2.evaluation.pascal_voc_evaluation import voc_ap
-from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 # The ground-truth decoding (polygons / RLE / bitmask, with errors naming the record) and the
 # prediction encoding are those of the proposal evaluator: one implementation for both.
-from .proposal_recall import _encode_masks, _gt_rle_and_area
+from .proposal_recall import _encode_masks, _gather_predictions, _gt_rle_and_area
 
 logger = logging.getLogger(__name__)
 
@@ -191,14 +190,9 @@ class RegionAPEvaluator(DatasetEvaluator):
             )
 
     def evaluate(self):
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            if not comm.is_main_process():
-                return {}
-            predictions = [p for chunk in gathered for p in chunk]
-        else:
-            predictions = self._predictions
+        predictions = _gather_predictions(self._predictions, self._distributed)
+        if predictions is None:  # not the main process
+            return {}
         if not predictions:
             logger.warning("RegionAPEvaluator(%s): no images were processed", self._dataset_name)
             return {}
