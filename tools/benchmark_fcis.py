@@ -85,8 +85,10 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         if hasattr(model, "sem_seg_head"):
             timer.hook_module(model.sem_seg_head, "semantic")
             timer.wrap_attr(model, "extra_outputs", "semantic")  # sem_seg resized to the output
-        timer.wrap_attr(heads, "roi_inside_outside", "assemble")
-        timer.wrap_attr(heads, "roi_box_deltas", "assemble")
+        # roi_class_logits calls roi_inside_outside per chunk: the same stage nested in itself,
+        # which StageTimer counts once (each call's exclusive time, the inner ones subtracted)
+        for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class", "roi_box_deltas"):
+            timer.wrap_attr(heads, attr, "assemble")
         timer.wrap_attr(heads, "detect_single_image", "nms")
         timer.wrap_attr(fcis_heads, "mask_voting", "voting")
         timer.wrap_attr(fcis_arch, "fcis_postprocess", "paste")

@@ -1,9 +1,10 @@
 """BiSeg's per-RoI part: ``BiSegROIHeads`` (``ROI_HEADS_REGISTRY``), FCIS's heads with BiSeg's
 inside/outside likelihoods.
 
-Only :meth:`BiSegROIHeads.roi_inside_outside` changes; FCIS's class scores (max + mean +
-softmax), masks (softmax of inside vs outside), box regression, losses and inference (NMS, mask
-voting) run unchanged on what it returns::
+Only :meth:`BiSegROIHeads.roi_inside_outside` (and its one-class form
+:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks) changes;
+FCIS's class scores (max + mean + softmax), masks (softmax of inside vs outside), box regression,
+losses and inference (NMS, mask voting) run unchanged on what they return::
 
     FCIS's set  (k1 = MODEL.FCIS.GROUP_SIZE, on conv_new_1 of res5, stride 16) -> assemble at M/2 --+
     fine set    (k2 = MODEL.BISEG.GROUP_SIZE_FINE, 1x1 conv on res3, stride 8) -> assemble at M  --+
@@ -14,7 +15,7 @@ voting) run unchanged on what it returns::
 ``MODEL.BISEG.FUSE False``: FCIS's set only, assembled at M. ``PRIOR_MODE "none"``: no prior.
 """
 import logging
-from typing import Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from detectron2.config import configurable
@@ -137,22 +138,39 @@ class BiSegROIHeads(FCISROIHeads):
         likelihoods = self.fused_likelihoods(features, rois)
         if self.prior_mode == "none":
             return likelihoods
-        if SEM_SEG_PROBS_KEY not in features:
-            raise KeyError(
-                f"BiSegROIHeads: features[{SEM_SEG_PROBS_KEY!r}] (the semantic probabilities) is missing: "
-                'run it under MODEL.META_ARCHITECTURE "BiSeg" (its extra_features adds them), or set '
-                'MODEL.BISEG.PRIOR_MODE "none"'
-            )
-        prior = crop_roi_prior(
-            features[SEM_SEG_PROBS_KEY], rois, self.mask_size, self.spatial_scale, self.sampling_ratio
-        )
+        prior = self.roi_prior(features, rois)
         inside, outside = combine_prior(likelihoods[:, 0], likelihoods[:, 1], prior, self.prior_mode)
         return torch.stack([inside, outside], dim=1)
+
+    def roi_inside_outside_of_class(self, features: Dict[str, Tensor], rois: Tensor, class_index: int) -> Tensor:
+        """``roi_inside_outside(features, rois)[:, :, class_index]``, computed from class ``c``'s
+        channels only: its ``2*k1*k1`` and ``2*k2*k2`` maps assembled and fused, its prior channel
+        cropped.
+
+        Returns:
+            ``(R, 2, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
+        """
+        likelihoods = self._assembled_likelihoods(
+            features, rois, lambda maps, k: self._class_maps(maps, class_index, k)
+        )  # (R, 2, M, M)
+        if self.prior_mode == "none":
+            return likelihoods
+        prior = self.roi_prior(features, rois, class_index)  # (R, 1, M, M)
+        inside, outside = combine_prior(likelihoods[:, :1], likelihoods[:, 1:], prior, self.prior_mode)
+        return torch.cat([inside, outside], dim=1)
 
     def fused_likelihoods(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
         """``(R, 2, C+1, M, M)`` likelihoods before the prior: FCIS's set at ``M/2`` upsampled x2
         plus the stride-8 set at ``M`` (``fuse``), or FCIS's set at ``M``."""
-        maps = self.inside_outside_score_maps(features)
+        return split_inside_outside(self._assembled_likelihoods(features, rois, lambda maps, k: maps))
+
+    def _assembled_likelihoods(
+        self, features: Dict[str, Tensor], rois: Tensor, select: Callable[[Tensor, int], Tensor]
+    ) -> Tensor:
+        """``(R, K, M, M)`` likelihoods before the prior of the output channels that
+        ``select(maps, k)`` keeps of each map set (``(N, k*k*2*(C+1), H, W) -> (N, k*k*K, H, W)``,
+        the same channels of both sets): all of them (``K = 2*(C+1)``) or one class's (``K = 2``)."""
+        maps = select(self.inside_outside_score_maps(features), self.group_size)
         rois = rois.to(maps.dtype)
         M = self.mask_size
         coarse = ps_roi_assemble(
@@ -165,14 +183,36 @@ class BiSegROIHeads(FCISROIHeads):
             self.aligned,
         )
         if not self.fuse:
-            return split_inside_outside(coarse)
+            return coarse
+        fine_maps = select(self.fine_score_maps(features), self.fine_group_size)
+        fine = ps_roi_assemble(
+            fine_maps, rois, M, self.fine_group_size, self.fine_spatial_scale, self.sampling_ratio, self.aligned
+        )
+        return fuse_likelihoods(coarse, fine)
+
+    def fine_score_maps(self, features: Dict[str, Tensor]) -> Tensor:
+        """``(N, k2*k2*2*(C+1), H/8, W/8)`` inside/outside maps of the stride-8 set (``fuse`` only)."""
         if self.fine_in_feature not in features:
             raise KeyError(
                 f"BiSegROIHeads: features[{self.fine_in_feature!r}] (MODEL.BISEG.FINE_IN_FEATURE) is missing; the "
                 f"backbone returned {sorted(features)}: add it to MODEL.RESNETS.OUT_FEATURES"
             )
-        fine_maps = self._cached(features, self.FINE_MAPS_KEY, lambda: self.fine_maps(features[self.fine_in_feature]))
-        fine = ps_roi_assemble(
-            fine_maps, rois, M, self.fine_group_size, self.fine_spatial_scale, self.sampling_ratio, self.aligned
-        )
-        return split_inside_outside(fuse_likelihoods(coarse, fine))
+        return self._cached(features, self.FINE_MAPS_KEY, lambda: self.fine_maps(features[self.fine_in_feature]))
+
+    def roi_prior(self, features: Dict[str, Tensor], rois: Tensor, class_index: Optional[int] = None) -> Tensor:
+        """The semantic prior cropped to each RoI at ``M``: ``(R, C+1, M, M)``, or ``(R, 1, M, M)``
+        of class ``class_index`` only.
+
+        ``features["sem_seg_probs"]`` is in FCIS's class order (:meth:`BiSeg.extra_features` moves
+        the background last), so its channel ``c`` is the prior of the likelihoods' class ``c``.
+        """
+        if SEM_SEG_PROBS_KEY not in features:
+            raise KeyError(
+                f"BiSegROIHeads: features[{SEM_SEG_PROBS_KEY!r}] (the semantic probabilities) is missing: "
+                'run it under MODEL.META_ARCHITECTURE "BiSeg" (its extra_features adds them), or set '
+                'MODEL.BISEG.PRIOR_MODE "none"'
+            )
+        probs = features[SEM_SEG_PROBS_KEY]
+        if class_index is not None:
+            probs = probs[:, class_index : class_index + 1]
+        return crop_roi_prior(probs, rois, self.mask_size, self.spatial_scale, self.sampling_ratio)

@@ -5,8 +5,9 @@ Per image (fully convolutional, computed once): res5 -> ``conv_new_1`` (1x1 conv
 (:class:`..score_maps.PSScoreMaps`; channel layout in :mod:`..score_maps`).
 
 Per RoI (parameter free): the maps are assembled to ``(R, 2, C+1, M, M)`` inside/outside logits by
-:meth:`FCISROIHeads.roi_inside_outside` (the one method BiSeg overrides); everything after uses
-only that tensor:
+:meth:`FCISROIHeads.roi_inside_outside`, or to the ``(R, 2, M, M)`` logits of one class by
+:meth:`FCISROIHeads.roi_inside_outside_of_class` (the two methods BiSeg overrides); everything
+after uses only those tensors:
 
 - class logits ``(R, C+1)``: per pixel ``max(inside, outside)``, averaged over the ``M x M`` RoI
   (:func:`inside_outside_class_logits`), softmax over ``C+1`` (``C`` = background, detectron2's
@@ -19,14 +20,17 @@ softmax cross-entropy over ``C+1``; per-pixel cross-entropy (inside vs outside) 
 ground-truth class of positive RoIs against the ground-truth mask cropped to the RoI and resized
 to ``M x M`` (``>= 0.5``); smooth-L1 on the class-agnostic deltas of positives; optional OHEM.
 
-Inference (the official test): score the RPN RoIs and their box-regressed versions (one
-assembling pass over both, 600 candidates with 300 RoIs), per-class box NMS, mask voting, the top
-``DETECTIONS_PER_IMAGE``. Output ``Instances`` at the network's input resolution with
-``pred_masks`` ``(K, 1, M, M)`` voted probabilities in the box frame (pasted and binarised at
-``MASK_BINARIZE_THRESH`` by the meta-architecture's ``detector_postprocess``).
+Inference (the official test): score the RPN RoIs and their box-regressed versions (600
+candidates with 300 RoIs; class logits assembled in chunks of RoIs,
+:meth:`FCISROIHeads.roi_class_logits`), per-class box NMS, mask voting, the top
+``DETECTIONS_PER_IMAGE``. Masks are assembled only for the (voter, class) pairs used
+(:meth:`FCISROIHeads.roi_inside_outside_of_class`), never as a ``(P, 2, C+1, M, M)`` tensor of
+all candidates (686 MB for BiSeg at C = 80, M = 42). Output ``Instances`` at the network's input
+resolution with ``pred_masks`` ``(K, 1, M, M)`` voted probabilities in the box frame (pasted and
+binarised at ``MASK_BINARIZE_THRESH`` by the meta-architecture's ``detector_postprocess``).
 """
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +45,7 @@ from torch import Tensor, nn
 
 from ..layers import ps_roi_assemble
 from .mask_voting import mask_voting
-from .score_maps import PSScoreMaps, assemble_box_deltas, split_inside_outside
+from .score_maps import PSScoreMaps, assemble_box_deltas, inside_outside_channel, split_inside_outside
 
 __all__ = [
     "FCISROIHeads",
@@ -55,6 +59,19 @@ logger = logging.getLogger(__name__)
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou")
 CONV_NEW_INITS = ("normal", "msra")
+#: RoIs per :meth:`FCISROIHeads.roi_class_logits` chunk. The class logits need every class of
+#: every candidate, but assembling all 600 test candidates at once makes each intermediate
+#: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
+#: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
+#: intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg at C = 80) that stays in cache from
+#: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
+#: keep the threads (or a GPU) busy.
+CLASS_LOGITS_ROIS_PER_CHUNK = 32
+
+#: ``mask_logits(indices, class_index) -> (V, 2, M, M)``: the inside/outside logits of class
+#: ``class_index`` of the candidates ``indices`` (``(V,)`` int64), as
+#: :meth:`FCISROIHeads.detect_single_image` reads them.
+MaskLogits = Callable[[Tensor, int], Tensor]
 
 
 def inside_outside_class_logits(inside_outside: Tensor) -> Tensor:
@@ -85,8 +102,11 @@ class FCISROIHeads(ROIHeads):
     come from :meth:`conv_new_features`, :meth:`inside_outside_score_maps` and
     :meth:`box_score_maps`, each computed once per forward and cached in ``features`` by
     :meth:`_cached` (which subclasses use for their own maps too). Everything after
-    :meth:`roi_inside_outside` takes ``M`` from its output, so a subclass may assemble at another
-    size.
+    :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_class` takes ``M`` from their
+    output, so a subclass may assemble at another size. A subclass overriding
+    :meth:`roi_inside_outside` should override :meth:`roi_inside_outside_of_class` to match; if
+    it does not, inference reads the masks from its :meth:`roi_inside_outside` (all classes,
+    sliced), which is correct but slower.
     """
 
     # Names under which forward() caches per-image maps in its copy of ``features``.
@@ -276,6 +296,57 @@ class FCISROIHeads(ROIHeads):
         )
         return split_inside_outside(assembled)
 
+    def roi_inside_outside_of_class(self, features: Dict[str, Tensor], rois: Tensor, class_index: int) -> Tensor:
+        """The inside/outside logits of one class of each RoI: ``roi_inside_outside(features,
+        rois)[:, :, class_index]``, assembling only that class's ``2*k*k`` maps (1/(C+1) of the work).
+
+        Args:
+            features, rois: as :meth:`roi_inside_outside`.
+            class_index: ``c`` in ``0 .. C`` (``C`` = background).
+
+        Returns:
+            ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
+        """
+        maps = self._class_maps(self.inside_outside_score_maps(features), class_index, self.group_size)
+        return ps_roi_assemble(
+            maps,
+            rois.to(maps.dtype),
+            self.mask_size,
+            self.group_size,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+        )
+
+    def _class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
+        """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
+        ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
+
+        In the layout of :mod:`..score_maps`, assembled output channel ``o`` reads the ``k*k``
+        consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
+        are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
+        ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
+        """
+        kk = group_size * group_size
+        expected = kk * 2 * (self.num_classes + 1)
+        if maps.dim() != 4 or maps.shape[1] != expected:
+            raise ValueError(
+                f"expected inside/outside maps (N, k*k*2*(C+1) = {expected}, H, W) for k = {group_size}, "
+                f"C = {self.num_classes}, got {tuple(maps.shape)}"
+            )
+        channels = [inside_outside_channel(class_index, outside, self.num_classes) for outside in (False, True)]
+        return torch.cat([maps[:, o * kk : (o + 1) * kk] for o in channels], dim=1)
+
+    def roi_class_logits(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
+        ``inside_outside_class_logits(roi_inside_outside(features, rois))`` computed over chunks of
+        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values, without ``(R, 2, C+1, M, M)``
+        intermediates)."""
+        # an empty rois still makes one call: (0, C+1) logits, with C from the maps
+        chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
+        logits = [inside_outside_class_logits(self.roi_inside_outside(features, chunk)) for chunk in chunks]
+        return torch.cat(logits, dim=0)
+
     def roi_box_deltas(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
         """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (``box2box_transform`` space)."""
         return assemble_box_deltas(
@@ -412,9 +483,22 @@ class FCISROIHeads(ROIHeads):
     @torch.no_grad()
     def inference(self, features: Dict[str, Tensor], proposals: List[Instances]) -> List[Instances]:
         """Detections per image (at the network input resolution) from the RPN proposals."""
-        device = self.conv_new.weight.device
+        candidates = self.inference_candidates(features, proposals)
+        # the class scores of every candidate, chunked; the masks later, per (candidate, class) used
+        scores = torch.softmax(self.roi_class_logits(features, candidates), dim=1)
+        results = []
+        for i, p in enumerate(proposals):
+            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+            image_rois = candidates[rows]
+            mask_logits = self._mask_logits_reader(features, image_rois)
+            results.append(self.detect_single_image(image_rois[:, 1:], scores[rows], mask_logits, p.image_size))
+        return results
+
+    def inference_candidates(self, features: Dict[str, Tensor], proposals: List[Instances]) -> Tensor:
+        """``(P, 5)`` RoIs scored at test time (``test_candidates``): the proposals and / or their
+        box-regressed versions clipped to their image, rows ``(batch_index, x1, y1, x2, y2)``."""
         image_sizes = [p.image_size for p in proposals]
-        rois = boxes_to_rois([p.proposal_boxes.tensor for p in proposals]).to(device)
+        rois = boxes_to_rois([p.proposal_boxes.tensor for p in proposals]).to(self.conv_new.weight.device)
         candidates = []
         if self.test_candidates in ("rois+regressed", "rois"):
             candidates.append(rois)
@@ -422,37 +506,60 @@ class FCISROIHeads(ROIHeads):
             deltas = self.roi_box_deltas(features, rois)
             regressed = self.box2box_transform.apply_deltas(deltas, rois[:, 1:])
             candidates.append(torch.cat([rois[:, :1], _clip_to_images(regressed, rois[:, 0], image_sizes)], dim=1))
-        candidates = torch.cat(candidates, dim=0)
-        # one assembling pass over both candidate sets
-        inside_outside = self.roi_inside_outside(features, candidates)
-        scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
+        return torch.cat(candidates, dim=0)
 
-        results = []
-        for i, image_size in enumerate(image_sizes):
-            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
-            results.append(
-                self.detect_single_image(candidates[rows, 1:], scores[rows], inside_outside[rows], image_size)
-            )
-        return results
+    def _mask_logits_reader(self, features: Dict[str, Tensor], rois: Tensor) -> MaskLogits:
+        """:data:`MaskLogits` of ``rois`` (``(P, 5)``, one image's candidates), assembled on demand."""
+        assemble = self.roi_inside_outside_of_class
+        if self._class_assembly_bypasses_override():
+
+            def assemble(features, rois, class_index):
+                return self.roi_inside_outside(features, rois)[:, :, class_index]
+
+        def mask_logits(indices: Tensor, class_index: int) -> Tensor:
+            return assemble(features, rois[indices], class_index)
+
+        return mask_logits
+
+    def _class_assembly_bypasses_override(self) -> bool:
+        """Whether a subclass overrides :meth:`roi_inside_outside` below the class that defines the
+        :meth:`roi_inside_outside_of_class` it inherits: that one would not see the override."""
+
+        def owner(name: str) -> type:
+            return next(k for k in type(self).__mro__ if name in vars(k))
+
+        full, per_class = owner("roi_inside_outside"), owner("roi_inside_outside_of_class")
+        return full is not per_class and issubclass(full, per_class)
 
     def detect_single_image(
-        self, boxes: Tensor, scores: Tensor, inside_outside: Tensor, image_size: Tuple[int, int]
+        self,
+        boxes: Tensor,
+        scores: Tensor,
+        inside_outside: Union[Tensor, MaskLogits],
+        image_size: Tuple[int, int],
     ) -> Instances:
         """Per-class NMS and mask voting over one image's candidates.
 
         Args:
             boxes: ``(P, 4)`` candidate boxes (the RoIs the maps were assembled in).
             scores: ``(P, C+1)`` class probabilities.
-            inside_outside: ``(P, 2, C+1, M, M)`` logits.
+            inside_outside: ``(P, 2, C+1, M, M)`` logits, or a :data:`MaskLogits` callable giving
+                the ``(V, 2, M, M)`` logits of one class for some of the ``P`` candidates
+                (inference's: only the masks used are assembled).
 
         Returns:
             ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks``
             ``(K, 1, M, M)`` foreground probabilities in the box frame, highest score first.
         """
+        mask_logits = _as_mask_logits(inside_outside)
         # empty boxes (regressed boxes clipped away) give no mask and would be dropped by
         # detector_postprocess anyway; non-finite values come from diverged weights
         valid = Boxes(boxes).nonempty() & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-        boxes, scores, inside_outside = boxes[valid], scores[valid], inside_outside[valid]
+        valid_idx = valid.nonzero().squeeze(1)
+        boxes, scores = boxes[valid_idx], scores[valid_idx]
+
+        def valid_mask_logits(indices: Tensor, class_index: int) -> Tensor:  # indices into the valid ones
+            return mask_logits(valid_idx[indices], class_index)
 
         fg_scores = scores[:, : self.num_classes]
         cand, classes = (fg_scores > self.score_thresh).nonzero(as_tuple=True)
@@ -461,21 +568,15 @@ class FCISROIHeads(ROIHeads):
         cand, classes, det_scores = cand[keep], classes[keep], det_scores[keep]
         kept_boxes = boxes[cand]
 
-        M = inside_outside.shape[-1]
-        masks = boxes.new_zeros((len(cand), M, M))
+        masks = None  # (K, M, M), allocated once M is known from the first logits read
         for c in classes.unique().tolist():
             members = (classes == c).nonzero().squeeze(1)
-            if self.use_mask_voting:
-                # only candidates that vote for some kept box of class c need their mask: the same
-                # result as passing all P of them, without (P, M, M) softmaxes per class
-                iou = pairwise_iou(Boxes(kept_boxes[members]), Boxes(boxes))
-                voters = (iou >= self.mask_voting_iou).any(dim=0).nonzero().squeeze(1)
-                probs = inside_outside_mask_probs(inside_outside[voters, :, c])  # (V, M, M)
-                masks[members] = mask_voting(
-                    kept_boxes[members], boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou
-                )
-            else:
-                masks[members] = inside_outside_mask_probs(inside_outside[cand[members], :, c])
+            class_masks = self._class_masks(c, cand[members], boxes, scores, valid_mask_logits)
+            if masks is None:
+                masks = boxes.new_zeros((len(cand),) + tuple(class_masks.shape[-2:]))
+            masks[members] = class_masks
+        if masks is None:  # no detection: M from an empty read
+            masks = boxes.new_zeros((0,) + tuple(valid_mask_logits(cand, 0).shape[-2:]))
 
         result = Instances(image_size)
         result.pred_boxes = Boxes(kept_boxes)
@@ -483,6 +584,38 @@ class FCISROIHeads(ROIHeads):
         result.pred_classes = classes
         result.pred_masks = masks[:, None]
         return result
+
+    def _class_masks(
+        self, class_index: int, kept: Tensor, boxes: Tensor, scores: Tensor, mask_logits: MaskLogits
+    ) -> Tensor:
+        """``(K_c, M, M)`` foreground probabilities of the detections of one class.
+
+        Args:
+            class_index: ``c``.
+            kept: ``(K_c,)`` indices of the detections (kept by NMS) among the candidates.
+            boxes, scores: ``(P, 4)`` and ``(P, C+1)`` of the candidates.
+            mask_logits: :data:`MaskLogits` of the candidates.
+        """
+        c = class_index
+        if not self.use_mask_voting:
+            return inside_outside_mask_probs(mask_logits(kept, c))
+        # only candidates that vote for some kept box of class c need their mask: the same result
+        # as passing all P of them, without assembling and softmaxing (P, M, M) masks per class
+        kept_boxes = boxes[kept]
+        iou = pairwise_iou(Boxes(kept_boxes), Boxes(boxes))
+        voters = (iou >= self.mask_voting_iou).any(dim=0).nonzero().squeeze(1)
+        probs = inside_outside_mask_probs(mask_logits(voters, c))  # (V, M, M)
+        return mask_voting(kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou)
+
+
+def _as_mask_logits(inside_outside: Union[Tensor, MaskLogits]) -> MaskLogits:
+    """A :data:`MaskLogits` callable, or one slicing a ``(P, 2, C+1, M, M)`` logits tensor."""
+    if callable(inside_outside):
+        return inside_outside
+    if not isinstance(inside_outside, Tensor) or inside_outside.dim() != 5:
+        shape = tuple(inside_outside.shape) if isinstance(inside_outside, Tensor) else type(inside_outside).__name__
+        raise ValueError(f"inside_outside must be (P, 2, C+1, M, M) logits or a mask_logits callable, got {shape}")
+    return lambda indices, class_index: inside_outside[indices, :, class_index]
 
 
 def _clip_to_images(boxes: Tensor, batch_index: Tensor, image_sizes: List[Tuple[int, int]]) -> Tensor:

@@ -20,7 +20,7 @@ from conftest import REPO_ROOT
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
 from instfcn_d2.modeling.biseg_heads import SEM_SEG_PROBS_KEY, BiSegROIHeads
-from instfcn_d2.modeling.fcis_heads import FCISROIHeads
+from instfcn_d2.modeling.fcis_heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISROIHeads, inside_outside_class_logits
 from instfcn_d2.modeling.meta_arch.biseg import SEM_SEG_LOGITS_KEY, labels_to_fcis_order
 from instfcn_d2.modeling.postprocessing import mask_tight_boxes
 
@@ -157,6 +157,66 @@ def test_roi_inside_outside_shapes_and_values(fuse, mode):
     assert torch.allclose(out[:, 1], likelihood[:, 1], atol=1e-5)  # outside maps unchanged
     if mode != "none":  # the prior really changes the inside maps
         assert (out[:, 0] - likelihood[:, 0]).abs().max() > 1e-3
+
+
+def _spread_maps(heads, std=0.2):
+    """Larger random map weights than the N(0, 0.01) init, so that the likelihoods of different
+    classes, cells and RoIs differ well beyond a float tolerance."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name in ("inside_outside_maps", "box_maps", "fine_maps"):
+            if hasattr(heads, name):
+                torch.nn.init.normal_(getattr(heads, name).conv.weight, std=std)
+                torch.nn.init.normal_(getattr(heads, name).conv.bias, std=std)
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("mode", ["product", "log", "none"])
+def test_roi_inside_outside_of_class_is_the_full_slice(fuse, mode):
+    model = _model("MODEL.BISEG.FUSE", str(fuse), "MODEL.BISEG.PRIOR_MODE", mode).eval()
+    heads = model.roi_heads
+    _spread_maps(heads)
+    M = heads.mask_size
+    with torch.no_grad():
+        _, features = _features(model, [_sample(0), _sample(1)])
+        # a sharper prior than the fresh branch's ~1/(C+1), so that a wrong prior channel shows
+        features[SEM_SEG_PROBS_KEY] = torch.softmax(torch.randn_like(features[SEM_SEG_PROBS_KEY]) * 3, dim=1)
+        full = heads.roi_inside_outside(dict(features), ROIS)
+        for c in range(C + 1):
+            one = heads.roi_inside_outside_of_class(dict(features), ROIS, c)
+            assert one.shape == (3, 2, M, M)
+            torch.testing.assert_close(one, full[:, :, c], rtol=1e-5, atol=1e-6)
+        assert heads.roi_inside_outside_of_class(dict(features), ROIS[:0], 0).shape == (0, 2, M, M)
+    assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1
+
+
+def test_inference_equals_the_full_tensor_reference():
+    """Fused maps, product prior: chunked class scores + per-class masks = the old single pass."""
+    model = _model().eval()
+    heads = model.roi_heads
+    assert heads.fuse and heads.prior_mode == "product"
+    _spread_maps(heads)
+    with torch.no_grad():
+        images, features = _features(model, [_test_input(_sample(0)), _test_input(_sample(1))])
+        proposals, _ = model.proposal_generator(images, features, None)
+        ours = heads.inference(dict(features), proposals)
+        # the reference: one (P, 2, C+1, M, M) tensor of all candidates to detect_single_image
+        candidates = heads.inference_candidates(dict(features), proposals)
+        assert len(candidates) > CLASS_LOGITS_ROIS_PER_CHUNK
+        inside_outside = heads.roi_inside_outside(dict(features), candidates)
+        scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
+        torch.testing.assert_close(
+            heads.roi_class_logits(dict(features), candidates), inside_outside_class_logits(inside_outside)
+        )
+    for i, (p, result) in enumerate(zip(proposals, ours)):
+        rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+        expected = heads.detect_single_image(candidates[rows, 1:], scores[rows], inside_outside[rows], p.image_size)
+        assert len(result) == len(expected) > 0
+        torch.testing.assert_close(result.pred_boxes.tensor, expected.pred_boxes.tensor)
+        torch.testing.assert_close(result.scores, expected.scores)
+        assert torch.equal(result.pred_classes, expected.pred_classes)
+        assert result.pred_masks.shape[-1] == heads.mask_size
+        torch.testing.assert_close(result.pred_masks, expected.pred_masks, rtol=1e-5, atol=1e-6)
 
 
 def test_prior_is_in_fcis_class_order_background_last():

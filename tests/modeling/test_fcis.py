@@ -15,6 +15,7 @@ from detectron2.utils.visualizer import Visualizer
 from conftest import REPO_ROOT
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.modeling.fcis_heads import (
+    CLASS_LOGITS_ROIS_PER_CHUNK,
     FCISROIHeads,
     boxes_to_rois,
     inside_outside_class_logits,
@@ -299,7 +300,9 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
     with torch.no_grad():
         model([_test_input(_sample(0)), _test_input(_sample(1))])
-    (rois,) = seen  # one assembling pass
+    # one pass over all candidates, in chunks (the class scores; masks are assembled per class)
+    assert all(len(chunk) <= CLASS_LOGITS_ROIS_PER_CHUNK for chunk in seen)
+    rois = torch.cat(seen)
     assert len(rois) == 2 * 2 * 50  # 2 images x (50 RoIs + 50 regressed)
     assert set(rois[:, 0].tolist()) == {0.0, 1.0}
 
@@ -307,7 +310,7 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     model.roi_heads.test_candidates = "regressed"
     with torch.no_grad():
         model([_test_input(_sample(0))])
-    assert len(seen[0]) == 50
+    assert len(torch.cat(seen)) == 50
 
 
 def test_output_format_default_predictor_and_visualizer():
@@ -469,11 +472,35 @@ def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
     )
     losses, _ = _train_step(model, [_sample(0)])
     assert losses["loss_probe"].item() == 3.0 and "loss_mask" in losses
+    assert ProbeHeads.calls == [3.0]
     model.eval()
     with torch.no_grad():
         (out,) = model([_test_input(_sample(1))])
     assert out["probe"] == 3.0 and "instances" in out
-    assert ProbeHeads.calls == [3.0, 3.0]
+    # inference: the class scores (in chunks) and, the override not having a one-class form, the masks
+    assert len(ProbeHeads.calls) > 1 and set(ProbeHeads.calls) == {3.0}
+
+
+def test_a_subclass_overriding_only_roi_inside_outside_gets_its_masks_from_it():
+    """Inference assembles masks with roi_inside_outside_of_class; a subclass that overrides
+    only roi_inside_outside must still see its override used for the masks (sliced from it)."""
+
+    class Doubled(FCISROIHeads):
+        def roi_inside_outside(self, features, rois):
+            return 2 * super().roi_inside_outside(features, rois)
+
+    model = _model().eval()
+    heads = Doubled(_cfg(), model.backbone.output_shape())
+    heads.load_state_dict(model.roi_heads.state_dict())
+    heads.eval()
+    assert heads._class_assembly_bypasses_override() and not model.roi_heads._class_assembly_bypasses_override()
+    features, proposals = _features_and_proposals(model, [_sample(0)])
+    with torch.no_grad():
+        (ours,) = heads.inference(dict(features), proposals)
+        (reference,) = _reference_inference(heads, dict(features), proposals)
+        (undoubled,) = model.roi_heads.inference(dict(features), proposals)
+    _assert_same_detections(ours, reference)
+    assert not torch.allclose(ours.pred_masks, undoubled.pred_masks[: len(ours)])
 
 
 @pytest.mark.parametrize("path", ["shapes/fcis_R18_cpu.yaml", "coco128/fcis_R18_cpu.yaml", "voc/fcis_R101.yaml"])
@@ -586,3 +613,141 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
             scores[:, c], iou_threshold=heads.mask_voting_iou,
         )  # fmt: skip
         torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- inference without the (P, 2, C+1, M, M) tensor ------------------------------------------------------
+def _features_and_proposals(model, samples):
+    """The backbone maps and the RPN proposals of ``samples``, as the heads get them at test time."""
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image([_test_input(s) for s in samples])
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, None)
+    return features, proposals
+
+
+def _reference_inference(heads, features, proposals):
+    """Inference as it was before roi_class_logits / roi_inside_outside_of_class: one
+    ``(P, 2, C+1, M, M)`` tensor for all candidates, handed to detect_single_image."""
+    candidates = heads.inference_candidates(features, proposals)
+    inside_outside = heads.roi_inside_outside(features, candidates)
+    scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
+    results = []
+    for i, p in enumerate(proposals):
+        rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+        results.append(
+            heads.detect_single_image(candidates[rows, 1:], scores[rows], inside_outside[rows], p.image_size)
+        )
+    return results
+
+
+def _assert_same_detections(a, b):
+    assert len(a) == len(b) > 0
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    torch.testing.assert_close(a.scores, b.scores)
+    assert torch.equal(a.pred_classes, b.pred_classes)
+    torch.testing.assert_close(a.pred_masks, b.pred_masks, rtol=1e-5, atol=1e-6)
+
+
+def _spread_maps(heads, std=0.2):
+    """Larger random map weights than the N(0, 0.01) init: logits that differ clearly between
+    classes, cells and RoIs, so that a wrong channel or RoI cannot pass a float tolerance."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for maps in (heads.inside_outside_maps, heads.box_maps):
+            torch.nn.init.normal_(maps.conv.weight, std=std)
+            torch.nn.init.normal_(maps.conv.bias, std=std)
+
+
+def _random_rois(n, image_size=96, num_images=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * image_size * 0.7
+    wh = 8 + torch.rand(n, 2, generator=g) * image_size * 0.5
+    batch = torch.randint(0, num_images, (n, 1), generator=g).float()
+    return torch.cat([batch, xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("voting", [True, False])
+def test_inference_equals_the_full_tensor_reference(voting):
+    model = _model("MODEL.FCIS.MASK_VOTING", str(voting))
+    _spread_maps(model.roi_heads)
+    features, proposals = _features_and_proposals(model, [_sample(0), _sample(1)])
+    heads = model.roi_heads
+    with torch.no_grad():
+        ours = heads.inference(dict(features), proposals)
+        reference = _reference_inference(heads, dict(features), proposals)
+    assert len(heads.inference_candidates(dict(features), proposals)) > CLASS_LOGITS_ROIS_PER_CHUNK
+    for a, b in zip(ours, reference):
+        _assert_same_detections(a, b)
+
+
+def test_roi_inside_outside_of_class_is_the_full_assembly_sliced():
+    model = _model().eval()
+    heads = model.roi_heads
+    _spread_maps(heads)
+    rois = _random_rois(9)
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 96, 96) * 50)
+        full = heads.roi_inside_outside(dict(features), rois)
+        for c in range(C + 1):
+            one = heads.roi_inside_outside_of_class(dict(features), rois, c)
+            assert one.shape == (9, 2, 21, 21)
+            torch.testing.assert_close(one, full[:, :, c], rtol=1e-6, atol=1e-6)
+        assert heads.roi_inside_outside_of_class(dict(features), rois[:0], 1).shape == (0, 2, 21, 21)
+        with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\]"):
+            heads.roi_inside_outside_of_class(dict(features), rois, C + 1)
+    assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1  # the classes do differ
+
+
+def test_roi_class_logits_chunked_equal_the_unchunked_ones(monkeypatch):
+    model = _model().eval()
+    heads = model.roi_heads
+    _spread_maps(heads)
+    n = 2 * CLASS_LOGITS_ROIS_PER_CHUNK + 5
+    rois = _random_rois(n)
+    with torch.no_grad():
+        features = model.backbone(torch.randn(2, 3, 96, 96) * 50)
+        expected = inside_outside_class_logits(heads.roi_inside_outside(dict(features), rois))
+        sizes = []
+        original = FCISROIHeads.roi_inside_outside
+
+        def spy(self, features, rois):
+            sizes.append(len(rois))
+            return original(self, features, rois)
+
+        monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
+        logits = heads.roi_class_logits(dict(features), rois)
+        assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, CLASS_LOGITS_ROIS_PER_CHUNK, 5]
+        torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
+        empty = heads.roi_class_logits(dict(features), rois[:0])
+    assert empty.shape == (0, C + 1)
+
+
+@pytest.mark.parametrize("voting", [True, False])
+def test_detect_single_image_reads_a_callable_as_the_tensor_it_stands_for(voting):
+    """A mask_logits callable gets indices into all P candidates given (not into the valid ones)
+    and only for classes detected; the result equals that of the full tensor."""
+    heads = _model("MODEL.FCIS.MASK_VOTING", str(voting)).roi_heads
+    torch.manual_seed(4)
+    P, M = 40, heads.mask_size
+    xy = torch.rand(P, 2) * 60
+    boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
+    boxes[3, 2] = boxes[3, 0]  # empty, as a regressed box clipped away
+    boxes[7] = float("nan")
+    scores = torch.softmax(torch.randn(P, C + 1) * 3, dim=1)
+    scores[11] = float("nan")
+    inside_outside = torch.randn(P, 2, C + 1, M, M)
+    reads = []
+
+    def mask_logits(indices, class_index):
+        reads.append((indices.clone(), class_index))
+        return inside_outside[indices, :, class_index]
+
+    ours = heads.detect_single_image(boxes, scores, mask_logits, (128, 128))
+    expected = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    _assert_same_detections(ours, expected)
+    read = torch.cat([i for i, _ in reads])
+    assert not ({3, 7, 11} & set(read.tolist()))
+    assert {c for _, c in reads} == set(ours.pred_classes.tolist())
+    if not voting:  # exactly the detections' masks
+        assert len(read) == len(ours)
