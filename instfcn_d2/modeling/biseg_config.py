@@ -26,7 +26,8 @@ def add_biseg_config(cfg: CN) -> CN:
     _C = cfg.MODEL.BISEG = CN()
 
     # ---- semantic branch (FCN on the conv5 map FCIS reads, MODEL.ROI_HEADS.IN_FEATURES[0])
-    # Channels of its 3x3 conv (then ReLU and a 1x1 conv to NUM_CLASSES + 1 score maps).
+    # Channels of its 3x3 conv (then ReLU and a 1x1 conv to NUM_CLASSES + 1 score maps); 0: no
+    # 3x3 conv, only the 1x1 score layer on conv5 (FCN's; the R50 / R101 configs' choice for speed).
     _C.SEM_SEG_CONV_DIM = 512
     # Weight of the per-pixel cross-entropy L_ss (the paper's Eq. 3 sums the losses: 1).
     _C.SEM_SEG_LOSS_WEIGHT = 1.0

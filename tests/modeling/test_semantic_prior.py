@@ -25,6 +25,17 @@ def test_branch_shapes_and_probabilities():
     assert (probs - 0.25).abs().max() < 0.1
 
 
+def test_branch_without_3x3_conv_is_a_1x1_score_layer():
+    torch.manual_seed(3)
+    branch = SemanticBranch(6, num_classes=2, conv_dim=0)
+    assert branch.conv is None and branch.predictor.in_channels == 6
+    x = torch.randn(1, 6, 4, 5)
+    expected = torch.einsum("oc,nchw->nohw", branch.predictor.weight[:, :, 0, 0], x) + branch.predictor.bias[:, None, None]
+    torch.testing.assert_close(branch(x), expected)
+    with pytest.raises(ValueError, match="conv_dim must be >= 0"):
+        SemanticBranch(6, num_classes=2, conv_dim=-1)
+
+
 def test_loss_is_detectron2s_upsampled_cross_entropy_over_labelled_pixels():
     torch.manual_seed(1)
     branch = SemanticBranch(4, num_classes=2, conv_dim=4)
@@ -104,6 +115,25 @@ def test_crop_is_roi_align_of_the_probabilities():
     expected = (0.05 + 0.07 * centres).expand(M, M)
     assert torch.allclose(crop[0, 0], expected, atol=1e-5)
     assert torch.allclose(crop.sum(1), torch.ones(1, M, M), atol=1e-5)  # still a distribution
+
+
+def test_crop_and_its_gradient_match_torchvision_roi_align():
+    # the crop runs on the native k = 1 assembling; torchvision's roi_align is the definition
+    from torchvision.ops import roi_align
+
+    torch.manual_seed(5)
+    probs = F.softmax(torch.randn(2, 4, 9, 11, dtype=torch.float64), 1).requires_grad_(True)
+    rois = torch.tensor(
+        [[0, 3.0, 5.0, 90.0, 70.0], [1, 20.5, 0.0, 175.0, 143.0], [0, 50.0, 60.0, 58.0, 66.0]], dtype=torch.float64
+    )
+    for sampling_ratio in (0, 2):
+        ours = crop_roi_prior(probs, rois, 6, 1 / 16, sampling_ratio)
+        ref = roi_align(probs, rois, 6, 1 / 16, sampling_ratio, aligned=True)
+        torch.testing.assert_close(ours, ref)
+        weights = torch.randn_like(ref)
+        (g_ours,) = torch.autograd.grad((ours * weights).sum(), probs)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), probs)
+        torch.testing.assert_close(g_ours, g_ref)
 
 
 def test_crop_picks_the_rois_image_and_rejects_bad_rois():
