@@ -7,9 +7,17 @@ Examples:
   python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
   python tools/train_net.py --config-file CFG --num-gpus 2                  # multi-process (GLOO on CPU)
   python tools/train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
+  python tools/train_net.py --config-file CFG --budget-minutes 20          # schedule fitted to 20 minutes
+
+``--budget-minutes`` first times 20 training steps of CFG on this machine (a throw-away model, not
+counted), then scales SOLVER.MAX_ITER, STEPS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD so that the
+training fills the budget (instfcn_d2/engine/time_budget.py); the fitted config is the one saved
+in OUTPUT_DIR/config.yaml.
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
+import logging
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -18,12 +26,39 @@ import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.engine import Trainer
+from instfcn_d2.engine.time_budget import fit_schedule_to_budget, measure_seconds_per_iteration
+
+
+def argument_parser():
+    """detectron2's ``default_argument_parser`` plus ``--budget-minutes``."""
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="fit the schedule (SOLVER.MAX_ITER, STEPS, ...) to this many minutes of training on this machine",
+    )
+    return parser
 
 
 def setup(args):
     cfg = get_instfcn_cfg(args.config_file, args.opts)
+    budget = getattr(args, "budget_minutes", None)
+    if budget is not None and not args.eval_only:
+        if args.num_gpus * args.num_machines > 1:
+            raise ValueError("--budget-minutes times a single training process; run it without --num-gpus / --num-machines")
+        seconds = measure_seconds_per_iteration(cfg, Trainer)
+        fitted = fit_schedule_to_budget(cfg, seconds, budget)
+        note = (
+            f"--budget-minutes {budget:g}: measured {seconds:.3f} s / training iteration; SOLVER.MAX_ITER "
+            f"{cfg.SOLVER.MAX_ITER} -> {fitted.SOLVER.MAX_ITER}, STEPS {tuple(cfg.SOLVER.STEPS)} -> {fitted.SOLVER.STEPS}"
+        )
+        cfg = fitted
     cfg.freeze()
+    # after the measurement: seeds the RNGs, so the training starts as it would without it
     default_setup(cfg, args)
+    if budget is not None and not args.eval_only:
+        logging.getLogger("detectron2.train_net").info(note)
     return cfg
 
 
@@ -49,7 +84,7 @@ def main(args):
 
 def run(argv=None):
     """Parse ``argv`` (default ``sys.argv[1:]``) and launch; returns the main process's results."""
-    args = default_argument_parser(epilog=__doc__).parse_args(argv)
+    args = argument_parser().parse_args(argv)
     if args.num_gpus * args.num_machines <= 1:
         return main(args)  # detectron2's launch() drops the return value
     return launch(

@@ -1,0 +1,69 @@
+"""``--budget-minutes``: the schedule scaled to a wall-clock budget (instfcn_d2/engine/time_budget.py)."""
+import pytest
+
+from conftest import REPO_ROOT, load_tool
+from instfcn_d2.config import get_instfcn_cfg
+from instfcn_d2.engine.time_budget import BUDGET_SAFETY, fit_schedule_to_budget
+
+FCIS_SHAPES = str(REPO_ROOT / "configs" / "shapes" / "fcis_R18_cpu.yaml")
+
+
+def _cfg(**solver):
+    cfg = get_instfcn_cfg(FCIS_SHAPES)
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.STEPS = 1000, (800, 940)
+    cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD = 100, 500, 250
+    for k, v in solver.items():
+        setattr(cfg.SOLVER, k, v)
+    return cfg
+
+
+def test_schedule_keeps_its_shape_and_fills_the_budget():
+    cfg = _cfg()
+    fitted = fit_schedule_to_budget(cfg, seconds_per_iteration=0.5, budget_minutes=20)
+    expected_max = int(BUDGET_SAFETY * 20 * 60 / 0.5)  # 2280
+    assert fitted.SOLVER.MAX_ITER == expected_max
+    ratio = expected_max / 1000
+    assert fitted.SOLVER.STEPS == (round(800 * ratio), round(940 * ratio))
+    assert fitted.SOLVER.CHECKPOINT_PERIOD == round(500 * ratio) and fitted.TEST.EVAL_PERIOD == round(250 * ratio)
+    assert fitted.SOLVER.WARMUP_ITERS == 100
+    assert cfg.SOLVER.MAX_ITER == 1000  # the input is not modified
+
+
+def test_short_budget_shortens_warmup_and_keeps_steps_inside():
+    fitted = fit_schedule_to_budget(_cfg(), seconds_per_iteration=2.0, budget_minutes=1)  # 28 iterations
+    assert fitted.SOLVER.MAX_ITER == 28
+    assert fitted.SOLVER.WARMUP_ITERS == 2
+    assert all(1 <= s <= 28 for s in fitted.SOLVER.STEPS)
+    frozen = _cfg()
+    frozen.freeze()
+    assert fit_schedule_to_budget(frozen, 2.0, 1).is_frozen()
+
+
+def test_bad_budgets_are_named():
+    with pytest.raises(ValueError, match="--budget-minutes must be > 0"):
+        fit_schedule_to_budget(_cfg(), 0.5, 0)
+    with pytest.raises(ValueError, match="does not fit a single one"):
+        fit_schedule_to_budget(_cfg(), 120.0, 1)
+    with pytest.raises(ValueError, match="seconds_per_iteration must be > 0"):
+        fit_schedule_to_budget(_cfg(), 0.0, 1)
+
+
+@pytest.mark.slow
+def test_train_net_budget_measures_then_trains_the_fitted_schedule(tmp_path):
+    import instfcn_d2  # noqa: F401
+    from instfcn_d2.data import register_synthetic_shapes
+
+    register_synthetic_shapes("budget_shapes", num_train=4, num_val=2, image_size=96)
+    train_net = load_tool("train_net")
+    opts = [
+        "DATASETS.TRAIN", "('budget_shapes_train',)", "DATASETS.TEST", "('budget_shapes_val',)",
+        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
+    ]  # fmt: skip
+    args = train_net.argument_parser().parse_args(["--config-file", FCIS_SHAPES, "--budget-minutes", "0.1", *opts])
+    cfg = train_net.setup(args)
+    # a tiny model at 96 px: a few tens of milliseconds per step, so 6 s hold some tens of steps
+    assert 5 <= cfg.SOLVER.MAX_ITER < 2350 and cfg.SOLVER.STEPS[0] < cfg.SOLVER.MAX_ITER
+    saved = get_instfcn_cfg(str(tmp_path / "config.yaml"))
+    assert saved.SOLVER.MAX_ITER == cfg.SOLVER.MAX_ITER  # the fitted schedule is the one recorded
