@@ -381,9 +381,21 @@ def test_dilated_resnet_freeze_at():
     [
         (["MODEL.DILATED_RESNET.RES5_DILATION", "2"], r"RES4_DILATION, RES5_DILATION"),
         (["MODEL.RESNETS.RES5_DILATION", "2"], "MODEL.RESNETS.RES5_DILATION is 2"),
-        (["MODEL.RESNETS.DEPTH", "18"], "RES2_OUT_CHANNELS must be 64"),
+        (["MODEL.RESNETS.DEPTH", "18"], r"STEM_OUT_CHANNELS \(64\) must equal MODEL.RESNETS.RES2_OUT_CHANNELS \(256\)"),
     ],
 )
 def test_dilated_resnet_bad_config_is_named(opts, match):
     with pytest.raises(ValueError, match=match):
         _backbone(*DILATED_RESNET, *opts)
+
+
+def test_dilated_r18_may_be_narrower_than_imagenets():
+    # trained from scratch (the shapes configs), R18 may halve its widths: 32-64-128-256
+    narrow = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32"]
+    fcis = ["MODEL.DILATED_RESNET.RES4_DILATION", "1", "MODEL.DILATED_RESNET.RES5_DILATION", "2"]
+    net = _backbone(*DILATED_RESNET, *narrow, *fcis, "MODEL.RESNETS.OUT_FEATURES", '["res2", "res3", "res4", "res5"]')
+    assert _shapes(net) == {"res2": (32, 4), "res3": (64, 8), "res4": (128, 16), "res5": (256, 16)}
+    out = net(torch.zeros(1, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res2": (1, 32, 16, 16), "res3": (1, 64, 8, 8), "res4": (1, 128, 4, 4), "res5": (1, 256, 4, 4)
+    }

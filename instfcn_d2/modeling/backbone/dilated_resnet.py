@@ -89,10 +89,13 @@ def _check_cfg(cfg, depth: int, res4_dilation: int, res5_dilation: int) -> None:
             "(and deformable convs need detectron2's compiled ops)"
         )
     if depth < 50:
-        if r.RES2_OUT_CHANNELS != 64:
+        # detectron2 pins R18/R34 to 64 channels because its ImageNet weights have them; a trunk
+        # trained from scratch (the CPU configs) may be narrower, as long as the basic blocks'
+        # widths match: stem out == res2 out.
+        if r.STEM_OUT_CHANNELS != r.RES2_OUT_CHANNELS:
             raise ValueError(
-                f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for R{depth}, "
-                f"got {r.RES2_OUT_CHANNELS}"
+                f"MODEL.RESNETS.STEM_OUT_CHANNELS ({r.STEM_OUT_CHANNELS}) must equal "
+                f"MODEL.RESNETS.RES2_OUT_CHANNELS ({r.RES2_OUT_CHANNELS}) for R{depth}"
             )
         if r.NUM_GROUPS != 1:
             raise ValueError(f"MODEL.RESNETS.NUM_GROUPS must be 1 for R{depth}, got {r.NUM_GROUPS}")
