@@ -49,6 +49,11 @@ def add_biseg_config(cfg: CN) -> CN:
     _C.GROUP_SIZE_FINE = 9
     # The stride-8 map the second set is computed from (conv3; must be in RESNETS.OUT_FEATURES).
     _C.FINE_IN_FEATURE = "res3"
+    # Channels of a 1x1 conv + ReLU on FINE_IN_FEATURE before the fine maps; 0: none, the 1x1 map
+    # conv reads res3 directly. The paper creates the second set "in the same way" as the first,
+    # which FCIS makes from conv_new_1 (2048 -> 1024, half); 256 is that half of res3's 512 and
+    # makes the stride-8 maps 1.7x cheaper (512*256 + 256*2k2^2(C+1) vs 512*2k2^2(C+1) per pixel).
+    _C.FINE_CONV_NEW_DIM = 0
     # M, side of the fused likelihood maps (and of the predicted masks). 0: 2 * MODEL.FCIS.MASK_SIZE
     # with FUSE (FCIS's set is then assembled exactly as in FCIS, 21 x 21, and upsampled to 42),
     # MODEL.FCIS.MASK_SIZE without. With FUSE it must be even with MASK_SIZE / 2 >= k1 and MASK_SIZE >= k2.

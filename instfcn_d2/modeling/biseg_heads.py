@@ -7,7 +7,7 @@ FCIS's class scores (max + mean + softmax), masks (softmax of inside vs outside)
 losses and inference (NMS, mask voting) run unchanged on what they return::
 
     FCIS's set  (k1 = MODEL.FCIS.GROUP_SIZE, on conv_new_1 of res5, stride 16) -> assemble at M/2 --+
-    fine set    (k2 = MODEL.BISEG.GROUP_SIZE_FINE, 1x1 conv on res3, stride 8) -> assemble at M  --+
+    fine set    (k2 = MODEL.BISEG.GROUP_SIZE_FINE, 1x1 conv(s) on res3, stride 8) -> assemble at M --+
         -> fuse (x2 upsample + sum)  -> L (R, 2, C+1, M, M)
     features["sem_seg_probs"] (N, C+1, H, W), background last -> crop per RoI (R, C+1, M, M)
         -> combine with L's inside maps (MODEL.BISEG.PRIOR_MODE), outside maps unchanged
@@ -18,10 +18,12 @@ import logging
 from typing import Callable, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
-from torch import Tensor
+from fvcore.nn import weight_init
+from torch import Tensor, nn
 
 from ..layers import ps_roi_assemble
 from .fcis_heads import FCISROIHeads
@@ -44,8 +46,9 @@ class BiSegROIHeads(FCISROIHeads):
     """FCIS's heads whose inside/outside logits are BiSeg's fused, prior-weighted likelihoods.
 
     Attributes added to :class:`FCISROIHeads`': ``fuse``, ``prior_mode``, ``fine_in_feature``,
-    ``fine_group_size`` (k2), ``fine_spatial_scale`` and ``fine_maps`` (the stride-8
-    :class:`PSScoreMaps`, only with ``fuse``). ``mask_size`` is BiSeg's M.
+    ``fine_group_size`` (k2), ``fine_spatial_scale``, ``fine_conv_new`` (the optional 1x1 conv +
+    ReLU on res3, or ``None``) and ``fine_maps`` (the stride-8 :class:`PSScoreMaps`, only with
+    ``fuse``). ``mask_size`` is BiSeg's M.
     """
 
     # forward() caches the per-image stride-8 maps under this name in its copy of ``features``
@@ -61,6 +64,7 @@ class BiSegROIHeads(FCISROIHeads):
         fine_in_channels: int = 0,
         fine_stride: int = 8,
         fine_group_size: int = 9,
+        fine_conv_new_dim: int = 0,
         **kwargs,
     ):
         """
@@ -70,6 +74,9 @@ class BiSegROIHeads(FCISROIHeads):
             fine_in_feature, fine_in_channels, fine_stride: the stride-8 map (res3) of the second
                 set, its channels and stride (used only with ``fuse``).
             fine_group_size: ``k2``.
+            fine_conv_new_dim: channels of a 1x1 conv + ReLU on res3 before the fine maps, as
+                FCIS's ``conv_new_1`` before its maps (initialised as ``conv_new_init``); 0: the
+                maps read res3 directly.
             kwargs: :class:`FCISROIHeads` arguments; ``mask_size`` is BiSeg's ``M``.
         """
         super().__init__(**kwargs)
@@ -90,7 +97,17 @@ class BiSegROIHeads(FCISROIHeads):
             )
         if fine_in_channels < 1:
             raise ValueError(f"BiSegROIHeads: fine_in_channels must be >= 1 with fuse, got {fine_in_channels}")
-        self.fine_maps = PSScoreMaps(fine_in_channels, k2, 2 * (self.num_classes + 1))
+        if fine_conv_new_dim < 0:
+            raise ValueError(f"MODEL.BISEG.FINE_CONV_NEW_DIM must be >= 0 (0: none), got {fine_conv_new_dim}")
+        self.fine_conv_new = None
+        if fine_conv_new_dim:
+            self.fine_conv_new = nn.Conv2d(fine_in_channels, fine_conv_new_dim, kernel_size=1)
+            if self.conv_new_init == "msra":
+                weight_init.c2_msra_fill(self.fine_conv_new)
+            else:
+                nn.init.normal_(self.fine_conv_new.weight, std=0.01)
+                nn.init.zeros_(self.fine_conv_new.bias)
+        self.fine_maps = PSScoreMaps(fine_conv_new_dim or fine_in_channels, k2, 2 * (self.num_classes + 1))
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -108,6 +125,7 @@ class BiSegROIHeads(FCISROIHeads):
             prior_mode=b.PRIOR_MODE,
             fine_in_feature=b.FINE_IN_FEATURE,
             fine_group_size=b.GROUP_SIZE_FINE,
+            fine_conv_new_dim=b.FINE_CONV_NEW_DIM,
         )
         if b.FUSE:
             if b.FINE_IN_FEATURE not in input_shape:
@@ -197,7 +215,12 @@ class BiSegROIHeads(FCISROIHeads):
                 f"BiSegROIHeads: features[{self.fine_in_feature!r}] (MODEL.BISEG.FINE_IN_FEATURE) is missing; the "
                 f"backbone returned {sorted(features)}: add it to MODEL.RESNETS.OUT_FEATURES"
             )
-        return self._cached(features, self.FINE_MAPS_KEY, lambda: self.fine_maps(features[self.fine_in_feature]))
+        return self._cached(features, self.FINE_MAPS_KEY, lambda: self._fine_maps(features[self.fine_in_feature]))
+
+    def _fine_maps(self, res3: Tensor) -> Tensor:
+        if self.fine_conv_new is not None:
+            res3 = F.relu(self.fine_conv_new(res3))
+        return self.fine_maps(res3)
 
     def roi_prior(self, features: Dict[str, Tensor], rois: Tensor, class_index: Optional[int] = None) -> Tensor:
         """The semantic prior cropped to each RoI at ``M``: ``(R, C+1, M, M)``, or ``(R, 1, M, M)``

@@ -78,7 +78,7 @@ def inside_outside_class_logits(inside_outside: Tensor) -> Tensor:
     """``(R, 2, C+1, M, M)`` inside/outside logits -> ``(R, C+1)`` class logits: the per-pixel
     ``max(inside, outside)`` (a pixel is evidence for class c whether it is inside or outside an
     instance of c) averaged over the RoI."""
-    return inside_outside.max(dim=1).values.mean(dim=(-2, -1))
+    return inside_outside.amax(dim=1).mean(dim=(-2, -1))  # amax: no argmax indices to compute
 
 
 def inside_outside_mask_probs(inside_outside: Tensor) -> Tensor:
@@ -193,6 +193,7 @@ class FCISROIHeads(ROIHeads):
         self.detections_per_image = detections_per_image
 
         self.conv_new = nn.Conv2d(in_channels, conv_new_dim, kernel_size=1)
+        self.conv_new_init = conv_new_init  # subclasses initialise their own conv_new-like layers alike
         if conv_new_init == "msra":
             weight_init.c2_msra_fill(self.conv_new)
         else:  # the official FCIS init of conv_new_1
