@@ -13,7 +13,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -151,41 +151,53 @@ def build(config: str, opts: List[str], device: str):
     return cfg, model
 
 
-def run_model(
-    name: str, config: str, opts: List[str], paths: List[str], args, instrument: Callable[[torch.nn.Module, str, StageTimer], None]
-) -> Result:
-    """Build, hook (``instrument(model, name, timer)``) and run one model on ``paths``: the first
-    image is a warm-up, the others are timed (``args``: ``device``, ``short_side``, ``max_size``)."""
-    t0 = time.perf_counter()
-    cfg, model = build(config, opts, args.device)
-    print(f"[{name}] built in {time.perf_counter() - t0:.1f}s ({config}, input {cfg.INPUT.FORMAT})", flush=True)
-    inputs = load_inputs(paths, cfg.INPUT.FORMAT, args.short_side, args.max_size)
-    timer = StageTimer(args.device)
-    instrument(model, name, timer)
-    result = Result(name)
+def _timed_forward(name: str, model, timer: StageTimer, inp, tag: str, result: Optional[Result]) -> None:
+    """One forward of ``model`` on ``inp``, printed; recorded in ``result`` unless it is None (warm-up)."""
+    timer.reset()
+    t = timer.now()
+    with torch.no_grad():
+        out = model([inp])
+    dt = timer.now() - t
+    n = len(out[0]["instances"])
+    shape = "x".join(map(str, inp["image"].shape[-2:]))
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in timer.times.items())
+    print(f"[{name}] {tag} {os.path.basename(inp['path'])} {shape}: {dt:.2f}s, {n} outputs ({stages})", flush=True)
+    if result is not None:
+        result.totals.append(dt)
+        result.detections.append(n)
+        for k, v in timer.times.items():
+            result.stages[k].append(v)
+
+
+def run_models(
+    specs: List[Tuple[str, str, List[str]]],
+    paths: List[str],
+    args,
+    instrument: Callable[[torch.nn.Module, str, StageTimer], None],
+) -> List[Result]:
+    """Build and hook (``instrument(model, name, timer)``) every ``(name, config, opts)`` model,
+    then run them on ``paths`` *interleaved*: image 1 on every model, image 2 on every model...
+    The first image is a warm-up, the others are timed (``args``: ``device``, ``short_side``,
+    ``max_size``). Interleaving makes the ratios between models robust to the machine's speed
+    drifting during the run (a shared 2-core VM drifted by 20% between back-to-back runs)."""
+    runs = []
     try:
-        with torch.no_grad():
-            for i, inp in enumerate(inputs):
-                timer.reset()
-                t = timer.now()
-                out = model([inp])
-                dt = timer.now() - t
-                n = len(out[0]["instances"])
-                shape = "x".join(map(str, inp["image"].shape[-2:]))
-                tag = "warm-up" if i == 0 else f"image {i}/{len(inputs) - 1}"
-                stages = ", ".join(f"{k} {v:.2f}s" for k, v in timer.times.items())
-                print(f"[{name}] {tag} {os.path.basename(inp['path'])} {shape}: {dt:.2f}s, {n} outputs ({stages})",
-                      flush=True)  # fmt: skip
-                if i == 0:
-                    continue
-                result.totals.append(dt)
-                result.detections.append(n)
-                for k, v in timer.times.items():
-                    result.stages[k].append(v)
+        for name, config, opts in specs:
+            t0 = time.perf_counter()
+            cfg, model = build(config, opts, args.device)
+            print(f"[{name}] built in {time.perf_counter() - t0:.1f}s ({config}, input {cfg.INPUT.FORMAT})", flush=True)
+            inputs = load_inputs(paths, cfg.INPUT.FORMAT, args.short_side, args.max_size)
+            timer = StageTimer(args.device)
+            instrument(model, name, timer)
+            runs.append((name, model, inputs, timer, Result(name)))
+        for i in range(len(paths)):
+            tag = "warm-up" if i == 0 else f"image {i}/{len(paths) - 1}"
+            for name, model, inputs, timer, result in runs:
+                _timed_forward(name, model, timer, inputs[i], tag, None if i == 0 else result)
     finally:
-        timer.remove()
-    del model
-    return result
+        for _, _, _, timer, _ in runs:
+            timer.remove()
+    return [r[-1] for r in runs]
 
 
 def fmt(x: float) -> str:

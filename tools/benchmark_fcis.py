@@ -14,15 +14,17 @@ needs no checkpoint), ``--num-classes`` classes (80), the same ResNet-50 trunk d
 - Mask R-CNN R50-C4: ``configs/Base-MaskRCNN-C4.yaml`` (detectron2's, RPN on res4, res5 head per
   RoI). With ``--with-fpn`` also Mask R-CNN R50-FPN.
 
-Every model gets ``SCORE_THRESH_TEST 0`` so that random weights still give the full 100
+Models run interleaved, image by image (``benchmark_common.run_models``). Every model gets
+``SCORE_THRESH_TEST 0`` so that random weights still give the full 100
 detections per image (and their masks pasted), i.e. the full work, and ImageNet-std input scaling:
 random FrozenBN ResNets with detectron2's caffe std of 1 reach activations of ~1e4 and their RPN
 then keeps a handful of proposals instead of 300 / 1000.
 
 Stages (exclusive wall time, see ``benchmark_common``): ``trunk`` (backbone), ``rpn``
 (proposal generator), ``score maps`` (conv_new + the position-sensitive map convs), ``semantic``
-(BiSeg's semantic branch + its resizing to the output), ``assemble`` (native ps_roi_assemble of
-the inside/outside and box maps, prior crop and fusion), ``nms`` (class scores, per-class NMS),
+(BiSeg's semantic branch + its resizing to the output), ``assemble`` (per RoI: the box deltas, the
+class logits of all candidates, the masks of the voting candidates' classes; prior crop and fusion
+included), ``nms`` (per-class NMS and bookkeeping),
 ``voting`` (mask voting), ``roi heads`` (Mask R-CNN's box + mask heads), ``paste`` (masks pasted
 into the image). Targets: FCIS at most Mask R-CNN R50-C4's s/img; BiSeg at most 1.25x FCIS.
 
@@ -46,7 +48,7 @@ from benchmark_common import (  # noqa: E402
     find_image_dir,
     fmt,
     image_paths,
-    run_model,
+    run_models,
 )
 
 STAGES = ["trunk", "rpn", "score maps", "semantic", "assemble", "nms", "voting", "roi heads", "paste"]
@@ -79,8 +81,8 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         from instfcn_d2.modeling import fcis_heads
         from instfcn_d2.modeling.meta_arch import fcis as fcis_arch
 
-        for attr in ("conv_new", "inside_outside_maps", "box_maps", "fine_maps"):
-            if hasattr(heads, attr):
+        for attr in ("conv_new", "inside_outside_maps", "box_maps", "fine_conv_new", "fine_maps"):
+            if getattr(heads, attr, None) is not None:
                 timer.hook_module(getattr(heads, attr), "score maps")
         if hasattr(model, "sem_seg_head"):
             timer.hook_module(model.sem_seg_head, "semantic")
@@ -191,10 +193,7 @@ def main(argv=None) -> int:
           f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
           f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
 
-    results = [
-        run_model(name, cfg, opts, paths, args, instrument)
-        for name, cfg, opts in model_specs(args.short_side, args.max_size, args.num_classes, args.with_fpn)
-    ]
+    results = run_models(model_specs(args.short_side, args.max_size, args.num_classes, args.with_fpn), paths, args, instrument)
     print()
     print(markdown_table(results))
     print()

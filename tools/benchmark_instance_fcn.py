@@ -46,7 +46,7 @@ from benchmark_common import (  # noqa: E402
     find_image_dir,
     fmt,
     image_paths,
-    run_model,
+    run_models,
 )
 
 TARGET_AFTER_TRUNK_SHARE = 0.15
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
           f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
           f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
 
-    results = [
-        run_model(name, cfg, opts, paths, args, instrument)
-        for name, cfg, opts in model_specs(args.short_side, args.max_size)
-    ]
+    results = run_models(model_specs(args.short_side, args.max_size), paths, args, instrument)
 
     print()
     print(markdown_table(results))

@@ -43,3 +43,36 @@ def test_nested_stages_get_exclusive_times_that_sum_to_the_total():
     timer.reset()
     model(torch.zeros(1))
     assert dict(timer.times) == {}
+
+
+def test_run_models_interleaves_images_and_skips_the_warm_up(monkeypatch):
+    """Image 1 on every model, then image 2 on every model...: a machine drifting in speed during
+    the run moves all models alike. The first image of each model is not timed."""
+    bc = load_tool("benchmark_common")
+    calls = []
+
+    class _Model(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, batch):
+            calls.append((self.name, batch[0]["path"]))
+            return [{"instances": [0] * len(self.name)}]
+
+    class _Cfg:
+        class INPUT:
+            FORMAT = "BGR"
+
+    monkeypatch.setattr(bc, "build", lambda config, opts, device: (_Cfg, _Model(config)))
+    fake_inputs = lambda paths, fmt, short, longest: [{"path": p, "image": torch.zeros(3, 4, 5)} for p in paths]  # noqa: E731
+    monkeypatch.setattr(bc, "load_inputs", fake_inputs)
+
+    class _Args:
+        device, short_side, max_size = "cpu", 4, 5
+
+    specs = [("A", "a", []), ("BB", "bb", [])]
+    results = bc.run_models(specs, ["w.jpg", "1.jpg", "2.jpg"], _Args, lambda model, name, timer: None)
+    assert calls == [("a", "w.jpg"), ("bb", "w.jpg"), ("a", "1.jpg"), ("bb", "1.jpg"), ("a", "2.jpg"), ("bb", "2.jpg")]
+    assert [r.name for r in results] == ["A", "BB"]
+    assert [len(r.totals) for r in results] == [2, 2] and results[1].detections == [2, 2]
