@@ -72,6 +72,10 @@ def add_fcis_config(cfg: CN) -> CN:
     # all candidates with box IoU >= MASK_VOTING_IOU (False: its own mask only).
     _C.MASK_VOTING = True
     _C.MASK_VOTING_IOU = 0.5
+    # Where the voted mask is averaged: "union" (official mask_aggregation: over the union of the
+    # voters' boxes, output box = the box of the binarised voted mask) or "kept_box" (in the kept
+    # box's frame, output box = the kept box; cuts what a voter has outside the kept box).
+    _C.MASK_VOTING_FRAME = "union"
     # Mask probability threshold when pasting into the image.
     _C.MASK_BINARIZE_THRESH = 0.4
     # Detections kept per image, highest scores first (replaces TEST.DETECTIONS_PER_IMAGE).

@@ -44,7 +44,7 @@ from fvcore.nn import giou_loss, smooth_l1_loss, weight_init
 from torch import Tensor, nn
 
 from ..layers import ps_roi_assemble
-from .mask_voting import mask_voting
+from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
 from .score_maps import PSScoreMaps, assemble_box_deltas, inside_outside_channel, split_inside_outside
 
 __all__ = [
@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou")
 CONV_NEW_INITS = ("normal", "msra")
+#: ``MODEL.FCIS.MASK_VOTING_FRAME``: where the voted mask lives, see :meth:`FCISROIHeads._class_masks`.
+MASK_VOTING_FRAMES = ("union", "kept_box")
 #: RoIs per :meth:`FCISROIHeads.roi_class_logits` chunk. The class logits need every class of
 #: every candidate, but assembling all 600 test candidates at once makes each intermediate
 #: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
@@ -138,6 +140,8 @@ class FCISROIHeads(ROIHeads):
         nms_thresh: float = 0.3,
         use_mask_voting: bool = True,
         mask_voting_iou: float = 0.5,
+        mask_voting_frame: str = "union",
+        mask_binarize_thresh: float = 0.4,
         detections_per_image: int = 100,
         **kwargs,
     ):
@@ -153,8 +157,9 @@ class FCISROIHeads(ROIHeads):
             loss_weights: ``{"loss_cls", "loss_mask", "loss_box_reg"}`` -> weight.
             box2box_transform, box_reg_loss_type, smooth_l1_beta: class-agnostic box regression.
             test_candidates: one of :data:`TEST_CANDIDATES`.
-            score_thresh, nms_thresh, use_mask_voting, mask_voting_iou, detections_per_image:
-                inference, see ``MODEL.FCIS`` in :mod:`..fcis_config`.
+            score_thresh, nms_thresh, use_mask_voting, mask_voting_iou, mask_voting_frame,
+                mask_binarize_thresh, detections_per_image: inference, see ``MODEL.FCIS`` in
+                :mod:`..fcis_config`.
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
         """
         super().__init__(**kwargs)
@@ -190,6 +195,10 @@ class FCISROIHeads(ROIHeads):
         self.nms_thresh = nms_thresh
         self.use_mask_voting = use_mask_voting
         self.mask_voting_iou = mask_voting_iou
+        if mask_voting_frame not in MASK_VOTING_FRAMES:
+            raise ValueError(f"MODEL.FCIS.MASK_VOTING_FRAME = {mask_voting_frame!r}; expected one of {MASK_VOTING_FRAMES}")
+        self.mask_voting_frame = mask_voting_frame
+        self.mask_binarize_thresh = mask_binarize_thresh
         self.detections_per_image = detections_per_image
 
         self.conv_new = nn.Conv2d(in_channels, conv_new_dim, kernel_size=1)
@@ -246,6 +255,8 @@ class FCISROIHeads(ROIHeads):
             nms_thresh=c.NMS_THRESH_TEST,
             use_mask_voting=c.MASK_VOTING,
             mask_voting_iou=c.MASK_VOTING_IOU,
+            mask_voting_frame=c.MASK_VOTING_FRAME,
+            mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
             detections_per_image=c.DETECTIONS_PER_IMAGE,
         )
         return ret
@@ -572,10 +583,11 @@ class FCISROIHeads(ROIHeads):
         masks = None  # (K, M, M), allocated once M is known from the first logits read
         for c in classes.unique().tolist():
             members = (classes == c).nonzero().squeeze(1)
-            class_masks = self._class_masks(c, cand[members], boxes, scores, valid_mask_logits)
+            class_masks, class_boxes = self._class_masks(c, cand[members], boxes, scores, valid_mask_logits)
             if masks is None:
                 masks = boxes.new_zeros((len(cand),) + tuple(class_masks.shape[-2:]))
             masks[members] = class_masks
+            kept_boxes[members] = class_boxes.to(kept_boxes.dtype)
         if masks is None:  # no detection: M from an empty read
             masks = boxes.new_zeros((0,) + tuple(valid_mask_logits(cand, 0).shape[-2:]))
 
@@ -589,7 +601,14 @@ class FCISROIHeads(ROIHeads):
     def _class_masks(
         self, class_index: int, kept: Tensor, boxes: Tensor, scores: Tensor, mask_logits: MaskLogits
     ) -> Tensor:
-        """``(K_c, M, M)`` foreground probabilities of the detections of one class.
+        """``(K_c, M, M)`` foreground probabilities of the detections of one class, and the
+        ``(K_c, 4)`` boxes whose frames they are in (the output boxes).
+
+        ``mask_voting_frame "union"`` (the official FCIS ``mask_aggregation``): the voters are
+        averaged over the union of their boxes, so a voted mask may reach beyond its kept box, and
+        the output box is the box of the binarised voted mask (the official "clipped_box"); the
+        mask is resampled into that box. ``"kept_box"``: averaged in the kept box's frame, which
+        cuts what lies outside it; the output box is the kept box.
 
         Args:
             class_index: ``c``.
@@ -599,14 +618,22 @@ class FCISROIHeads(ROIHeads):
         """
         c = class_index
         if not self.use_mask_voting:
-            return inside_outside_mask_probs(mask_logits(kept, c))
+            return inside_outside_mask_probs(mask_logits(kept, c)), boxes[kept]
         # only candidates that vote for some kept box of class c need their mask: the same result
         # as passing all P of them, without assembling and softmaxing (P, M, M) masks per class
         kept_boxes = boxes[kept]
         iou = pairwise_iou(Boxes(kept_boxes), Boxes(boxes))
         voters = (iou >= self.mask_voting_iou).any(dim=0).nonzero().squeeze(1)
         probs = inside_outside_mask_probs(mask_logits(voters, c))  # (V, M, M)
-        return mask_voting(kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou)
+        if self.mask_voting_frame == "kept_box":
+            voted = mask_voting(kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou)
+            return voted, kept_boxes
+        frames = voter_union_boxes(kept_boxes, boxes[voters], self.mask_voting_iou)
+        voted = mask_voting(
+            kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou, frames=frames
+        )
+        tight = tight_mask_boxes(voted, frames, self.mask_binarize_thresh)
+        return resample_masks_into_boxes(voted, frames, tight), tight
 
 
 def _as_mask_logits(inside_outside: Union[Tensor, MaskLogits]) -> MaskLogits:

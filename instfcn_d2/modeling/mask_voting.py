@@ -8,19 +8,24 @@ of that class. The average is then binarised (FCIS: at 0.4) when pasted into the
 How the average is computed here: each voting candidate's ``M x M`` mask is *resampled into the
 kept box's own M x M frame* (bilinear, zero outside the candidate's box: exactly how detectron2's
 ``paste_masks_in_image`` places an ``M x M`` mask in a box), then averaged there. The official
-FCIS code pastes every voter into the image over the union of their boxes, averages there and
-crops the kept box out; the two agree up to resampling, because a voter is zero outside its box
-in both. Working in the kept box's frame keeps the result ``(K, M, M)``, so detectron2's
+FCIS code (``mask_aggregation``) pastes every voter into the image, averages there and reports
+the binarised average with its own tight box ("clipped_box"), so a voted mask may reach beyond
+the kept box. ``frames`` (:func:`voter_union_boxes`, the union of the voters' boxes) and
+:func:`tight_mask_boxes` give that form (``MODEL.FCIS.MASK_VOTING_FRAME "union"``); averaging in
+the kept box's frame cuts it at the kept box. Working in an ``M x M`` frame keeps the result
+``(K, M, M)``, so detectron2's
 ``detector_postprocess`` pastes it at the output resolution with the binarisation threshold, and
 it is one batched ``grid_sample`` over all (kept, voter) pairs instead of a loop of image-size
 pastes.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
-__all__ = ["mask_voting", "resample_masks_into_boxes"]
+__all__ = ["mask_voting", "resample_masks_into_boxes", "voter_union_boxes", "tight_mask_boxes"]
 
 # (kept, voter) pairs resampled per grid_sample call: bounds memory (pairs * M * M * 12 bytes)
 # when many detections overlap many candidates.
@@ -58,6 +63,7 @@ def mask_voting(
     cand_masks: Tensor,
     cand_scores: Tensor,
     iou_threshold: float = 0.5,
+    frames: Optional[Tensor] = None,
 ) -> Tensor:
     """Score-weighted average of the masks of all candidates overlapping each kept box.
 
@@ -67,9 +73,11 @@ def mask_voting(
         cand_masks: ``(P, M, M)`` foreground probabilities of that class, each in its own box.
         cand_scores: ``(P,)`` class scores of that class (the vote weights).
         iou_threshold: a candidate votes for a kept box when their box IoU is ``>=`` this.
+        frames: ``(K, 4)`` boxes to average in instead of the kept boxes (e.g.
+            :func:`voter_union_boxes`); the voters are still chosen by IoU with the kept boxes.
 
     Returns:
-        ``(K, M, M)`` voted probabilities, each in its kept box's frame. A kept box with no voter
+        ``(K, M, M)`` voted probabilities, each in its kept box's (or ``frames``') frame. A kept box with no voter
         (possible only when it is not itself a candidate) gets zeros.
     """
     if kept_boxes.dim() != 2 or kept_boxes.shape[-1] != 4:
@@ -84,6 +92,9 @@ def mask_voting(
     voted = cand_masks.new_zeros((K, M, M))
     if K == 0 or P == 0:
         return voted
+    if frames is not None and frames.shape != kept_boxes.shape:
+        raise ValueError(f"mask_voting: frames must be (K, 4) like kept_boxes, got {tuple(frames.shape)}")
+    targets = kept_boxes if frames is None else frames
     iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))  # (K, P)
     kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
     weights = cand_scores[cand_idx].to(cand_masks.dtype)
@@ -91,7 +102,49 @@ def mask_voting(
         k = kept_idx[start : start + _PAIRS_PER_CHUNK]
         p = cand_idx[start : start + _PAIRS_PER_CHUNK]
         w = weights[start : start + _PAIRS_PER_CHUNK]
-        resampled = resample_masks_into_boxes(cand_masks[p], cand_boxes[p], kept_boxes[k])
+        resampled = resample_masks_into_boxes(cand_masks[p], cand_boxes[p], targets[k])
         voted.index_add_(0, k, resampled * w[:, None, None])
     weight_sum = cand_masks.new_zeros(K).index_add_(0, kept_idx, weights)
     return voted / weight_sum.clamp(min=torch.finfo(voted.dtype).tiny)[:, None, None]
+
+
+def voter_union_boxes(kept_boxes: Tensor, cand_boxes: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """``(K, 4)``: for each kept box, the union (enclosing box) of the boxes of its voters (the
+    candidates with box IoU ``>= iou_threshold``) and of itself. The official FCIS voting pastes
+    the voters into the image, so the voted mask may extend beyond the kept box up to this union.
+    """
+    union = kept_boxes.clone()
+    if len(kept_boxes) == 0 or len(cand_boxes) == 0:
+        return union
+    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))
+    kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
+    voters = cand_boxes[cand_idx].to(union.dtype)
+    union[:, :2] = union[:, :2].scatter_reduce(0, kept_idx[:, None].expand(-1, 2), voters[:, :2], "amin")
+    union[:, 2:] = union[:, 2:].scatter_reduce(0, kept_idx[:, None].expand(-1, 2), voters[:, 2:], "amax")
+    return union
+
+
+def tight_mask_boxes(masks: Tensor, frames: Tensor, threshold: float) -> Tensor:
+    """``(K, 4)`` image boxes enclosing the cells ``>= threshold`` of ``masks`` ``(K, M, M)``,
+    each mask covering the box ``frames[k]``; a mask with no such cell keeps its frame.
+
+    The official FCIS reports the box of the binarised voted mask ("clipped_box"); on the ``M x M``
+    grid that box is the extent of the cells at or above the threshold.
+    """
+    K, M = masks.shape[0], masks.shape[-1]
+    out = frames.clone().to(masks.dtype)
+    if K == 0:
+        return out
+    on = masks >= threshold  # (K, M, M)
+    cols, rows = on.any(dim=1), on.any(dim=2)  # (K, M) each
+    has = cols.any(dim=1)
+    idx = torch.arange(M, device=masks.device)
+    big = torch.full_like(idx, M)
+    c0 = torch.where(cols, idx, big).amin(dim=1)
+    c1 = torch.where(cols, idx, -1).amax(dim=1) + 1
+    r0 = torch.where(rows, idx, big).amin(dim=1)
+    r1 = torch.where(rows, idx, -1).amax(dim=1) + 1
+    w = (out[:, 2] - out[:, 0]) / M
+    h = (out[:, 3] - out[:, 1]) / M
+    tight = torch.stack([out[:, 0] + c0 * w, out[:, 1] + r0 * h, out[:, 0] + c1 * w, out[:, 1] + r1 * h], dim=1)
+    return torch.where(has[:, None], tight, out)

@@ -598,12 +598,8 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
     from instfcn_d2.modeling.mask_voting import mask_voting
 
     heads = _model().roi_heads
-    torch.manual_seed(3)
-    P, C, M = 40, heads.num_classes, heads.mask_size
-    xy = torch.rand(P, 2) * 60
-    boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
-    scores = torch.softmax(torch.randn(P, C + 1) * 3, dim=1)
-    inside_outside = torch.randn(P, 2, C + 1, M, M)
+    heads.mask_voting_frame = "kept_box"
+    boxes, scores, inside_outside = _random_candidates(heads)
     result = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
     assert len(result) > 1
     for k in range(len(result)):
@@ -613,6 +609,44 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
             scores[:, c], iou_threshold=heads.mask_voting_iou,
         )  # fmt: skip
         torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)
+
+
+def _random_candidates(heads, P=40, seed=3):
+    torch.manual_seed(seed)
+    C, M = heads.num_classes, heads.mask_size
+    xy = torch.rand(P, 2) * 60
+    boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
+    scores = torch.softmax(torch.randn(P, C + 1) * 3, dim=1)
+    return boxes, scores, torch.randn(P, 2, C + 1, M, M)
+
+
+def test_union_frame_voting_is_the_official_mask_aggregation():
+    """MASK_VOTING_FRAME "union" (default): the voters averaged over the union of their boxes; the
+    output box is the box of the voted mask binarised at MASK_BINARIZE_THRESH, the mask resampled
+    into it. Same detections (NMS) as "kept_box"."""
+    from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
+    from instfcn_d2.modeling.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
+
+    heads = _model().roi_heads
+    assert heads.mask_voting_frame == "union" and heads.mask_binarize_thresh == 0.4
+    boxes, scores, inside_outside = _random_candidates(heads)
+    union = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    heads.mask_voting_frame = "kept_box"
+    kept = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    assert torch.equal(union.pred_classes, kept.pred_classes) and torch.equal(union.scores, kept.scores)
+    for k in range(len(kept)):
+        c = int(kept.pred_classes[k])
+        kept_box = kept.pred_boxes.tensor[k : k + 1]
+        frame = voter_union_boxes(kept_box, boxes, heads.mask_voting_iou)
+        voted = mask_voting(kept_box, boxes, inside_outside_mask_probs(inside_outside[:, :, c]), scores[:, c],
+                            iou_threshold=heads.mask_voting_iou, frames=frame)  # fmt: skip
+        tight = tight_mask_boxes(voted, frame, 0.4)
+        torch.testing.assert_close(union.pred_boxes.tensor[k : k + 1], tight)
+        torch.testing.assert_close(union.pred_masks[k], resample_masks_into_boxes(voted, frame, tight), rtol=1e-5, atol=1e-6)
+        # the union frame holds the kept box
+        assert (frame[0, :2] <= kept_box[0, :2]).all() and (frame[0, 2:] >= kept_box[0, 2:]).all()
+    with pytest.raises(ValueError, match="MASK_VOTING_FRAME = 'image'"):
+        _model("MODEL.FCIS.MASK_VOTING_FRAME", "image")
 
 
 # ---- inference without the (P, 2, C+1, M, M) tensor ------------------------------------------------------

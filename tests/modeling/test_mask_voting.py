@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.layers.mask_ops import _do_paste_mask
 
-from instfcn_d2.modeling.mask_voting import mask_voting, resample_masks_into_boxes
+from instfcn_d2.modeling.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
 
 
 def test_mask_voting_hand_computed():
@@ -88,3 +88,48 @@ def test_bad_shapes_raise():
         mask_voting(torch.zeros(3), torch.zeros(1, 4), torch.zeros(1, 2, 2), torch.zeros(1))
     with pytest.raises(ValueError, match=r"cand_scores \(P,\)"):
         mask_voting(torch.zeros(1, 4), torch.zeros(2, 4), torch.zeros(2, 2, 2), torch.zeros(3))
+
+
+def test_union_of_the_voters_boxes():
+    kept = torch.tensor([[10.0, 10.0, 50.0, 50.0], [100.0, 100.0, 120.0, 120.0]])
+    cands = torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 8.0, 56.0, 48.0], [0.0, 0.0, 200.0, 200.0], [101.0, 99.0, 121.0, 118.0]])
+    union = voter_union_boxes(kept, cands, 0.5)
+    # kept 0: voters 0 and 1 (candidate 2 has IoU 0.04); kept 1: candidate 3
+    assert torch.equal(union, torch.tensor([[10.0, 8.0, 56.0, 50.0], [100.0, 99.0, 121.0, 120.0]]))
+    assert torch.equal(voter_union_boxes(kept, cands[:0]), kept)
+
+
+def test_voting_in_the_union_frame_keeps_what_lies_outside_the_kept_box():
+    # the kept box covers the left half of an object, a voter the whole object: voting in the
+    # kept box's frame cuts the object at the kept box, in the union frame it does not
+    M = 8
+    kept = torch.tensor([[0.0, 0.0, 40.0, 80.0]])
+    cands = torch.tensor([[0.0, 0.0, 40.0, 80.0], [0.0, 0.0, 80.0, 80.0]])
+    masks = torch.ones(2, M, M)
+    scores = torch.tensor([0.5, 0.5])
+    frames = voter_union_boxes(kept, cands, 0.5)
+    assert torch.equal(frames, torch.tensor([[0.0, 0.0, 80.0, 80.0]]))
+    voted = mask_voting(kept, cands, masks, scores, 0.5, frames=frames)  # (1, M, M) over x 0..80
+    # left half: both voters (1.0); right half: only the wide one, averaged with the kept box's
+    # zero outside its box -> 0.5
+    assert torch.allclose(voted[0, :, : M // 2], torch.ones(M, M // 2))
+    assert torch.allclose(voted[0, :, M // 2 :], torch.full((M, M // 2), 0.5))
+    in_kept = mask_voting(kept, cands, masks, scores, 0.5)
+    # the kept frame spans x 0..40 only (its first column is the wide voter's bilinear edge)
+    assert torch.allclose(in_kept[0, :, 1:], torch.ones(M, M - 1))
+    with pytest.raises(ValueError, match="frames must be"):
+        mask_voting(kept, cands, masks, scores, 0.5, frames=frames[:, :2])
+
+
+def test_tight_box_of_the_binarised_mask():
+    M = 10
+    masks = torch.zeros(3, M, M)
+    masks[0, 2:5, 3:9] = 0.6  # rows 2..4, cols 3..8
+    masks[1, :, :] = 0.3  # nothing >= 0.4: keeps its frame
+    masks[2, 0, 0] = 0.4  # the threshold itself counts
+    frames = torch.tensor([[0.0, 0.0, 100.0, 50.0], [5.0, 5.0, 15.0, 15.0], [10.0, 20.0, 30.0, 40.0]])
+    boxes = tight_mask_boxes(masks, frames, 0.4)
+    assert torch.allclose(boxes[0], torch.tensor([30.0, 10.0, 90.0, 25.0]))  # x: 10 px / cell, y: 5 px / cell
+    assert torch.equal(boxes[1], frames[1])
+    assert torch.allclose(boxes[2], torch.tensor([10.0, 20.0, 12.0, 22.0]))
+    assert tight_mask_boxes(masks[:0], frames[:0], 0.4).shape == (0, 4)
