@@ -296,17 +296,13 @@ class FCISROIHeads(ROIHeads):
         Returns:
             ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
         """
-        maps = self.inside_outside_score_maps(features)
-        assembled = ps_roi_assemble(
-            maps,
-            rois.to(maps.dtype),
-            self.mask_size,
-            self.group_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
+        return split_inside_outside(self._assemble_at_mask_size(self.inside_outside_score_maps(features), rois))
+
+    def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
+        """``(N, k*k*K, H, W)`` maps of FCIS's set -> ``(R, K, M, M)`` assembled per RoI."""
+        return ps_roi_assemble(
+            maps, rois.to(maps.dtype), self.mask_size, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )
-        return split_inside_outside(assembled)
 
     def roi_inside_outside_of_class(self, features: Dict[str, Tensor], rois: Tensor, class_index: int) -> Tensor:
         """The inside/outside logits of one class of each RoI: ``roi_inside_outside(features,
@@ -320,15 +316,7 @@ class FCISROIHeads(ROIHeads):
             ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
         """
         maps = self._class_maps(self.inside_outside_score_maps(features), class_index, self.group_size)
-        return ps_roi_assemble(
-            maps,
-            rois.to(maps.dtype),
-            self.mask_size,
-            self.group_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
-        )
+        return self._assemble_at_mask_size(maps, rois)
 
     def _class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
         """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
