@@ -334,10 +334,9 @@ def test_sem_seg_output_format_at_the_original_resolution():
     assert out[0]["instances"].image_size == (150, 200)
     # probabilities (bilinear resizing keeps the per-pixel sum)
     assert torch.allclose(sem.sum(0), torch.ones(150, 200), atol=1e-5) and sem.min() >= 0
-    # = the branch's softmax (stride 16) upsampled to the padded input, cropped to the image and
-    # resized (detectron2's postprocess)
-    up = F.interpolate(torch.softmax(logits[:1], 1), size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
-    expected = sem_seg_postprocess(up[0], (96, 128), 150, 200)
+    # = the padded-resolution softmax, cropped to the image and resized (detectron2's postprocess)
+    up = F.interpolate(logits[:1], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
+    expected = sem_seg_postprocess(torch.softmax(up, 1)[0], (96, 128), 150, 200)
     assert torch.allclose(sem, expected, atol=1e-6)
 
 
