@@ -76,6 +76,10 @@ def add_fcis_config(cfg: CN) -> CN:
     # voters' boxes, output box = the box of the binarised voted mask) or "kept_box" (in the kept
     # box's frame, output box = the kept box; cuts what a voter has outside the kept box).
     _C.MASK_VOTING_FRAME = "union"
+    # Binarise each voter's mask at MASK_BINARIZE_THRESH before averaging (official
+    # mask_aggregation: the voted mask is the score-weighted fraction of voters covering a pixel);
+    # False averages the voters' probabilities.
+    _C.MASK_VOTING_BINARIZE_VOTERS = True
     # Mask probability threshold when pasting into the image.
     _C.MASK_BINARIZE_THRESH = 0.4
     # Detections kept per image, highest scores first (replaces TEST.DETECTIONS_PER_IMAGE).

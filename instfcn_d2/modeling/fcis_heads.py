@@ -38,13 +38,13 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, ROIHeads
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss, weight_init
 from torch import Tensor, nn
 
 from ..layers import ps_roi_assemble
-from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
+from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes, voting_pairs
 from .score_maps import PSScoreMaps, assemble_box_deltas, inside_outside_channel, split_inside_outside
 
 __all__ = [
@@ -141,6 +141,7 @@ class FCISROIHeads(ROIHeads):
         use_mask_voting: bool = True,
         mask_voting_iou: float = 0.5,
         mask_voting_frame: str = "union",
+        mask_voting_binarize_voters: bool = True,
         mask_binarize_thresh: float = 0.4,
         detections_per_image: int = 100,
         **kwargs,
@@ -158,6 +159,7 @@ class FCISROIHeads(ROIHeads):
             box2box_transform, box_reg_loss_type, smooth_l1_beta: class-agnostic box regression.
             test_candidates: one of :data:`TEST_CANDIDATES`.
             score_thresh, nms_thresh, use_mask_voting, mask_voting_iou, mask_voting_frame,
+                mask_voting_binarize_voters,
                 mask_binarize_thresh, detections_per_image: inference, see ``MODEL.FCIS`` in
                 :mod:`..fcis_config`.
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
@@ -198,6 +200,7 @@ class FCISROIHeads(ROIHeads):
         if mask_voting_frame not in MASK_VOTING_FRAMES:
             raise ValueError(f"MODEL.FCIS.MASK_VOTING_FRAME = {mask_voting_frame!r}; expected one of {MASK_VOTING_FRAMES}")
         self.mask_voting_frame = mask_voting_frame
+        self.mask_voting_binarize_voters = mask_voting_binarize_voters
         self.mask_binarize_thresh = mask_binarize_thresh
         self.detections_per_image = detections_per_image
 
@@ -256,6 +259,7 @@ class FCISROIHeads(ROIHeads):
             use_mask_voting=c.MASK_VOTING,
             mask_voting_iou=c.MASK_VOTING_IOU,
             mask_voting_frame=c.MASK_VOTING_FRAME,
+            mask_voting_binarize_voters=c.MASK_VOTING_BINARIZE_VOTERS,
             mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
             detections_per_image=c.DETECTIONS_PER_IMAGE,
         )
@@ -610,16 +614,18 @@ class FCISROIHeads(ROIHeads):
         # only candidates that vote for some kept box of class c need their mask: the same result
         # as passing all P of them, without assembling and softmaxing (P, M, M) masks per class
         kept_boxes = boxes[kept]
-        iou = pairwise_iou(Boxes(kept_boxes), Boxes(boxes))
-        voters = (iou >= self.mask_voting_iou).any(dim=0).nonzero().squeeze(1)
+        kept_idx, cand_idx = voting_pairs(kept_boxes, boxes, self.mask_voting_iou)
+        voters, voter_idx = cand_idx.unique(return_inverse=True)  # (V,) sorted; pairs -> 0..V-1
+        pairs = (kept_idx, voter_idx)
         probs = inside_outside_mask_probs(mask_logits(voters, c))  # (V, M, M)
+        voter_boxes, voter_scores = boxes[voters], scores[voters, c]
+        voter_threshold = self.mask_binarize_thresh if self.mask_voting_binarize_voters else None
+        iou = self.mask_voting_iou
         if self.mask_voting_frame == "kept_box":
-            voted = mask_voting(kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou)
+            voted = mask_voting(kept_boxes, voter_boxes, probs, voter_scores, iou, None, voter_threshold, pairs)
             return voted, kept_boxes
-        frames = voter_union_boxes(kept_boxes, boxes[voters], self.mask_voting_iou)
-        voted = mask_voting(
-            kept_boxes, boxes[voters], probs, scores[voters, c], iou_threshold=self.mask_voting_iou, frames=frames
-        )
+        frames = voter_union_boxes(kept_boxes, voter_boxes, iou, pairs)
+        voted = mask_voting(kept_boxes, voter_boxes, probs, voter_scores, iou, frames, voter_threshold, pairs)
         tight = tight_mask_boxes(voted, frames, self.mask_binarize_thresh)
         return resample_masks_into_boxes(voted, frames, tight), tight
 

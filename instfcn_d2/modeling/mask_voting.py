@@ -3,7 +3,9 @@
 For each detection kept by NMS, every candidate (all RoIs scored at test time, suppressed or
 not) whose box overlaps the kept box with IoU >= ``iou_threshold`` votes: its foreground
 probabilities of the kept detection's class are averaged pixel by pixel, weighted by its score
-of that class. The average is then binarised (FCIS: at 0.4) when pasted into the image.
+of that class. The average is then binarised (FCIS: at 0.4) when pasted into the image. The
+official code binarises each voter at that threshold first (``voter_threshold``), so the voted
+mask is the score-weighted fraction of the voters covering a pixel.
 
 How the average is computed here: each voting candidate's ``M x M`` mask is *resampled into the
 kept box's own M x M frame* (bilinear, zero outside the candidate's box: exactly how detectron2's
@@ -18,14 +20,17 @@ the kept box's frame cuts it at the kept box. Working in an ``M x M`` frame keep
 it is one batched ``grid_sample`` over all (kept, voter) pairs instead of a loop of image-size
 pastes.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
-__all__ = ["mask_voting", "resample_masks_into_boxes", "voter_union_boxes", "tight_mask_boxes"]
+__all__ = ["mask_voting", "voting_pairs", "resample_masks_into_boxes", "voter_union_boxes", "tight_mask_boxes"]
+
+#: ``(kept_idx, cand_idx)``, both ``(Q,)``: candidate ``cand_idx[q]`` votes for kept box ``kept_idx[q]``.
+VotingPairs = Tuple[Tensor, Tensor]
 
 # (kept, voter) pairs resampled per grid_sample call: bounds memory (pairs * M * M * 12 bytes)
 # when many detections overlap many candidates.
@@ -57,6 +62,15 @@ def resample_masks_into_boxes(masks: Tensor, mask_boxes: Tensor, target_boxes: T
     return out[:, 0]
 
 
+def voting_pairs(kept_boxes: Tensor, cand_boxes: Tensor, iou_threshold: float = 0.5) -> VotingPairs:
+    """The (kept box, voter) pairs: every candidate whose box IoU with a kept box is ``>=``
+    ``iou_threshold`` (``(K, 4)`` and ``(P, 4)`` XYXY boxes). Computed once and shared by
+    :func:`voter_union_boxes` and :func:`mask_voting`."""
+    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))  # (K, P)
+    kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
+    return kept_idx, cand_idx
+
+
 def mask_voting(
     kept_boxes: Tensor,
     cand_boxes: Tensor,
@@ -64,6 +78,8 @@ def mask_voting(
     cand_scores: Tensor,
     iou_threshold: float = 0.5,
     frames: Optional[Tensor] = None,
+    voter_threshold: Optional[float] = None,
+    pairs: Optional[VotingPairs] = None,
 ) -> Tensor:
     """Score-weighted average of the masks of all candidates overlapping each kept box.
 
@@ -75,6 +91,11 @@ def mask_voting(
         iou_threshold: a candidate votes for a kept box when their box IoU is ``>=`` this.
         frames: ``(K, 4)`` boxes to average in instead of the kept boxes (e.g.
             :func:`voter_union_boxes`); the voters are still chosen by IoU with the kept boxes.
+        voter_threshold: binarise each voter's resampled mask at this threshold before the
+            weighted average (the official ``mask_aggregation``: the result is then the
+            score-weighted fraction of voters that cover a pixel); ``None`` averages the
+            probabilities themselves.
+        pairs: :func:`voting_pairs` of these boxes at ``iou_threshold``, if already computed.
 
     Returns:
         ``(K, M, M)`` voted probabilities, each in its kept box's (or ``frames``') frame. A kept box with no voter
@@ -95,29 +116,32 @@ def mask_voting(
     if frames is not None and frames.shape != kept_boxes.shape:
         raise ValueError(f"mask_voting: frames must be (K, 4) like kept_boxes, got {tuple(frames.shape)}")
     targets = kept_boxes if frames is None else frames
-    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))  # (K, P)
-    kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
+    kept_idx, cand_idx = voting_pairs(kept_boxes, cand_boxes, iou_threshold) if pairs is None else pairs
     weights = cand_scores[cand_idx].to(cand_masks.dtype)
     for start in range(0, len(kept_idx), _PAIRS_PER_CHUNK):
         k = kept_idx[start : start + _PAIRS_PER_CHUNK]
         p = cand_idx[start : start + _PAIRS_PER_CHUNK]
         w = weights[start : start + _PAIRS_PER_CHUNK]
         resampled = resample_masks_into_boxes(cand_masks[p], cand_boxes[p], targets[k])
+        if voter_threshold is not None:
+            resampled = (resampled >= voter_threshold).to(resampled.dtype)
         voted.index_add_(0, k, resampled * w[:, None, None])
     weight_sum = cand_masks.new_zeros(K).index_add_(0, kept_idx, weights)
     return voted / weight_sum.clamp(min=torch.finfo(voted.dtype).tiny)[:, None, None]
 
 
-def voter_union_boxes(kept_boxes: Tensor, cand_boxes: Tensor, iou_threshold: float = 0.5) -> Tensor:
+def voter_union_boxes(
+    kept_boxes: Tensor, cand_boxes: Tensor, iou_threshold: float = 0.5, pairs: Optional[VotingPairs] = None
+) -> Tensor:
     """``(K, 4)``: for each kept box, the union (enclosing box) of the boxes of its voters (the
     candidates with box IoU ``>= iou_threshold``) and of itself. The official FCIS voting pastes
     the voters into the image, so the voted mask may extend beyond the kept box up to this union.
+    ``pairs``: :func:`voting_pairs` of these boxes, if already computed.
     """
     union = kept_boxes.clone()
     if len(kept_boxes) == 0 or len(cand_boxes) == 0:
         return union
-    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))
-    kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
+    kept_idx, cand_idx = voting_pairs(kept_boxes, cand_boxes, iou_threshold) if pairs is None else pairs
     voters = cand_boxes[cand_idx].to(union.dtype)
     union[:, :2] = union[:, :2].scatter_reduce(0, kept_idx[:, None].expand(-1, 2), voters[:, :2], "amin")
     union[:, 2:] = union[:, 2:].scatter_reduce(0, kept_idx[:, None].expand(-1, 2), voters[:, 2:], "amax")

@@ -30,6 +30,20 @@ def test_mask_voting_hand_computed():
     torch.testing.assert_close(mask_voting(kept, boxes, masks, scores, iou_threshold=0.6), masks[:1])
 
 
+def test_binarised_voters_give_the_weighted_fraction_that_covers_each_pixel():
+    """The hand-computed case above with each voter binarised at 0.4 first (official
+    ``mask_aggregation``): p0' = [[1, 0], [1, 0]], p1' = ([0.4, 0.6] >= 0.4, 0) = [[1, 1], [0, 0]].
+    voted = (0.6 * p0' + 0.4 * p1') / 1.0 = [[1.0, 0.4], [0.6, 0.0]]."""
+    kept = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0], [2.0, 0.0, 6.0, 4.0]])
+    masks = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.2, 0.4], [0.6, 0.8]], [[1.0, 1.0], [1.0, 1.0]]])
+    scores = torch.tensor([0.6, 0.4, 0.9])
+    voted = mask_voting(kept, boxes, masks, scores, iou_threshold=0.5, voter_threshold=0.4)
+    torch.testing.assert_close(voted, torch.tensor([[[1.0, 0.4], [0.6, 0.0]]]))
+    # the 0.4 pixel (only p1 covers it, with 40% of the weight) now passes FCIS's threshold
+    assert (voted >= 0.4).tolist() == [[[True, True], [True, False]]]
+
+
 def test_each_kept_box_gets_its_own_voters():
     """Two far-apart kept boxes: each averages only the candidates around it."""
     kept = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
