@@ -20,7 +20,7 @@ def _cfg(**solver):
 def test_schedule_keeps_its_shape_and_fills_the_budget():
     cfg = _cfg()
     fitted = fit_schedule_to_budget(cfg, seconds_per_iteration=0.5, budget_minutes=20)
-    expected_max = int(BUDGET_SAFETY * 20 * 60 / 0.5)  # 2280
+    expected_max = int(BUDGET_SAFETY * 20 * 60 / 0.5)  # 2208
     assert fitted.SOLVER.MAX_ITER == expected_max
     ratio = expected_max / 1000
     assert fitted.SOLVER.STEPS == (round(800 * ratio), round(940 * ratio))
