@@ -30,10 +30,11 @@ def test_schedule_keeps_its_shape_and_fills_the_budget():
 
 
 def test_short_budget_shortens_warmup_and_keeps_steps_inside():
-    fitted = fit_schedule_to_budget(_cfg(), seconds_per_iteration=2.0, budget_minutes=1)  # 28 iterations
-    assert fitted.SOLVER.MAX_ITER == 28
-    assert fitted.SOLVER.WARMUP_ITERS == 2
-    assert all(1 <= s <= 28 for s in fitted.SOLVER.STEPS)
+    fitted = fit_schedule_to_budget(_cfg(), seconds_per_iteration=2.0, budget_minutes=1)
+    expected_max = int(BUDGET_SAFETY * 60 / 2.0)  # 27 iterations
+    assert fitted.SOLVER.MAX_ITER == expected_max
+    assert fitted.SOLVER.WARMUP_ITERS == expected_max // 10
+    assert all(1 <= s <= expected_max for s in fitted.SOLVER.STEPS)
     frozen = _cfg()
     frozen.freeze()
     assert fit_schedule_to_budget(frozen, 2.0, 1).is_frozen()
