@@ -591,13 +591,16 @@ def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
     assert all(0.0 <= results[t]["AP"] <= 100.0 or np.isnan(results[t]["AP"]) for t in ("bbox", "segm"))
 
 
-def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candidate():
+@pytest.mark.parametrize("binarize_voters", [True, False])
+def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candidate(binarize_voters):
     """detect_single_image softmaxes the masks of the candidates that vote for some kept box only;
-    the voted masks must equal mask_voting over all candidates (non-voters weigh nothing)."""
+    the voted masks must equal mask_voting over all candidates (non-voters weigh nothing), with
+    each voter binarised at MASK_BINARIZE_THRESH first (MASK_VOTING_BINARIZE_VOTERS, default) or not."""
     from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
     from instfcn_d2.modeling.mask_voting import mask_voting
 
-    heads = _model().roi_heads
+    heads = _model("MODEL.FCIS.MASK_VOTING_BINARIZE_VOTERS", str(binarize_voters)).roi_heads
+    assert heads.mask_voting_binarize_voters == binarize_voters
     heads.mask_voting_frame = "kept_box"
     boxes, scores, inside_outside = _random_candidates(heads)
     result = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
@@ -607,6 +610,7 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
         expected = mask_voting(
             result.pred_boxes.tensor[k : k + 1], boxes, inside_outside_mask_probs(inside_outside[:, :, c]),
             scores[:, c], iou_threshold=heads.mask_voting_iou,
+            voter_threshold=heads.mask_binarize_thresh if binarize_voters else None,
         )  # fmt: skip
         torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)
 
@@ -621,7 +625,7 @@ def _random_candidates(heads, P=40, seed=3):
 
 
 def test_union_frame_voting_is_the_official_mask_aggregation():
-    """MASK_VOTING_FRAME "union" (default): the voters averaged over the union of their boxes; the
+    """MASK_VOTING_FRAME "union" (default): the voters (binarised) averaged over the union of their boxes; the
     output box is the box of the voted mask binarised at MASK_BINARIZE_THRESH, the mask resampled
     into it. Same detections (NMS) as "kept_box"."""
     from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
@@ -639,7 +643,7 @@ def test_union_frame_voting_is_the_official_mask_aggregation():
         kept_box = kept.pred_boxes.tensor[k : k + 1]
         frame = voter_union_boxes(kept_box, boxes, heads.mask_voting_iou)
         voted = mask_voting(kept_box, boxes, inside_outside_mask_probs(inside_outside[:, :, c]), scores[:, c],
-                            iou_threshold=heads.mask_voting_iou, frames=frame)  # fmt: skip
+                            iou_threshold=heads.mask_voting_iou, frames=frame, voter_threshold=0.4)  # fmt: skip
         tight = tight_mask_boxes(voted, frame, 0.4)
         torch.testing.assert_close(union.pred_boxes.tensor[k : k + 1], tight)
         torch.testing.assert_close(union.pred_masks[k], resample_masks_into_boxes(voted, frame, tight), rtol=1e-5, atol=1e-6)
