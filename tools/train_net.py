@@ -9,10 +9,11 @@ Examples:
   python tools/train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
   python tools/train_net.py --config-file CFG --budget-minutes 20          # schedule fitted to 20 minutes
 
-``--budget-minutes`` first times 20 training steps of CFG on this machine (a throw-away model, not
+``--budget-minutes`` first times 40 training steps of CFG on this machine (a throw-away model, not
 counted), then scales SOLVER.MAX_ITER, STEPS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD so that the
 training fills the budget (instfcn_d2/engine/time_budget.py); the fitted config is the one saved
-in OUTPUT_DIR/config.yaml.
+in OUTPUT_DIR/config.yaml. During training a hook shortens the schedule (and logs it) if the
+machine turns out slower than measured, so the training never runs past the budget.
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
@@ -26,7 +27,7 @@ import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.engine import Trainer
-from instfcn_d2.engine.time_budget import fit_schedule_to_budget, measure_seconds_per_iteration
+from instfcn_d2.engine.time_budget import TimeBudgetHook, fit_schedule_to_budget, measure_seconds_per_iteration
 
 
 def argument_parser():
@@ -76,6 +77,8 @@ def main(args):
         return results
 
     trainer = Trainer(cfg)
+    if getattr(args, "budget_minutes", None) is not None:
+        trainer.register_hooks([TimeBudgetHook(cfg, args.budget_minutes * 60.0)])
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     # detectron2 v0.6's train() returns the final evaluation only with TEST.EXPECTED_RESULTS set.

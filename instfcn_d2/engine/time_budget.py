@@ -15,11 +15,14 @@ import logging
 import math
 import time
 
+from typing import Callable, Tuple
+
 import torch
 from detectron2.config import CfgNode
+from detectron2.engine import HookBase, hooks
 from detectron2.utils.events import EventStorage
 
-__all__ = ["measure_seconds_per_iteration", "fit_schedule_to_budget"]
+__all__ = ["measure_seconds_per_iteration", "fit_schedule_to_budget", "TimeBudgetHook", "BudgetReached"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +102,84 @@ def fit_schedule_to_budget(cfg: CfgNode, seconds_per_iteration: float, budget_mi
         budget_minutes, seconds_per_iteration, old_max, new_max, tuple(cfg.SOLVER.STEPS), out.SOLVER.STEPS,
     )
     return out
+
+
+class BudgetReached(BaseException):
+    """Raised by :class:`TimeBudgetHook` to end detectron2's training loop at the shortened
+    schedule's last iteration. A ``BaseException`` so that ``TrainerBase.train``'s
+    ``except Exception`` does not log it as a failure; its ``finally`` still runs the hooks'
+    ``after_train`` (the final evaluation). :meth:`instfcn_d2.engine.Trainer.train` catches it."""
+
+
+class TimeBudgetHook(HookBase):
+    """Keeps a run inside its wall-clock budget when the machine's speed drifts.
+
+    :func:`fit_schedule_to_budget` plans the schedule from a short measurement, but on a shared
+    2-core machine a step's cost drifts by up to 20% within a run (docs/results.md). Every
+    ``period`` iterations this hook divides the time left by the mean step time so far; when
+    fewer iterations fit than the schedule has, it shortens the schedule the way
+    :func:`fit_schedule_to_budget` scales it: ``trainer.max_iter``, the LR steps not yet passed
+    (the scheduler is rebuilt at the current iteration), the checkpointer's final save, and ends
+    the loop there. It never lengthens a run: detectron2's loop runs over ``range(start, max_iter)``
+    fixed when training starts. Registered last, so every other hook has seen an iteration
+    before the hook acts on it. Nothing in detectron2 or fvcore adapts a schedule to time.
+    """
+
+    def __init__(self, cfg: CfgNode, budget_seconds: float, period: int = 20, clock: Callable[[], float] = time.perf_counter):
+        if not budget_seconds > 0 or period < 1:
+            raise ValueError(f"TimeBudgetHook: budget_seconds must be > 0 and period >= 1, got {budget_seconds}, {period}")
+        self._cfg = cfg.clone()
+        self._budget = float(budget_seconds)
+        self._period = period
+        self._clock = clock
+        self.shortened_to = None  # the shortened MAX_ITER, once the hook has shortened the run
+
+    def before_train(self):
+        self._start_time = self._clock()
+        self._start_iter = self.trainer.iter
+        self._loop_end = self.trainer.max_iter
+
+    def after_step(self):
+        done = self.trainer.iter + 1  # iterations finished, counted from 0
+        if self.trainer.max_iter < self._loop_end and done >= self.trainer.max_iter:
+            raise BudgetReached(f"time budget: stopped after iteration {done} of the shortened schedule")
+        steps = done - self._start_iter
+        if steps % self._period:
+            return
+        elapsed = self._clock() - self._start_time
+        fits = done + int(max(0.0, self._budget - elapsed) / (elapsed / steps))
+        # at least one more iteration: the other hooks must see the new end before the last one
+        new_max = max(fits, done + 1)
+        if new_max < self.trainer.max_iter:
+            self._shorten(new_max, done)
+
+    def _shorten(self, new_max: int, done: int) -> None:
+        old_max = self.trainer.max_iter
+        cfg = self._cfg
+        cfg.defrost()
+        cfg.SOLVER.STEPS = _scaled_future_steps(tuple(cfg.SOLVER.STEPS), done, old_max, new_max)
+        cfg.SOLVER.MAX_ITER = new_max
+        cfg.freeze()
+        scheduler = self.trainer.build_lr_scheduler(cfg, self.trainer.optimizer)  # (a classmethod)
+        # continue at the current iteration: the LRScheduler hook has stepped the old one `done` times
+        scheduler.last_epoch = done - 1
+        scheduler.step()
+        self.trainer.scheduler = scheduler
+        self.trainer.max_iter = new_max
+        for hook in self.trainer._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.max_iter = new_max
+        self.shortened_to = new_max
+        logger.info(
+            "Time budget: %.1f of %.1f minutes used after %d iterations; MAX_ITER %d -> %d, STEPS -> %s",
+            (self._clock() - self._start_time) / 60, self._budget / 60, done, old_max, new_max, cfg.SOLVER.STEPS,
+        )
+
+
+def _scaled_future_steps(steps: Tuple[int, ...], done: int, old_max: int, new_max: int) -> Tuple[int, ...]:
+    """LR steps after shortening a schedule from ``old_max`` to ``new_max`` iterations at
+    iteration ``done``: steps already passed stay, the others keep their fraction of the schedule
+    (but stay in the future and inside it)."""
+    return tuple(
+        s if s <= done else min(new_max, max(done + 1, int(round(s * new_max / old_max)))) for s in steps
+    )

@@ -8,6 +8,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 
 from ..data.dataset_mapper import InstFCNDatasetMapper
 from ..evaluation import RegionAPEvaluator, SegmentProposalEvaluator
+from .time_budget import BudgetReached
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
@@ -59,6 +60,14 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
 
 
 class Trainer(DefaultTrainer):
+    def train(self):
+        """DefaultTrainer's training; a run that :class:`TimeBudgetHook` shortened ends here
+        normally (its hooks' ``after_train``, the final evaluation included, have run)."""
+        try:
+            return super().train()
+        except BudgetReached:
+            return getattr(self, "_last_eval_results", None)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluators(cfg, dataset_name, output_folder)

@@ -68,3 +68,52 @@ def test_train_net_budget_measures_then_trains_the_fitted_schedule(tmp_path):
     assert 5 <= cfg.SOLVER.MAX_ITER < 2350 and cfg.SOLVER.STEPS[0] < cfg.SOLVER.MAX_ITER
     saved = get_instfcn_cfg(str(tmp_path / "config.yaml"))
     assert saved.SOLVER.MAX_ITER == cfg.SOLVER.MAX_ITER  # the fitted schedule is the one recorded
+
+
+def test_future_steps_are_scaled_and_passed_ones_kept():
+    from instfcn_d2.engine.time_budget import _scaled_future_steps
+
+    # shortened from 1000 to 500 iterations at iteration 450: the step at 200 has passed and
+    # stays; 800 -> 400 would lie in the past, so it comes next (451); 940 -> 470
+    assert _scaled_future_steps((200, 800, 940), done=450, old_max=1000, new_max=500) == (200, 451, 470)
+    assert _scaled_future_steps((800, 940), done=100, old_max=1000, new_max=500) == (400, 470)
+
+
+@pytest.mark.slow
+def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
+    """A fake clock of 1 s per iteration and a 20 s budget: planned 40 iterations, the hook cuts
+    the run to 20 at its first check, scales the LR steps (30, 35) -> (15, 18), saves the final
+    model at the new end and evaluates; the LR ends at base * gamma^2."""
+    import os
+
+    from detectron2.engine import HookBase
+
+    from instfcn_d2.data import register_synthetic_shapes
+    from instfcn_d2.engine import Trainer
+    from instfcn_d2.engine.time_budget import TimeBudgetHook
+
+    register_synthetic_shapes("budget_hook_shapes", num_train=4, num_val=2, image_size=96)
+    cfg = get_instfcn_cfg(FCIS_SHAPES, [
+        "DATASETS.TRAIN", "('budget_hook_shapes_train',)", "DATASETS.TEST", "('budget_hook_shapes_val',)",
+        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30, 35)", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000",
+    ])  # fmt: skip
+    now = [0.0]
+
+    class Tick(HookBase):
+        def after_step(self):
+            now[0] += 1.0
+
+    trainer = Trainer(cfg)
+    budget = TimeBudgetHook(cfg, budget_seconds=20.0, period=5, clock=lambda: now[0])
+    trainer.register_hooks([Tick(), budget])
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert budget.shortened_to == 20 and trainer.max_iter == 20 and trainer.iter == 19
+    assert trainer.scheduler.last_epoch == 20
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA**2)
+    assert os.path.exists(tmp_path / "model_final.pth")
+    assert "segm" in results  # the final evaluation ran
