@@ -81,10 +81,9 @@ def fit_schedule_to_budget(cfg: CfgNode, seconds_per_iteration: float, budget_mi
             f"--budget-minutes {budget_minutes}: one iteration takes {seconds_per_iteration:.2f} s, "
             "the budget does not fit a single one"
         )
-    ratio = new_max / old_max
 
     def scaled(value: int) -> int:
-        return max(1, min(new_max, int(round(value * ratio))))
+        return _scaled_iteration(value, old_max, new_max)
 
     out = cfg.clone()
     was_frozen = out.is_frozen()
@@ -176,10 +175,14 @@ class TimeBudgetHook(HookBase):
         )
 
 
+def _scaled_iteration(value: int, old_max: int, new_max: int, lowest: int = 1) -> int:
+    """An iteration number of a schedule of ``old_max`` iterations moved to one of ``new_max``:
+    same fraction of the schedule, kept within ``[lowest, new_max]``."""
+    return max(lowest, min(new_max, int(round(value * (new_max / old_max)))))
+
+
 def _scaled_future_steps(steps: Tuple[int, ...], done: int, old_max: int, new_max: int) -> Tuple[int, ...]:
     """LR steps after shortening a schedule from ``old_max`` to ``new_max`` iterations at
     iteration ``done``: steps already passed stay, the others keep their fraction of the schedule
     (but stay in the future and inside it)."""
-    return tuple(
-        s if s <= done else min(new_max, max(done + 1, int(round(s * new_max / old_max)))) for s in steps
-    )
+    return tuple(s if s <= done else _scaled_iteration(s, old_max, new_max, lowest=done + 1) for s in steps)
