@@ -7,8 +7,8 @@ of that class. The average is then binarised (FCIS: at 0.4) when pasted into the
 official code binarises each voter at that threshold first (``voter_threshold``), so the voted
 mask is the score-weighted fraction of the voters covering a pixel.
 
-How the average is computed here: each voting candidate's ``M x M`` mask is *resampled into the
-kept box's own M x M frame* (bilinear, zero outside the candidate's box: exactly how detectron2's
+How the average is computed here: each voting candidate's ``M x M`` mask is *resampled into an
+M x M frame*, the kept box's or ``frames``' (bilinear, zero outside the candidate's box: exactly how detectron2's
 ``paste_masks_in_image`` places an ``M x M`` mask in a box), then averaged there. The official
 FCIS code (``mask_aggregation``) pastes every voter into the image, averages there and reports
 the binarised average with its own tight box ("clipped_box"), so a voted mask may reach beyond
