@@ -25,9 +25,7 @@ ground truth to recall (the whole dataset, or one size range) is NaN, with a war
 (COCOeval reports -1 there).
 """
 import io
-import json
 import logging
-import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,9 +33,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from detectron2.data import DatasetCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
+
+from .mask_evaluator import MaskPredictionEvaluator, encode_masks, gt_rle_and_area
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +49,7 @@ _AREA_KEY = {"small": "s", "medium": "m", "large": "l"}
 
 PLOT_FILE = "proposal_recall_vs_iou.png"
 JSON_FILE = "proposal_recall.json"
+
 
 
 def match_proposals(ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
@@ -94,56 +92,7 @@ def match_proposals(ious: np.ndarray, iou_thresholds: Sequence[float] = IOU_THRE
     return ranks
 
 
-def _gather_predictions(predictions: List[dict], distributed: bool) -> Optional[List[dict]]:
-    """All processes' per-image predictions on the main process (``None`` on the others), as
-    detectron2's ``COCOEvaluator.evaluate`` gathers them; the local list when not distributed."""
-    if not distributed:
-        return predictions
-    comm.synchronize()
-    gathered = comm.gather(predictions, dst=0)
-    if not comm.is_main_process():
-        return None
-    return [p for chunk in gathered for p in chunk]
-
-
-def _encode_masks(masks: np.ndarray) -> List[dict]:
-    """``(R, H, W)`` binary masks -> R compressed RLEs (COCOEvaluator's encoding)."""
-    if len(masks) == 0:
-        return []
-    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-
-
-def _gt_rle_and_area(ann: dict, height: int, width: int, where: str) -> Tuple[dict, float]:
-    """One annotation's mask as a compressed RLE (COCO's ``annToRLE``) and its area."""
-    from detectron2.structures.masks import polygon_area
-
-    seg = ann.get("segmentation", None)
-    if seg is None:
-        raise ValueError(f"{where}: annotation has no 'segmentation'; segment proposals need instance masks")
-    if isinstance(seg, list):  # polygons [[x0, y0, x1, y1, ...], ...]
-        polys = [np.asarray(p, dtype=np.float64) for p in seg]
-        if not polys or any(len(p) < 6 or len(p) % 2 for p in polys):
-            raise ValueError(f"{where}: polygon segmentation needs >= 3 (x, y) points per polygon")
-        rle = mask_util.merge(mask_util.frPyObjects([p.tolist() for p in polys], height, width))
-        area = float(np.sum([polygon_area(p[0::2], p[1::2]) for p in polys]))
-    elif isinstance(seg, dict):  # RLE, compressed (str/bytes counts) or not (list counts)
-        if list(seg.get("size", [])) != [height, width]:
-            raise ValueError(f"{where}: RLE size {seg.get('size')} != image (height, width) ({height}, {width})")
-        rle = mask_util.frPyObjects(seg, height, width) if isinstance(seg["counts"], list) else seg
-        area = float(mask_util.area(rle))
-    elif isinstance(seg, np.ndarray):  # binary mask (H, W), as detectron2 accepts
-        if seg.shape != (height, width):
-            raise ValueError(f"{where}: mask shape {seg.shape} != image (height, width) ({height}, {width})")
-        rle = _encode_masks(seg[None].astype(bool))[0]
-        area = float(mask_util.area(rle))
-    else:
-        raise TypeError(f"{where}: unknown segmentation type {type(seg).__name__}")
-    if "area" in ann:  # the dataset's own area (as in its COCO json) wins, as in COCOEvaluator
-        area = float(ann["area"])
-    return rle, area
-
-
-class SegmentProposalEvaluator(DatasetEvaluator):
+class SegmentProposalEvaluator(MaskPredictionEvaluator):
     """Class-agnostic mask recall AR@N of segment proposals (see the module docstring).
 
     ``evaluate()`` returns ``{"proposals": {"AR@10": ..., "AR@100": ..., "AR@1000": ...,
@@ -152,6 +101,13 @@ class SegmentProposalEvaluator(DatasetEvaluator):
     threshold, one curve per N) and ``proposal_recall.json`` (the raw recalls, fractions in [0, 1]).
     Only the images passed to :meth:`process` are evaluated.
     """
+
+    NAME = "SegmentProposalEvaluator"
+    REQUIRED_FIELDS = ("pred_masks", "scores")
+    RESULT_KEY = "proposals"
+    JSON_FILE = JSON_FILE
+    JSON_RESULTS_KEY = "AR"
+    PLOT_FILE = PLOT_FILE
 
     def __init__(
         self,
@@ -171,14 +127,8 @@ class SegmentProposalEvaluator(DatasetEvaluator):
         max_dets = tuple(int(n) for n in max_dets)
         if not max_dets or any(n <= 0 for n in max_dets) or list(max_dets) != sorted(set(max_dets)):
             raise ValueError(f"SegmentProposalEvaluator: max_dets must be positive and increasing, got {max_dets}")
-        self._dataset_name = dataset_name
+        super().__init__(dataset_name, output_dir, distributed)
         self._max_dets = max_dets
-        self._output_dir = output_dir
-        self._distributed = distributed
-        self._predictions: List[dict] = []
-
-    def reset(self):
-        self._predictions = []
 
     def process(self, inputs, outputs):
         """Keep the top ``max(max_dets)`` proposals of each image as RLEs.
@@ -189,15 +139,7 @@ class SegmentProposalEvaluator(DatasetEvaluator):
         """
         keep = self._max_dets[-1]
         for inp, out in zip(inputs, outputs):
-            if "image_id" not in inp:
-                raise KeyError(f"SegmentProposalEvaluator({self._dataset_name}): an input has no 'image_id'")
-            image_id = inp["image_id"]
-            if "instances" not in out:
-                raise KeyError(f"SegmentProposalEvaluator: output of image_id {image_id} has no 'instances'")
-            inst = out["instances"].to("cpu")
-            for field in ("pred_masks", "scores"):
-                if not inst.has(field):
-                    raise KeyError(f"SegmentProposalEvaluator: instances of image_id {image_id} have no '{field}'")
+            image_id, inst = self._checked_instances(inp, out)
             scores = inst.scores.numpy().astype(np.float64)
             order = np.argsort(-scores, kind="mergesort")[:keep]  # COCOeval's stable score sort
             masks = inst.pred_masks.numpy()[order]  # (min(R, keep), H, W)
@@ -207,26 +149,12 @@ class SegmentProposalEvaluator(DatasetEvaluator):
                     "image_id": image_id,
                     "size": tuple(int(s) for s in inst.image_size),
                     "scores": scores[order],
-                    "rles": _encode_masks(masks),
+                    "rles": encode_masks(masks),
                 }
             )
 
-    def evaluate(self):
-        predictions = _gather_predictions(self._predictions, self._distributed)
-        if predictions is None:  # not the main process
-            return {}
-        if not predictions:
-            logger.warning("SegmentProposalEvaluator(%s): no images were processed", self._dataset_name)
-            return {}
-        stats = self._compute(predictions)
-        results = self._summarize(stats)
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, JSON_FILE), "w") as f:
-                json.dump(_json_safe({**stats, "AR": results}), f, indent=1)
-            with PathManager.open(os.path.join(self._output_dir, PLOT_FILE), "wb") as f:
-                f.write(plot_recall_vs_iou(stats["iou_thresholds"], stats["recall"]["all"], self._max_dets))
-        return {"proposals": results}
+    def _plot(self, stats: dict) -> bytes:
+        return plot_recall_vs_iou(stats["iou_thresholds"], stats["recall"]["all"], self._max_dets)
 
     def _compute(self, predictions: List[dict]) -> dict:
         """Matched counts per area range, N and threshold, pooled over the processed images."""
@@ -279,12 +207,7 @@ class SegmentProposalEvaluator(DatasetEvaluator):
         """Non-crowd gt RLEs in COCOeval's order (``category_id`` groups, dataset order within),
         their areas ``(G,)``, and the number of crowd gts left out."""
         image_id = record["image_id"]
-        height, width = int(record.get("height", pred_size[0])), int(record.get("width", pred_size[1]))
-        if (height, width) != tuple(pred_size):
-            raise ValueError(
-                f"SegmentProposalEvaluator: image_id {image_id} of '{self._dataset_name}' is {height}x{width} "
-                f"but its predicted masks are {pred_size[0]}x{pred_size[1]}; masks must be at image resolution"
-            )
+        height, width = self._record_size(record, pred_size)
         anns = record.get("annotations", [])
         order = sorted(range(len(anns)), key=lambda i: anns[i].get("category_id", 0))  # stable
         rles, areas, crowd = [], [], 0
@@ -294,7 +217,7 @@ class SegmentProposalEvaluator(DatasetEvaluator):
                 crowd += 1
                 continue
             where = f"dataset '{self._dataset_name}', image_id {image_id}, annotation {i}"
-            rle, area = _gt_rle_and_area(ann, height, width, where)
+            rle, area = gt_rle_and_area(ann, height, width, where)
             rles.append(rle)
             areas.append(area)
         return rles, np.asarray(areas, dtype=np.float64), crowd
@@ -316,17 +239,6 @@ class SegmentProposalEvaluator(DatasetEvaluator):
 
 def _mean_percent(recalls: Sequence[float]) -> float:
     return float(np.mean(recalls) * 100.0)
-
-
-def _json_safe(obj):
-    """NaN -> None so the JSON file stays standard."""
-    if isinstance(obj, float):
-        return None if np.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def plot_recall_vs_iou(iou_thresholds: Sequence[float], recall: Dict[str, Sequence[float]], max_dets) -> bytes:

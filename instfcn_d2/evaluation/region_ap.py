@@ -46,9 +46,7 @@ evaluated (their ground truth comes from the dataset's ``DatasetCatalog`` record
 Numbers are reported x100 (percent), like detectron2's evaluators.
 """
 import io
-import json
 import logging
-import os
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Optional, Sequence
 
@@ -56,16 +54,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 
 # detectron2's PASCAL VOC box evaluator has the very ``voc_ap`` of the MNC / FCIS code (same
 # 11-point grid ``np.arange(0, 1.1, 0.1)``, same all-point envelope): reused, not rewritten.
 from detectron2.evaluation.pascal_voc_evaluation import voc_ap
-from detectron2.utils.file_io import PathManager
 
-# The ground-truth decoding (polygons / RLE / bitmask, with errors naming the record) and the
-# prediction encoding are those of the proposal evaluator: one implementation for both.
-from .proposal_recall import _encode_masks, _gather_predictions, _gt_rle_and_area
+from .mask_evaluator import MaskPredictionEvaluator, encode_masks, gt_rle_and_area
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +103,7 @@ def match_detections(
     return outcome
 
 
-class RegionAPEvaluator(DatasetEvaluator):
+class RegionAPEvaluator(MaskPredictionEvaluator):
     """mAPr@t of instance masks, VOC / SBD style (see the module docstring for the rules).
 
     ``evaluate()`` returns ``{"segm_voc": {"mAPr@0.5": ..., "mAPr@0.7": ..., "AP50-<class>": ...,
@@ -117,6 +111,13 @@ class RegionAPEvaluator(DatasetEvaluator):
     ``output_dir`` is set writes ``region_ap.json`` (per-class AP, positives, detections) and
     ``region_ap_per_class.png`` (a bar chart of the per-class AP, one bar per threshold).
     """
+
+    NAME = "RegionAPEvaluator"
+    REQUIRED_FIELDS = ("pred_masks", "scores", "pred_classes")
+    RESULT_KEY = RESULT_KEY
+    JSON_FILE = JSON_FILE
+    JSON_RESULTS_KEY = "results"
+    PLOT_FILE = PLOT_FILE
 
     def __init__(
         self,
@@ -142,16 +143,10 @@ class RegionAPEvaluator(DatasetEvaluator):
         classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
         if not classes:
             raise KeyError(f"RegionAPEvaluator: dataset '{dataset_name}' has no 'thing_classes' in its metadata")
-        self._dataset_name = dataset_name
+        super().__init__(dataset_name, output_dir, distributed)
         self._thresholds = thresholds
         self._use_07_metric = bool(use_07_metric)
         self._class_names = list(classes)
-        self._output_dir = output_dir
-        self._distributed = distributed
-        self._predictions: List[dict] = []
-
-    def reset(self):
-        self._predictions = []
 
     def process(self, inputs, outputs):
         """Keep each image's detections as RLEs (all of them: the model decides how many).
@@ -161,15 +156,7 @@ class RegionAPEvaluator(DatasetEvaluator):
         ``scores`` ``(R,)`` and ``pred_classes`` ``(R,)`` (contiguous class indices).
         """
         for inp, out in zip(inputs, outputs):
-            if "image_id" not in inp:
-                raise KeyError(f"RegionAPEvaluator({self._dataset_name}): an input has no 'image_id'")
-            image_id = inp["image_id"]
-            if "instances" not in out:
-                raise KeyError(f"RegionAPEvaluator: output of image_id {image_id} has no 'instances'")
-            inst = out["instances"].to("cpu")
-            for field in ("pred_masks", "scores", "pred_classes"):
-                if not inst.has(field):
-                    raise KeyError(f"RegionAPEvaluator: instances of image_id {image_id} have no '{field}'")
+            image_id, inst = self._checked_instances(inp, out)
             classes = inst.pred_classes.numpy().astype(np.int64)
             bad = classes[(classes < 0) | (classes >= len(self._class_names))]
             if len(bad):
@@ -185,26 +172,12 @@ class RegionAPEvaluator(DatasetEvaluator):
                     "size": tuple(int(s) for s in inst.image_size),
                     "scores": inst.scores.numpy().astype(np.float64),
                     "classes": classes,
-                    "rles": _encode_masks(masks),
+                    "rles": encode_masks(masks),
                 }
             )
 
-    def evaluate(self):
-        predictions = _gather_predictions(self._predictions, self._distributed)
-        if predictions is None:  # not the main process
-            return {}
-        if not predictions:
-            logger.warning("RegionAPEvaluator(%s): no images were processed", self._dataset_name)
-            return {}
-        stats = self._compute(predictions)
-        results = self._summarize(stats)
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, JSON_FILE), "w") as f:
-                json.dump(_json_safe({**stats, "results": results}), f, indent=1)
-            with PathManager.open(os.path.join(self._output_dir, PLOT_FILE), "wb") as f:
-                f.write(plot_region_ap(self._class_names, stats["ap"], self._thresholds))
-        return {RESULT_KEY: results}
+    def _plot(self, stats: dict) -> bytes:
+        return plot_region_ap(self._class_names, stats["ap"], self._thresholds)
 
     # ------------------------------------------------------------------------------------------
 
@@ -292,12 +265,7 @@ class RegionAPEvaluator(DatasetEvaluator):
         """``(counted, ignored)`` of one image: ``{class: [RLE]}`` of the instances that count, in
         the record's annotation order, and ``{class: ([RLE], [iscrowd flag])}`` of ignored ones."""
         image_id = record["image_id"]
-        height, width = int(record.get("height", pred_size[0])), int(record.get("width", pred_size[1]))
-        if (height, width) != tuple(pred_size):
-            raise ValueError(
-                f"RegionAPEvaluator: image_id {image_id} of '{self._dataset_name}' is {height}x{width} "
-                f"but its predicted masks are {pred_size[0]}x{pred_size[1]}; masks must be at image resolution"
-            )
+        height, width = self._record_size(record, pred_size)
         counted, ignored = defaultdict(list), defaultdict(lambda: ([], []))
         for i, ann in enumerate(record.get("annotations", [])):
             where = f"dataset '{self._dataset_name}', image_id {image_id}, annotation {i}"
@@ -306,7 +274,7 @@ class RegionAPEvaluator(DatasetEvaluator):
                 raise ValueError(
                     f"{where}: category_id {c!r} is not a contiguous index in 0..{len(self._class_names) - 1}"
                 )
-            rle, _ = _gt_rle_and_area(ann, height, width, where)
+            rle, _ = gt_rle_and_area(ann, height, width, where)
             crowd = bool(ann.get("iscrowd", 0))
             if crowd or ann.get("difficult", 0):
                 ignored[int(c)][0].append(rle)
@@ -337,17 +305,6 @@ class RegionAPEvaluator(DatasetEvaluator):
             ", ".join(f"{k}={results[k]:.2f}" for k in results if k.startswith("mAPr")),
         )
         return results
-
-
-def _json_safe(obj):
-    """NaN -> None so the JSON file stays standard."""
-    if isinstance(obj, float):
-        return None if np.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def plot_region_ap(class_names: Sequence[str], ap: Dict[str, Sequence[float]], thresholds: Sequence[float]) -> bytes:
