@@ -27,7 +27,12 @@ import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.engine import Trainer
-from instfcn_d2.engine.time_budget import TimeBudgetHook, fit_schedule_to_budget, measure_seconds_per_iteration
+from instfcn_d2.engine.time_budget import (
+    MEASURE_BUDGET_SHARE,
+    TimeBudgetHook,
+    fit_schedule_to_budget,
+    measure_seconds_per_iteration,
+)
 
 
 def argument_parser():
@@ -48,7 +53,7 @@ def setup(args):
     if budget is not None and not args.eval_only:
         if args.num_gpus * args.num_machines > 1:
             raise ValueError("--budget-minutes times a single training process; run it without --num-gpus / --num-machines")
-        seconds = measure_seconds_per_iteration(cfg, Trainer)
+        seconds = measure_seconds_per_iteration(cfg, Trainer, max_seconds=MEASURE_BUDGET_SHARE * budget * 60)
         fitted = fit_schedule_to_budget(cfg, seconds, budget)
         note = (
             f"--budget-minutes {budget:g}: measured {seconds:.3f} s / training iteration; SOLVER.MAX_ITER "

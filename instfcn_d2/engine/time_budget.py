@@ -15,7 +15,7 @@ import logging
 import math
 import time
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -33,32 +33,71 @@ logger = logging.getLogger(__name__)
 BUDGET_SAFETY = 0.92
 
 
-def measure_seconds_per_iteration(cfg: CfgNode, trainer_cls, iterations: int = 40, warmup: int = 10) -> float:
+#: Share of the budget that ``train_net --budget-minutes`` lets the measurement take at most
+#: (2 minutes of 20): a few steps of a slow config estimate its cost as well as 50 would, and
+#: the hook corrects the estimate during training.
+MEASURE_BUDGET_SHARE = 0.1
+
+#: At least this many timed steps, even when ``max_seconds`` has passed before them.
+MIN_TIMED_STEPS = 5
+
+
+def measure_seconds_per_iteration(
+    cfg: CfgNode,
+    trainer_cls,
+    iterations: int = 40,
+    warmup: int = 10,
+    max_seconds: Optional[float] = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Mean wall time of one training step (data, forward, backward, SGD step) of ``cfg``.
 
     Builds the model, optimizer and training loader with ``trainer_cls``'s builders (as its
     training would), runs ``warmup`` untimed steps (allocator, oneDNN kernel selection) and then
     ``iterations`` timed ones. The model is discarded afterwards.
+
+    ``max_seconds`` caps the measurement for configs whose steps take seconds (Mask R-CNN R50 on
+    a CPU: 50 steps would take longer than a tenth of the budget): the warm-up ends after a
+    quarter of it (at least one step), the timed steps after all of it (at least
+    ``MIN_TIMED_STEPS``). :class:`TimeBudgetHook` corrects the estimate during training anyway.
     """
     if iterations < 1 or warmup < 0:
         raise ValueError(f"measure_seconds_per_iteration: iterations must be >= 1 and warmup >= 0, got {iterations}, {warmup}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"measure_seconds_per_iteration: max_seconds must be > 0, got {max_seconds}")
+    cap = math.inf if max_seconds is None else float(max_seconds)
     model = trainer_cls.build_model(cfg)
     model.train()
     optimizer = trainer_cls.build_optimizer(cfg, model)
     loader = iter(trainer_cls.build_train_loader(cfg))
-    start = None
+
+    def train_step(step: int) -> float:
+        """One SGD step; returns the clock after it."""
+        losses = model(next(loader))
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"measure_seconds_per_iteration: loss became {loss.item()} at step {step}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return clock()
+
     with EventStorage(0):  # detectron2's heads log their statistics into one
-        for step in range(warmup + iterations):
-            if step == warmup:
-                start = time.perf_counter()
-            losses = model(next(loader))
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"measure_seconds_per_iteration: loss became {loss.item()} at step {step}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    seconds = (time.perf_counter() - start) / iterations
+        start = clock()
+        warm_start, warmed = start, 0
+        while warmed < warmup:
+            start = train_step(warmed)
+            warmed += 1
+            if start - warm_start >= cap / 4:
+                break
+        timed, now = 0, start
+        while timed < iterations:
+            now = train_step(warmed + timed)
+            timed += 1
+            if timed >= min(MIN_TIMED_STEPS, iterations) and now - start >= cap:
+                break
+    seconds = (now - start) / timed
+    logger.info("Measured %.3f s per training iteration over %d steps (after %d warm-up steps)", seconds, timed, warmed)
     del loader  # stops the loader's worker processes, if any
     return seconds
 

@@ -117,3 +117,31 @@ def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA**2)
     assert os.path.exists(tmp_path / "model_final.pth")
     assert "segm" in results  # the final evaluation ran
+
+
+def test_measurement_of_a_slow_config_stops_at_its_time_cap():
+    """A fake clock of 10 s per step and a 60 s cap: the warm-up stops after 15 s (2 steps), the
+    timing after 60 s (6 steps) instead of 10 + 40 steps, and the mean is the clock's 10 s."""
+    import instfcn_d2  # noqa: F401
+    from instfcn_d2.data import register_synthetic_shapes
+    from instfcn_d2.engine import Trainer
+    from instfcn_d2.engine.time_budget import measure_seconds_per_iteration
+
+    register_synthetic_shapes("budget_measure_shapes", num_train=4, num_val=2, image_size=96)
+    cfg = get_instfcn_cfg(FCIS_SHAPES, [
+        "DATASETS.TRAIN", "('budget_measure_shapes_train',)", "DATASETS.TEST", "('budget_measure_shapes_val',)",
+        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.FCIS.CONV_NEW_DIM", "32",
+    ])  # fmt: skip
+    calls = []
+
+    def clock():  # called once before the first step and once after each step
+        calls.append(None)
+        return 10.0 * (len(calls) - 1)
+
+    seconds = measure_seconds_per_iteration(cfg, Trainer, iterations=40, warmup=10, max_seconds=60.0, clock=clock)
+    assert seconds == pytest.approx(10.0)
+    assert len(calls) == 1 + 2 + 6
+    with pytest.raises(ValueError, match="max_seconds must be > 0"):
+        measure_seconds_per_iteration(cfg, Trainer, max_seconds=0.0)
