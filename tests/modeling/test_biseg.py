@@ -17,6 +17,7 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 from conftest import REPO_ROOT
+from tiny_models import R18_GN_FROM_SCRATCH
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
 from instfcn_d2.modeling.biseg_heads import SEM_SEG_PROBS_KEY, BiSegROIHeads
@@ -26,14 +27,8 @@ from instfcn_d2.modeling.postprocessing import mask_tight_boxes
 
 BASE = str(REPO_ROOT / "configs" / "Base-BiSeg.yaml")
 TINY = [
-    "MODEL.DEVICE", "cpu",
+    *R18_GN_FROM_SCRATCH,
     "MODEL.WEIGHTS", "",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "GN",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]",
     "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",

@@ -8,11 +8,12 @@ import pytest
 import torch
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.visualizer import Visualizer
 
 from conftest import REPO_ROOT
+from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.modeling.fcis_heads import (
     CLASS_LOGITS_ROIS_PER_CHUNK,
@@ -27,13 +28,7 @@ from instfcn_d2.modeling.score_maps import inside_outside_channel
 BASE = str(REPO_ROOT / "configs" / "Base-FCIS.yaml")
 C = 2  # classes: 0 = square, 1 = disc
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "GN",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+    *R18_GN_FROM_SCRATCH,
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[24, 48, 96]]",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "300",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
@@ -62,34 +57,8 @@ def _model(*opts, seed=0):
 
 
 def _sample(seed, size=(96, 96), sides=(36, 32), polygons=False):
-    """A textured image with a square (class 0) then a disc (class 1), each of random colour, as
-    the dataset mapper returns it (``image`` uint8 CHW, ``instances`` with boxes/classes/masks)."""
-    rng = np.random.default_rng(seed)
-    H, W = size
-    yy, xx = np.mgrid[:H, :W]
-    image = rng.uniform(40, 90, (3, 1, 1)) + 25 * np.sin(xx / 6.0 + seed)[None] + rng.normal(0, 4, (3, H, W))
-    masks, polys = [], []
-    for j, side in enumerate(sides):
-        cx, cy = rng.uniform(side / 2 + 2, W - side / 2 - 2), rng.uniform(side / 2 + 2, H - side / 2 - 2)
-        if j % 2 == 0:
-            x0, y0 = round(cx - side / 2), round(cy - side / 2)
-            mask = (xx >= x0) & (xx < x0 + side) & (yy >= y0) & (yy < y0 + side)
-            polys.append([np.array([x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side], dtype=np.float64)])
-        else:
-            mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= (side / 2) ** 2
-            t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-            polys.append([np.stack([cx + side / 2 * np.cos(t), cy + side / 2 * np.sin(t)], 1).reshape(-1)])
-        for prev in masks:
-            mask &= ~prev
-        image[:, mask] = rng.uniform(0, 255, (3, 1))
-        masks.append(mask)
-    inst = Instances((H, W))
-    bit = torch.from_numpy(np.stack(masks))
-    inst.gt_masks = PolygonMasks(polys) if polygons else BitMasks(bit)
-    inst.gt_boxes = BitMasks(bit).get_bounding_boxes()
-    inst.gt_classes = torch.tensor([j % 2 for j in range(len(sides))], dtype=torch.int64)
-    image = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8))
-    return {"image": image, "instances": inst, "height": H, "width": W, "file_name": f"sample_{seed}.png"}
+    """A square (class 0) then a disc (class 1) on a textured image (tests/tiny_models.py)."""
+    return square_disc_sample(seed, size, sides, polygons, file_name=f"sample_{seed}.png")
 
 
 def _empty_sample(seed=0, size=(96, 96)):

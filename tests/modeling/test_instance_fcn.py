@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO_ROOT
+from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import window_assemble
 from instfcn_d2.modeling.instance_fcn_heads import DeepMaskHead, InstanceSensitiveMaskHead
@@ -29,15 +30,9 @@ from instfcn_d2.modeling.window_labels import window_boxes
 
 BASE = str(REPO_ROOT / "configs" / "Base-InstanceFCN.yaml")
 TINY = [
-    "MODEL.DEVICE", "cpu",
+    *R18_GN_FROM_SCRATCH,
     "MODEL.BACKBONE.NAME", "build_resnet_backbone",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "GN",
     "MODEL.RESNETS.OUT_FEATURES", "['res3']",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
     "MODEL.INSTANCE_FCN.IN_FEATURE", "res3",
     "MODEL.INSTANCE_FCN.WINDOW_SIZE", "7",  # 56 px windows; positive objects ~32 px
     "MODEL.INSTANCE_FCN.GROUP_SIZE", "3",
@@ -63,34 +58,9 @@ def _model(*opts, seed=0):
 
 
 def _sample(seed, size=(96, 96), sizes=(32, 30), polygons=False):
-    """A textured image with one square and one disc of about the positive size (32 px for
-    56-px windows), as the dataset mapper returns it (``image`` uint8 CHW, ``instances``)."""
-    rng = np.random.default_rng(seed)
-    H, W = size
-    yy, xx = np.mgrid[:H, :W]
-    image = rng.uniform(40, 90, (3, 1, 1)) + 25 * np.sin(xx / 6.0 + seed)[None] + rng.normal(0, 4, (3, H, W))
-    masks, polys = [], []
-    for j, side in enumerate(sizes):
-        cx, cy = rng.uniform(side / 2 + 2, W - side / 2 - 2), rng.uniform(side / 2 + 2, H - side / 2 - 2)
-        if j % 2 == 0:
-            x0, y0 = round(cx - side / 2), round(cy - side / 2)
-            mask = (xx >= x0) & (xx < x0 + side) & (yy >= y0) & (yy < y0 + side)
-            polys.append([np.array([x0, y0, x0 + side, y0, x0 + side, y0 + side, x0, y0 + side], dtype=np.float64)])
-        else:
-            mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= (side / 2) ** 2
-            t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-            polys.append([np.stack([cx + side / 2 * np.cos(t), cy + side / 2 * np.sin(t)], 1).reshape(-1)])
-        for prev in masks:
-            mask &= ~prev
-        image[:, mask] = rng.uniform(0, 255, (3, 1))
-        masks.append(mask)
-    inst = Instances((H, W))
-    bit = torch.from_numpy(np.stack(masks))
-    inst.gt_masks = PolygonMasks(polys) if polygons else BitMasks(bit)
-    inst.gt_boxes = Boxes(mask_tight_boxes(bit))
-    inst.gt_classes = torch.zeros(len(masks), dtype=torch.int64)
-    image = torch.from_numpy(np.clip(image, 0, 255).astype(np.uint8))
-    return {"image": image, "instances": inst, "height": H, "width": W}
+    """One square and one disc of about the positive size (32 px for 56-px windows), both class 0,
+    on a textured image (tests/tiny_models.py)."""
+    return square_disc_sample(seed, size, sizes, polygons, classes_alternate=False)
 
 
 def _test_input(d):
