@@ -8,6 +8,7 @@ does the same inside its own private code paths (it needs a COCO json and ``COCO
 shared part is written once here, not borrowed from it.
 """
 
+import abc
 import json
 import logging
 import os
@@ -87,7 +88,7 @@ def json_safe(obj):
     return obj
 
 
-class MaskPredictionEvaluator(DatasetEvaluator):
+class MaskPredictionEvaluator(DatasetEvaluator, abc.ABC):
     """Base of the evaluators that keep per-image masks and compute their numbers at the end.
 
     A subclass sets the class attributes and implements :meth:`process` (with
@@ -155,11 +156,14 @@ class MaskPredictionEvaluator(DatasetEvaluator):
                 f.write(self._plot(stats))
         return {self.RESULT_KEY: results}
 
+    @abc.abstractmethod
     def _compute(self, predictions: List[dict]) -> dict:
-        raise NotImplementedError
+        """Implemented by each evaluator (see the class docstring)."""
 
+    @abc.abstractmethod
     def _summarize(self, stats: dict) -> Dict[str, float]:
-        raise NotImplementedError
+        """Implemented by each evaluator (see the class docstring)."""
 
+    @abc.abstractmethod
     def _plot(self, stats: dict) -> bytes:
-        raise NotImplementedError
+        """Implemented by each evaluator (see the class docstring)."""
