@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
+from .postprocessing import mask_tight_boxes
+
 __all__ = ["mask_voting", "voting_pairs", "resample_masks_into_boxes", "voter_union_boxes", "tight_mask_boxes"]
 
 #: ``(kept_idx, cand_idx)``, both ``(Q,)``: candidate ``cand_idx[q]`` votes for kept box ``kept_idx[q]``.
@@ -159,16 +161,9 @@ def tight_mask_boxes(masks: Tensor, frames: Tensor, threshold: float) -> Tensor:
     out = frames.clone().to(masks.dtype)
     if K == 0:
         return out
-    on = masks >= threshold  # (K, M, M)
-    cols, rows = on.any(dim=1), on.any(dim=2)  # (K, M) each
-    has = cols.any(dim=1)
-    idx = torch.arange(M, device=masks.device)
-    big = torch.full_like(idx, M)
-    c0 = torch.where(cols, idx, big).amin(dim=1)
-    c1 = torch.where(cols, idx, -1).amax(dim=1) + 1
-    r0 = torch.where(rows, idx, big).amin(dim=1)
-    r1 = torch.where(rows, idx, -1).amax(dim=1) + 1
-    w = (out[:, 2] - out[:, 0]) / M
-    h = (out[:, 3] - out[:, 1]) / M
-    tight = torch.stack([out[:, 0] + c0 * w, out[:, 1] + r0 * h, out[:, 0] + c1 * w, out[:, 1] + r1 * h], dim=1)
+    cells = mask_tight_boxes(masks >= threshold).to(out.dtype)  # (K, 4) in cell units, [j, j + 1)
+    has = cells[:, 2] > cells[:, 0]
+    origin = out[:, :2].repeat(1, 2)
+    cell_size = ((out[:, 2:] - out[:, :2]) / M).repeat(1, 2)
+    tight = origin + cells * cell_size
     return torch.where(has[:, None], tight, out)
