@@ -5,20 +5,31 @@ The extension follows detectron2's ``projects/TensorMask/setup.py``: every ``*.c
 ``layers/csrc`` is always compiled (the CPU kernels and the operator registration); the
 ``*.cu`` files are added, with ``WITH_CUDA`` defined, when torch sees a GPU or when
 ``FORCE_CUDA=1`` (CI builds the CUDA sources on a machine without a GPU this way).
+
+torch must lie in the supported range (``instfcn_d2/supported.py``); set
+``INSTFCN_D2_ALLOW_UNTESTED_TORCH=1`` to build against another one anyway.
+``INSTFCN_D2_BUILD_EXT=0`` installs the Python package without building the extension:
+``tools/setup_env.py`` builds the extension in a separate folder and swaps it in, so that a
+rebuild never leaves a half-written ``_C`` behind.
 """
 import glob
 import os
+import runpy
+import sys
 
 from setuptools import find_packages, setup
 
 import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-torch_ver = [int(x) for x in torch.__version__.split(".")[:2]]
-assert torch_ver >= [2, 1], "instfcn_d2 requires PyTorch >= 2.1"
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("layers", "csrc")
+
+# Read without importing the package (its __init__ needs detectron2 and the extension).
+SUPPORTED = runpy.run_path(os.path.join(HERE, "instfcn_d2", "supported.py"))
+_problem = SUPPORTED["torch_problem"](torch.__version__)
+if _problem and os.getenv(SUPPORTED["ALLOW_UNTESTED_TORCH_ENV"], "0") != "1":
+    sys.exit(f"instfcn_d2 setup.py: {_problem}")
 
 
 def _want_cuda() -> bool:
@@ -28,6 +39,8 @@ def _want_cuda() -> bool:
 
 
 def get_extensions():
+    if os.getenv("INSTFCN_D2_BUILD_EXT", "1") == "0":
+        return []
     sources = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
     sources_cuda = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
     if not sources:
@@ -77,10 +90,10 @@ setup(
     description="InstanceFCN, FCIS and BiSeg for detectron2, with native position-sensitive "
     "assembling layers",
     packages=find_packages(exclude=("configs", "tests", "tools", "datasets", "layers")),
-    python_requires=">=3.9",
+    python_requires=">={}.{}".format(*SUPPORTED["PYTHON_MIN"]),
     install_requires=[
-        # torch, torchvision and detectron2 are installed by tools/setup_env.sh (they need
-        # pinned builds and, without GitHub, an adapted detectron2); list only the rest here.
+        # torch, torchvision and detectron2 are installed by tools/setup_env.sh (torch must match
+        # the user's CUDA, and detectron2 is not on the package index); list only the rest here.
         "numpy",
         "opencv-python-headless",
         "pycocotools",
