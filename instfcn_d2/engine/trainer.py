@@ -1,10 +1,24 @@
 """The project's ``DefaultTrainer``: detectron2's trainer with this project's data mapper and the
-evaluators its datasets declare. Shared by ``tools/train_net.py`` and the tests."""
+evaluators its datasets declare. Shared by ``tools/train_net.py`` and the tests.
+
+It also irons out two differences between the detectron2 versions the project supports (v0.6
+and the main branch), so that neither needs a patch for them:
+
+* multi-process training of a model on the CPU: both versions pass ``device_ids`` to
+  ``DistributedDataParallel``, which rejects them for CPU modules;
+* resuming from a checkpoint written by the other version: main saves the optimizer under the
+  trainer's ``_trainer`` key, v0.6 saved no optimizer state at all.
+"""
+import contextlib
+import logging
 import os
 
+import detectron2.engine.defaults as d2_defaults
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.utils import comm
 
 from ..data.dataset_mapper import InstFCNDatasetMapper
 from ..evaluation import RegionAPEvaluator, SegmentProposalEvaluator
@@ -59,7 +73,43 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
+@contextlib.contextmanager
+def _cpu_ddp_without_device_ids():
+    """While the trainer is built, detectron2's ``create_ddp_model`` gives DDP no ``device_ids``
+    for a model on the CPU (GLOO multi-process training); GPU models are wrapped as before."""
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        with _cpu_ddp_without_device_ids():
+            super().__init__(cfg)
+
+    def load_state_dict(self, state_dict):
+        """Resume from a checkpoint of either detectron2 version. One written by v0.6 holds no
+        optimizer state (no ``_trainer`` key): the iteration and hooks are restored and the
+        optimizer starts afresh, with a warning."""
+        saves_optimizer = DefaultTrainer.load_state_dict is not TrainerBase.load_state_dict  # main, not v0.6
+        if "_trainer" in state_dict or not saves_optimizer:
+            return super().load_state_dict(state_dict)
+        logging.getLogger(__name__).warning(
+            "the checkpoint holds no optimizer state (written by detectron2 v0.6): resuming at iteration %d "
+            "with a fresh optimizer state (SGD momentum restarts from zero)",
+            state_dict.get("iteration", -1) + 1,
+        )
+        TrainerBase.load_state_dict(self, state_dict)
+
     def train(self):
         """DefaultTrainer's training; a run that :class:`TimeBudgetHook` shortened ends here
         normally (its hooks' ``after_train``, the final evaluation included, have run)."""
