@@ -57,3 +57,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_report_header(config):
+    import warnings
+
+    with warnings.catch_warnings():  # the header is printed before pytest's warning filters apply
+        warnings.simplefilter("ignore")
+        from instfcn_d2.supported import describe_stack
+
+        return f"instfcn-d2 stack: {describe_stack()}"

@@ -63,6 +63,7 @@ def test_compile_aot_eager_fullgraph():
     _assert_same(_grads(compiled, ps_maps, win_maps), _grads(model, ps_maps, win_maps))
 
 
+@pytest.mark.smoke
 def test_export():
     model = _Both().eval()
     ps_maps, win_maps = _inputs(3)

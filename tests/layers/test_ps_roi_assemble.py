@@ -27,6 +27,7 @@ def _rois(n_rois, batch, height, width, scale, generator, dtype=torch.float32, m
 _SMOOTH_ROIS = [[0, 1.3, 2.2, 9.7, 8.1], [1, -3.3, 1.1, 5.7, 12.9], [1, 5.1, 5.3, 5.6, 6.2]]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2])
 @pytest.mark.parametrize("k,m", [(1, 1), (3, 3), (3, 7), (2, 5)])
@@ -98,6 +99,7 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(out, ps_roi_assemble_reference(x, rois, 5, 3, 1.0, 2))
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_backward_matches_reference(aligned, sampling_ratio):
@@ -127,6 +129,7 @@ def test_gradcheck(aligned, sampling_ratio):
     assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("sampling_ratio", [-1, 2])
 def test_matches_torchvision_ps_roi_align(sampling_ratio):
     """torchvision's ps_roi_align is the m == k, aligned=True case."""
@@ -142,6 +145,7 @@ def test_matches_torchvision_ps_roi_align(sampling_ratio):
     torch.testing.assert_close(g_ours, g_tv, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_k1_matches_detectron2_roi_align(aligned, sampling_ratio):

@@ -36,6 +36,7 @@ def test_hand_computed_window():
     assert listed[0, 1, 2] == x[0, 1, 0, 0] and listed[0, 2, 2] == x[0, 3, 1, 0]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("k,m,h,w", [(5, 21, 30, 25), (3, 7, 7, 9), (2, 5, 12, 6), (1, 1, 1, 1), (4, 4, 5, 4)])
 def test_dense_matches_reference(k, m, h, w):
     g = torch.Generator().manual_seed(k * 100 + m)
@@ -54,6 +55,7 @@ def test_dense_map_smaller_than_window_is_empty(h, w):
     assert x.grad.shape == x.shape and x.grad.abs().sum() == 0
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("k,m,h,w", [(5, 21, 30, 25), (3, 7, 7, 9), (1, 1, 1, 1)])
 def test_listed_matches_reference(k, m, h, w):
     g = torch.Generator().manual_seed(k * 10 + m)
@@ -79,6 +81,7 @@ def test_int32_positions_and_non_contiguous_input():
     torch.testing.assert_close(window_assemble(x, 5, 3), window_assemble_dense_reference(x, 5, 3))
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("listed", [False, True])
 @pytest.mark.parametrize("k,m,h,w", [(5, 21, 26, 23), (3, 4, 40, 30), (2, 2, 3, 3)])
 def test_backward_matches_reference(listed, k, m, h, w):

@@ -312,6 +312,7 @@ def test_ignored_and_padded_pixels_contribute_nothing():
 
 
 # ---- inference -----------------------------------------------------------------------------------------
+@pytest.mark.smoke
 def test_sem_seg_output_format_at_the_original_resolution():
     """``sem_seg`` is ``(C+1, height, width)`` float scores, channel = semantic label, as
     detectron2's ``SemSegEvaluator`` expects (it takes ``argmax(dim=0)``)."""
@@ -495,6 +496,7 @@ def test_overfit_a_few_images(tmp_path):
     assert miou > 85.0
 
 
+@pytest.mark.smoke
 @pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
     """tools/train_net.py with the fused shapes config on generated data: the mapper's ``sem_seg``

@@ -282,6 +282,7 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     assert len(torch.cat(seen)) == 50
 
 
+@pytest.mark.smoke
 def test_output_format_default_predictor_and_visualizer():
     cfg = _cfg()
     torch.manual_seed(0)
@@ -540,6 +541,7 @@ def test_overfit_a_few_images_learns_masks_and_classes():
     assert before == 0 and after >= 5 / 6, (before, after)
 
 
+@pytest.mark.smoke
 @pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
     """tools/train_net.py with the CPU config: a few iterations, a checkpoint, COCO bbox + segm AP."""

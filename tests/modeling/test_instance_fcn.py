@@ -155,6 +155,7 @@ def _check_proposals(inst, height, width, max_dets):
     assert inst.pred_masks.flatten(1).any(dim=1).all()  # no empty proposal
 
 
+@pytest.mark.smoke
 def test_default_predictor_output_format_and_visualizer():
     from detectron2.engine import DefaultPredictor
     from detectron2.utils.visualizer import Visualizer
@@ -457,6 +458,7 @@ def test_overfit_a_few_images_raises_proposal_recall():
     assert after >= 2 / 3 and after - before >= 0.5, (before, after)
 
 
+@pytest.mark.smoke
 @pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
     """tools/train_net.py with the CPU config: a few iterations, a checkpoint, proposal AR."""
