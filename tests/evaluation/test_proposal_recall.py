@@ -203,6 +203,26 @@ def test_hand_case_agrees_with_pycocotools(register):
         assert res["proposals"][key] == pytest.approx(ref[key], abs=1e-6), key
 
 
+def test_size_ranges_are_matched_on_their_own_as_cocoeval(register):
+    """A small (1000 px) and a medium (1100 px) object overlap; one proposal reaches IoU 0.5 with
+    both, more with the medium one. In the "small" range COCOeval ignores the medium object, so
+    the proposal recalls the small one there; a single all-sizes matching would give it to the
+    medium object and report AR_s = 0."""
+    h, w = 100, 120
+    small = box_mask(h, w, 10, 35, 10, 50)  # 25 x 40 = 1000 px
+    medium = box_mask(h, w, 10, 32, 10, 60)  # 22 x 50 = 1100 px
+    proposal = box_mask(h, w, 10, 33, 10, 55)
+    records = [record(1, h, w, [ann(small), ann(medium)])]
+    preds = [(1, proposal[None], [0.9])]
+    name = register(records)
+    res = run_evaluator(SegmentProposalEvaluator(name, max_dets=(1, 10), distributed=False), preds)["proposals"]
+    ref = coco_reference(name, preds, (1, 10))
+    assert ref["AR_s@10"] > 0 and ref["AR_m@10"] > 0 and ref["AR_l@10"] == -100  # no large object
+    assert np.isnan(res["AR_l@10"])
+    for key in ("AR@1", "AR@10", "AR_s@10", "AR_m@10"):
+        assert res[key] == pytest.approx(ref[key], abs=1e-6), key
+
+
 # ---------------------------------------------------------------------------------------------
 # agreement with pycocotools on random data
 
