@@ -16,26 +16,22 @@ def add_instfcn_config(cfg: CN) -> CN:
     if _C.is_frozen():
         raise ValueError("add_instfcn_config needs a mutable config; call it before cfg.freeze()")
 
-    # Data generation / loading of the built-in synthetic dataset (instfcn_d2.data.synthetic).
+    # Data loading (instfcn_d2.data.dataset_mapper).
     if "INSTFCN" not in _C:
         _C.INSTFCN = CN()
-        # Visualisation written by tools/train_net.py after evaluation: number of val images drawn.
-        _C.INSTFCN.VIS_NUM_IMAGES = 4
-        # Score threshold of the predicted instances drawn in those images.
-        _C.INSTFCN.VIS_SCORE_THRESH = 0.5
         # Training: side of a random square crop taken after the scale jitter (0 = none); images
         # smaller than it are kept whole. Bounds the cost of large training scales.
         _C.INSTFCN.TRAIN_CROP_SIZE = 0
     from .modeling.backbone.config import add_backbone_config  # MODEL.VGG, MODEL.DILATED_RESNET
 
     add_backbone_config(_C)
-    from .modeling.instance_fcn_config import add_instance_fcn_config  # MODEL.INSTANCE_FCN
+    from .modeling.instance_fcn.config import add_instance_fcn_config  # MODEL.INSTANCE_FCN
 
     add_instance_fcn_config(_C)
-    from .modeling.fcis_config import add_fcis_config  # MODEL.FCIS
+    from .modeling.fcis.config import add_fcis_config  # MODEL.FCIS
 
     add_fcis_config(_C)
-    from .modeling.biseg_config import add_biseg_config  # MODEL.BISEG
+    from .modeling.biseg.config import add_biseg_config  # MODEL.BISEG
 
     add_biseg_config(_C)
     return cfg

@@ -8,6 +8,7 @@ wrapping methods / module-level functions. Stages may nest (FCIS's score maps ar
 inside the assembling call): each stage gets its *exclusive* time, i.e. a stage's time excludes
 the time of the stages timed inside it, so the stages of one forward never count a second twice.
 """
+import argparse
 import os
 import sys
 import time
@@ -99,10 +100,8 @@ class StageTimer:
 
 # ---- images ----------------------------------------------------------------------------------
 def find_image_dir() -> str:
-    candidates = []
-    if os.environ.get("DETECTRON2_DATASETS"):
-        candidates.append(os.path.join(os.environ["DETECTRON2_DATASETS"], "coco128", "val2017"))
-    candidates.append(os.path.join(REPO, "..", "shared", "data", "coco128", "val2017"))
+    # detectron2's convention: $DETECTRON2_DATASETS, default ./datasets
+    candidates = [os.path.join(os.environ.get("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")), "coco128", "val2017")]
     for c in candidates:
         if os.path.isdir(c):
             return os.path.normpath(c)
@@ -210,3 +209,55 @@ def device_description(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def model_benchmark_parser(doc: str, default_plot: str) -> argparse.ArgumentParser:
+    """The flags every model benchmark takes; ``doc``: the tool's module docstring (first paragraph
+    = description, the rest = epilog)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc.split("\n\n", 1)[1])  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--images", type=int, default=3, help="timed images per model, after 1 warm-up image (default 3)")
+    p.add_argument("--short-side", type=int, default=600, help="test scale: shorter image side (default 600)")
+    p.add_argument("--max-size", type=int, default=1000, help="longest image side (default 1000)")
+    p.add_argument("--image-dir", default=None, help="folder of JPEG images (default: coco128/val2017, see above)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--out", default=os.path.join(REPO, "docs", default_plot), help="bar plot PNG")
+    return p
+
+
+def run_model_benchmark(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    specs,
+    instrument: Callable,
+    report: Callable[[List[Result]], Tuple[str, List[str]]],
+    plot: Callable[[List[Result], str, str], None],
+    title: str,
+) -> int:
+    """Check the common flags, time ``specs`` (``run_models``), print the table and ratios that
+    ``report(results)`` returns and write the plot titled ``title`` + the device."""
+    if args.images < 1:
+        parser.error("--images must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import instfcn_d2  # noqa: F401  (registers the meta-architectures and backbones)
+
+    image_dir = args.image_dir or find_image_dir()
+    paths = image_paths(image_dir, args.images + 1)
+    device_desc = device_description(args.device)
+    print(f"device: {device_desc}; torch {torch.__version__}; images: {image_dir} "
+          f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
+          f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
+    results = run_models(specs, paths, args, instrument)
+    table, ratio_lines = report(results)
+    print()
+    print(table)
+    print()
+    print("\n".join(ratio_lines))
+    plot(results, args.out, f"{title}\n{device_desc}")
+    print(f"\nplot: {args.out}")
+    return 0

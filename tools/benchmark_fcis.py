@@ -2,7 +2,7 @@
 """Inference speed of FCIS and BiSeg vs detectron2's Mask R-CNN R50-C4, with a per-stage breakdown.
 
 All models run in one process on the same real COCO images (``coco128/val2017`` from
-``$DETECTRON2_DATASETS`` or ``../shared/data`` next to the repo), resized as at test time (shorter
+``$DETECTRON2_DATASETS``), resized as at test time (shorter
 side ``--short-side``, longer side at most ``--max-size``), batch size 1, random weights (speed
 needs no checkpoint), ``--num-classes`` classes (80), the same ResNet-50 trunk depth, ``model.eval()`` +
 ``torch.no_grad()``:
@@ -32,24 +32,13 @@ Usage::
 
     python tools/benchmark_fcis.py --device cpu --images 2 --out docs/benchmark_fcis.png
 """
-import argparse
 import os
 import sys
 from typing import List
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_common beside this file
-from benchmark_common import (  # noqa: E402
-    REPO,
-    Result,
-    StageTimer,
-    device_description,
-    find_image_dir,
-    fmt,
-    image_paths,
-    run_models,
-)
+from benchmark_common import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark  # noqa: E402
 
 STAGES = ["trunk", "rpn", "score maps", "semantic", "assemble", "nms", "voting", "roi heads", "paste"]
 TARGET_FCIS_VS_C4 = 1.0
@@ -78,8 +67,9 @@ def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.proposal_generator, "rpn")
     heads = model.roi_heads
     if name.startswith(("FCIS", "BiSeg")):
-        from instfcn_d2.modeling import fcis_heads
-        from instfcn_d2.modeling.meta_arch import fcis as fcis_arch
+        from instfcn_d2.modeling.fcis import heads as fcis_heads
+        from instfcn_d2.modeling.fcis import inference as fcis_inference
+        from instfcn_d2.modeling.fcis import meta_arch as fcis_arch
 
         for attr in ("conv_new", "inside_outside_maps", "box_maps", "fine_conv_new", "fine_maps"):
             if getattr(heads, attr, None) is not None:
@@ -91,8 +81,8 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         # which StageTimer counts once (each call's exclusive time, the inner ones subtracted)
         for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class", "roi_box_deltas"):
             timer.wrap_attr(heads, attr, "assemble")
-        timer.wrap_attr(heads, "detect_single_image", "nms")
-        timer.wrap_attr(fcis_heads, "mask_voting", "voting")
+        timer.wrap_attr(fcis_heads, "fcis_inference_single_image", "nms")
+        timer.wrap_attr(fcis_inference, "mask_voting", "voting")
         timer.wrap_attr(fcis_arch, "fcis_postprocess", "paste")
     else:
         from detectron2.modeling.meta_arch import rcnn
@@ -162,47 +152,17 @@ def plot(results: List[Result], path: str, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    p.add_argument("--images", type=int, default=3, help="timed images per model, after 1 warm-up image (default 3)")
-    p.add_argument("--short-side", type=int, default=600, help="test scale: shorter image side (default 600)")
-    p.add_argument("--max-size", type=int, default=1000, help="longest image side (default 1000)")
-    p.add_argument("--image-dir", default=None, help="folder of JPEG images (default: coco128/val2017, see above)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p = model_benchmark_parser(__doc__, "benchmark_fcis.png")
     p.add_argument("--num-classes", type=int, default=80,
                    help="C: 80 (COCO, default) or 20 (PASCAL VOC, BiSeg's paper); FCIS / BiSeg maps scale with C+1")
     p.add_argument("--with-fpn", action="store_true", help="also time Mask R-CNN R50-FPN")
-    p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmark_fcis.png"), help="bar plot PNG")
     args = p.parse_args(argv)
-    if args.images < 1:
-        p.error("--images must be >= 1")
     if args.num_classes < 1:
         p.error("--num-classes must be >= 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    import instfcn_d2  # noqa: F401  (registers the meta-architectures and backbones)
-
-    image_dir = args.image_dir or find_image_dir()
-    paths = image_paths(image_dir, args.images + 1)
-    device_desc = device_description(args.device)
-    print(f"device: {device_desc}; torch {torch.__version__}; images: {image_dir} "
-          f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
-          f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
-
-    results = run_models(model_specs(args.short_side, args.max_size, args.num_classes, args.with_fpn), paths, args, instrument)
-    print()
-    print(markdown_table(results))
-    print()
-    print("\n".join(ratios(results)))
+    specs = model_specs(args.short_side, args.max_size, args.num_classes, args.with_fpn)
     title = (f"Inference, batch 1, shorter side {args.short_side} (max {args.max_size}), "
-             f"mean of {args.images} COCO images, random weights, {args.num_classes} classes\n{device_desc}")  # fmt: skip
-    plot(results, args.out, title)
-    print(f"\nplot: {args.out}")
-    return 0
+             f"mean of {args.images} COCO images, random weights, {args.num_classes} classes")  # fmt: skip
+    return run_model_benchmark(p, args, specs, instrument, lambda r: (markdown_table(r), ratios(r)), plot, title)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Inference speed of InstanceFCN (VGG-16 and dilated ResNet-50 trunks) vs detectron2's Mask R-CNN.
 
 All models run in one process on the same real COCO images (``coco128/val2017`` from
-``$DETECTRON2_DATASETS`` or ``../shared/data`` next to the repo), resized as at test time
+``$DETECTRON2_DATASETS``), resized as at test time
 (shorter side ``--short-side``, longer side at most ``--max-size``), batch size 1, random
 weights (no checkpoints are needed to measure speed), ``model.eval()`` + ``torch.no_grad()``:
 
@@ -30,24 +30,13 @@ Usage::
 
     python tools/benchmark_instance_fcn.py --device cpu --images 2 --out docs/benchmark_instance_fcn.png
 """
-import argparse
 import os
 import sys
 from typing import List
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_common beside this file
-from benchmark_common import (  # noqa: E402
-    REPO,
-    Result,
-    StageTimer,
-    device_description,
-    find_image_dir,
-    fmt,
-    image_paths,
-    run_models,
-)
+from benchmark_common import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark  # noqa: E402
 
 TARGET_AFTER_TRUNK_SHARE = 0.15
 # InstanceFCN stage columns, in data-path order; "after trunk" = the last three
@@ -86,7 +75,7 @@ def model_specs(short_side: int, max_size: int):
 def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.backbone, "trunk")
     if "InstanceFCN" in name:
-        from instfcn_d2.modeling.meta_arch import instance_fcn as meta
+        from instfcn_d2.modeling.instance_fcn import meta_arch as meta
 
         timer.wrap_attr(model, "preprocess_image", "preprocess")
         timer.hook_module(model.mask_head, "branches")
@@ -164,43 +153,12 @@ def plot(results: List[Result], path: str, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    p.add_argument("--images", type=int, default=3, help="timed images per model, after 1 warm-up image (default 3)")
-    p.add_argument("--short-side", type=int, default=600, help="test scale: shorter image side (default 600)")
-    p.add_argument("--max-size", type=int, default=1000, help="longest image side (default 1000)")
-    p.add_argument("--image-dir", default=None, help="folder of JPEG images (default: coco128/val2017, see above)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
-    p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmark_instance_fcn.png"), help="bar plot PNG")
+    p = model_benchmark_parser(__doc__, "benchmark_instance_fcn.png")
     args = p.parse_args(argv)
-    if args.images < 1:
-        p.error("--images must be >= 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    import instfcn_d2  # noqa: F401  (registers the meta-architecture and backbones)
-
-    image_dir = args.image_dir or find_image_dir()
-    paths = image_paths(image_dir, args.images + 1)
-    device_desc = device_description(args.device)
-    print(f"device: {device_desc}; torch {torch.__version__}; images: {image_dir} "
-          f"(warm-up {os.path.basename(paths[0])}, timed {', '.join(os.path.basename(x) for x in paths[1:])}); "
-          f"shorter side {args.short_side}, max {args.max_size}", flush=True)  # fmt: skip
-
-    results = run_models(model_specs(args.short_side, args.max_size), paths, args, instrument)
-
-    print()
-    print(markdown_table(results))
-    print()
-    print("\n".join(ratios(results)))
     title = (f"Inference, batch 1, shorter side {args.short_side} (max {args.max_size}), "
-             f"mean of {args.images} COCO images\n{device_desc}")  # fmt: skip
-    plot(results, args.out, title)
-    print(f"\nplot: {args.out}")
-    return 0
+             f"mean of {args.images} COCO images")  # fmt: skip
+    specs = model_specs(args.short_side, args.max_size)
+    return run_model_benchmark(p, args, specs, instrument, lambda r: (markdown_table(r), ratios(r)), plot, title)
 
 
 if __name__ == "__main__":

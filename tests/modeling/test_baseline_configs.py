@@ -1,4 +1,4 @@
-"""The Mask R-CNN baselines of issue #5's table share FCIS's data, input sizes and schedule."""
+"""The Mask R-CNN baselines of the comparison tables in docs/results.md share FCIS's data, input sizes and schedule."""
 import pytest
 import torch
 from detectron2.modeling import build_model

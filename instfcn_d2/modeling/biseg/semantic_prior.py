@@ -13,16 +13,16 @@ prior in the class order of the likelihoods (FCIS's: classes ``0 .. C-1``, backg
 that class ``c`` of the prior multiplies class ``c`` of the likelihoods. :class:`SemanticBranch`
 does not care about the order; BiSeg trains it on the datasets' semantic labels (background 0,
 class ``c`` at ``c + 1``) and moves the background channel last before the crop
-(:mod:`.meta_arch.biseg`).
+(:mod:`.meta_arch`).
 """
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import weight_init
 from torch import Tensor, nn
 
-from ..layers import ps_roi_assemble
+from ...layers import ps_roi_assemble
+from ..common import init_new_layers
 
 __all__ = ["SemanticBranch", "crop_roi_prior", "combine_prior", "fuse_likelihoods", "PRIOR_MODES"]
 
@@ -60,9 +60,8 @@ class SemanticBranch(nn.Module):
         # as detectron2's SemSegFPNHead: MSRA init for the conv; a small predictor starts every
         # pixel near the uniform distribution, so the prior does not favour a class at step 0
         if self.conv is not None:
-            weight_init.c2_msra_fill(self.conv)
-        nn.init.normal_(self.predictor.weight, std=0.01)
-        nn.init.zeros_(self.predictor.bias)
+            init_new_layers(self.conv, "msra")
+        init_new_layers(self.predictor)
 
     def forward(self, features: Tensor) -> Tensor:
         if features.dim() != 4:

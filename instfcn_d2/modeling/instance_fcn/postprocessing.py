@@ -21,12 +21,13 @@ from detectron2.structures import Boxes, Instances
 from torch import Tensor
 from torchvision.ops import nms
 
+from ..common import mask_tight_boxes
+
 __all__ = [
     "paste_window_masks",
     "paste_window_masks_with_boxes",
     "pasted_mask_boxes",
     "window_mask_boxes",
-    "mask_tight_boxes",
     "mask_box_nms",
     "window_masks_to_proposals",
 ]
@@ -144,29 +145,6 @@ def pasted_mask_boxes(
     for part, local, x_start, y_start in _local_pastes(mask_probs, boxes, image_size, threshold):
         out[part] = _offset_tight_boxes(local, x_start, y_start)
     return out
-
-
-def mask_tight_boxes(masks: Tensor) -> Tensor:
-    """Tight XYXY boxes ``(P, 4)`` float32 of bool masks ``(P, H, W)`` (pixel ``i`` spans ``[i, i+1)``);
-    an empty mask gets an all-zero box.
-
-    The same boxes as detectron2's ``BitMasks.get_bounding_boxes`` (the tests use it as the oracle),
-    written again because that one loops over the masks in Python and builds its result on the CPU;
-    this runs on every voted or pasted mask at inference, on the masks' device."""
-    P, H, W = masks.shape
-    device = masks.device
-    if P == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=device)
-    x_any = masks.any(dim=1)  # (P, W)
-    y_any = masks.any(dim=2)  # (P, H)
-    xs = torch.arange(W, device=device)
-    ys = torch.arange(H, device=device)
-    x0 = torch.where(x_any, xs, W).amin(dim=1)
-    x1 = torch.where(x_any, xs + 1, 0).amax(dim=1)
-    y0 = torch.where(y_any, ys, H).amin(dim=1)
-    y1 = torch.where(y_any, ys + 1, 0).amax(dim=1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
-    return torch.where(x_any.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
 def window_mask_boxes(

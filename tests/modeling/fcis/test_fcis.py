@@ -3,6 +3,8 @@
 Models are tiny (R18 GN with res5 dilated to stride 16, 32-channel conv_new_1, k = 7, M = 21,
 2 classes) and images are <= 128 px, so every test but the overfit one runs in seconds.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,15 +17,15 @@ from detectron2.utils.visualizer import Visualizer
 from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
-from instfcn_d2.modeling.fcis_heads import (
-    CLASS_LOGITS_ROIS_PER_CHUNK,
-    FCISROIHeads,
-    boxes_to_rois,
+from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISROIHeads, _clip_finite
+from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
+from instfcn_d2.modeling.fcis.losses import ohem_select, per_roi_losses
+from instfcn_d2.modeling.fcis.meta_arch import FCIS, fcis_postprocess
+from instfcn_d2.modeling.fcis.score_maps import (
+    inside_outside_channel,
     inside_outside_class_logits,
     inside_outside_mask_probs,
 )
-from instfcn_d2.modeling.meta_arch.fcis import FCIS, fcis_postprocess
-from instfcn_d2.modeling.score_maps import inside_outside_channel
 
 BASE = str(REPO_ROOT / "configs" / "Base-FCIS.yaml")
 C = 2  # classes: 0 = square, 1 = disc
@@ -79,6 +81,26 @@ def _train_step(model, batch):
     return losses, stats
 
 
+def _tensor_reader(inside_outside):
+    """The mask-logits callable of a ``(P, 2, C+1, M, M)`` tensor of every candidate's logits."""
+    return lambda indices, class_index: inside_outside[indices, :, class_index]
+
+
+def _detect(heads, boxes, scores, inside_outside, image_size=(128, 128)):
+    """fcis_inference_single_image with the heads' test settings; ``inside_outside`` a tensor or a callable."""
+    reader = inside_outside if callable(inside_outside) else _tensor_reader(inside_outside)
+    return fcis_inference_single_image(boxes, scores, reader, image_size, heads.test_params)
+
+
+def _with_test_params(heads, **changes):
+    heads.test_params = dataclasses.replace(heads.test_params, **changes)
+    return heads
+
+
+def _per_roi(heads, proposals, io, logits, deltas):
+    return per_roi_losses(proposals, io, logits, deltas, heads.num_classes, heads.box_regression)
+
+
 def _make_constant(model, inside=None, outside=None, value=4.0):
     """Hand-made score maps: zero weights, and bias ``value`` on every cell of the inside (or
     outside) channels of the given class, 0 elsewhere; box maps all zero (deltas 0)."""
@@ -111,7 +133,7 @@ def test_all_inside_maps_of_class_c_give_a_full_mask_and_class_c(cls):
     rois = torch.tensor([[0, 4.0, 8.0, 60.0, 50.0], [0, 30.0, 20.0, 90.0, 90.0]])
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, 96, 96))
-        io = model.roi_heads.roi_inside_outside(features, rois)
+        io = model.roi_heads.roi_inside_outside(model.roi_heads.score_maps(features), rois)
     assert io.shape == (2, 2, C + 1, 21, 21)
     scores = torch.softmax(inside_outside_class_logits(io), dim=1)
     assert scores.argmax(dim=1).tolist() == [cls, cls]
@@ -127,7 +149,8 @@ def test_all_outside_maps_of_class_c_give_class_c_with_an_empty_mask():
     _make_constant(model, outside=1)
     rois = torch.tensor([[0, 10.0, 10.0, 70.0, 60.0]])
     with torch.no_grad():
-        io = model.roi_heads.roi_inside_outside(model.backbone(torch.zeros(1, 3, 96, 96)), rois)
+        maps = model.roi_heads.score_maps(model.backbone(torch.zeros(1, 3, 96, 96)))
+        io = model.roi_heads.roi_inside_outside(maps, rois)
     assert inside_outside_class_logits(io).argmax(dim=1).tolist() == [1]
     assert inside_outside_mask_probs(io[:, :, 1]).max() < 0.02
 
@@ -212,15 +235,15 @@ def test_mask_loss_targets_inside_on_the_gt_mask_of_the_gt_class():
     cls = proposals[0].gt_classes
     io[torch.arange(2), 0, cls] = 10 * target
     io[torch.arange(2), 1, cls] = 10 * (1 - target)
-    gt_deltas = heads.box2box_transform.get_deltas(boxes, proposals[0].gt_boxes.tensor)
+    gt_deltas = heads.box_regression.transform.get_deltas(boxes, proposals[0].gt_boxes.tensor)
     logits = inside_outside_class_logits(io)
 
-    good = heads.per_roi_losses(proposals, io, logits, gt_deltas)
+    good = _per_roi(heads, proposals, io, logits, gt_deltas)
     assert good["loss_mask"].max() < 1e-3 and good["loss_box_reg"].max() < 1e-6
-    swapped = heads.per_roi_losses(proposals, io.flip(1), logits, gt_deltas + 0.5)
+    swapped = _per_roi(heads, proposals, io.flip(1), logits, gt_deltas + 0.5)
     assert swapped["loss_mask"].min() > 3 and swapped["loss_box_reg"].min() > 0.1
     other = io[:, :, [1, 0, 2]]  # the correct maps put at the other foreground class
-    assert heads.per_roi_losses(proposals, other, logits, gt_deltas)["loss_mask"].min() > 0.5
+    assert _per_roi(heads, proposals, other, logits, gt_deltas)["loss_mask"].min() > 0.5
 
 
 def test_background_rois_have_only_a_classification_loss():
@@ -229,7 +252,7 @@ def test_background_rois_have_only_a_classification_loss():
     p = _labelled_proposals(sample, torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 90.0, 90.0]]))
     p.gt_classes = torch.tensor([C, C])  # background
     io = torch.randn(2, 2, C + 1, 21, 21)
-    losses = model.roi_heads.per_roi_losses([p], io, inside_outside_class_logits(io), torch.randn(2, 4))
+    losses = _per_roi(model.roi_heads, [p], io, inside_outside_class_logits(io), torch.randn(2, 4))
     assert losses["loss_mask"].abs().sum() == 0 and losses["loss_box_reg"].abs().sum() == 0
     assert (losses["loss_cls"] > 0).all()
 
@@ -241,7 +264,7 @@ def test_ohem_keeps_the_hardest_rois_of_each_image():
         "loss_mask": torch.tensor([0.0, 0.0, 0.9, 0.0, 0.0, 0.5, 0.0]),
         "loss_box_reg": torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05]),
     }
-    selected = model.roi_heads._ohem_select(per_roi, [4, 3])
+    selected = ohem_select(per_roi, [4, 3], model.roi_heads.ohem_batch_size)
     assert sorted(selected.tolist()) == [1, 2, 4, 5]  # image 0: 0.9, 1.1; image 1: 0.3, 0.6
 
     losses, stats = _train_step(model, [_sample(0), _sample(1)])
@@ -262,9 +285,9 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     seen = []
     original = FCISROIHeads.roi_inside_outside
 
-    def spy(self, features, rois):
+    def spy(self, maps, rois):
         seen.append(rois.clone())
-        return original(self, features, rois)
+        return original(self, maps, rois)
 
     monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
     with torch.no_grad():
@@ -319,7 +342,7 @@ def test_no_rois_gives_empty_instances_with_all_fields():
     features = model.backbone(torch.zeros(1, 3, 64, 64))
     empty = Instances((64, 64), proposal_boxes=Boxes(torch.zeros(0, 4)), objectness_logits=torch.zeros(0))
     with torch.no_grad():
-        (result,) = model.roi_heads.inference(dict(features), [empty])
+        (result,) = model.roi_heads.inference(model.roi_heads.score_maps(features), [empty])
     assert len(result) == 0 and result.pred_masks.shape == (0, 1, 21, 21)
     (out,) = fcis_postprocess([result], [{"height": 32, "width": 48}], [(64, 64)])
     inst = out["instances"]
@@ -408,26 +431,35 @@ def test_giou_box_loss_trains():
 
 
 def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
-    """What BiSeg does: extra_features' maps are visible to an overriding roi_inside_outside,
-    extra_losses join the losses and extra_outputs edits the result dicts."""
+    """What BiSeg does: maps that score_maps adds reach an overriding roi_inside_outside and
+    roi_inside_outside_of_class, extra_losses join the losses and extra_outputs edits the results."""
+
+    @dataclasses.dataclass
+    class ProbeMaps(FCISMaps):
+        probe: torch.Tensor
 
     class Probe(FCIS):
-        def extra_features(self, images, features):
-            return {"probe": torch.full((len(images), 1, 1, 1), 3.0)}
+        def score_maps(self, images, features):
+            maps = self.roi_heads.score_maps(features)
+            return ProbeMaps(maps.inside_outside, maps.box, probe=torch.full((len(images), 1, 1, 1), 3.0))
 
-        def extra_losses(self, batched_inputs, images, features):
-            return {"loss_probe": features["probe"].sum()}
+        def extra_losses(self, batched_inputs, images, maps):
+            return {"loss_probe": maps.probe.sum()}
 
-        def extra_outputs(self, batched_inputs, images, features, results):
+        def extra_outputs(self, batched_inputs, images, maps, results):
             for r in results:
-                r["probe"] = float(features["probe"][0])
+                r["probe"] = float(maps.probe[0])
 
     class ProbeHeads(FCISROIHeads):
         calls = []
 
-        def roi_inside_outside(self, features, rois):
-            self.calls.append(float(features["probe"][0]))
-            return super().roi_inside_outside(features, rois)
+        def roi_inside_outside(self, maps, rois):
+            self.calls.append(("all", float(maps.probe[0])))
+            return super().roi_inside_outside(maps, rois)
+
+        def roi_inside_outside_of_class(self, maps, rois, class_index):
+            self.calls.append(("class", float(maps.probe[0])))
+            return super().roi_inside_outside_of_class(maps, rois, class_index)
 
     cfg = _cfg()
     torch.manual_seed(0)
@@ -442,35 +474,24 @@ def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
     )
     losses, _ = _train_step(model, [_sample(0)])
     assert losses["loss_probe"].item() == 3.0 and "loss_mask" in losses
-    assert ProbeHeads.calls == [3.0]
+    assert ProbeHeads.calls == [("all", 3.0)]
     model.eval()
     with torch.no_grad():
         (out,) = model([_test_input(_sample(1))])
-    assert out["probe"] == 3.0 and "instances" in out
-    # inference: the class scores (in chunks) and, the override not having a one-class form, the masks
-    assert len(ProbeHeads.calls) > 1 and set(ProbeHeads.calls) == {3.0}
+    assert out["probe"] == 3.0 and len(out["instances"]) > 0
+    # inference: the class scores (in chunks), then the masks one class at a time
+    assert {kind for kind, _ in ProbeHeads.calls} == {"all", "class"} and {v for _, v in ProbeHeads.calls} == {3.0}
 
 
-def test_a_subclass_overriding_only_roi_inside_outside_gets_its_masks_from_it():
-    """Inference assembles masks with roi_inside_outside_of_class; a subclass that overrides
-    only roi_inside_outside must still see its override used for the masks (sliced from it)."""
-
-    class Doubled(FCISROIHeads):
-        def roi_inside_outside(self, features, rois):
-            return 2 * super().roi_inside_outside(features, rois)
-
+def test_heads_called_without_maps_compute_their_own():
+    """detectron2's ROIHeads call, (images, features, proposals): the heads compute the maps."""
     model = _model().eval()
-    heads = Doubled(_cfg(), model.backbone.output_shape())
-    heads.load_state_dict(model.roi_heads.state_dict())
-    heads.eval()
-    assert heads._class_assembly_bypasses_override() and not model.roi_heads._class_assembly_bypasses_override()
     features, proposals = _features_and_proposals(model, [_sample(0)])
+    heads = model.roi_heads
     with torch.no_grad():
-        (ours,) = heads.inference(dict(features), proposals)
-        (reference,) = _reference_inference(heads, dict(features), proposals)
-        (undoubled,) = model.roi_heads.inference(dict(features), proposals)
-    _assert_same_detections(ours, reference)
-    assert not torch.allclose(ours.pred_masks, undoubled.pred_masks[: len(ours)])
+        (own,), _ = heads(None, features, proposals)
+        (given,), _ = heads(None, features, proposals, maps=heads.score_maps(features))
+    _assert_same_detections(own, given)
 
 
 @pytest.mark.parametrize("path", ["shapes/fcis_R18_cpu.yaml", "coco128/fcis_R18_cpu.yaml", "voc/fcis_R101.yaml"])
@@ -484,14 +505,23 @@ def test_configs_load_and_build(path):
         )
         assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, c.MASK_VOTING_IOU) == (101, 300, 0.5)
     model = build_model(cfg)
-    assert isinstance(model, FCIS) and model.roi_heads.stride == 16
+    assert isinstance(model, FCIS) and model.roi_heads.spatial_scale == 1 / 16
     assert model.backbone.output_shape()["res4"].stride == 16
     assert model.roi_heads.mask_size == c.MASK_SIZE and model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
-def test_boxes_to_rois_rows():
-    rois = boxes_to_rois([torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.zeros(0, 4), torch.ones(2, 4)])
+def test_rois_rows_and_clipping_of_regressed_boxes():
+    heads = _model().roi_heads
+    proposals = [
+        Instances((50, 60), proposal_boxes=Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))),
+        Instances((50, 60), proposal_boxes=Boxes(torch.zeros(0, 4))),
+        Instances((50, 60), proposal_boxes=Boxes(torch.ones(2, 4))),
+    ]
+    rois = heads._rois(proposals)
     assert rois[:, 0].tolist() == [0.0, 2.0, 2.0] and rois[0, 1:].tolist() == [1.0, 2.0, 3.0, 4.0]
+    boxes = torch.tensor([[-5.0, -1.0, 70.0, 20.0], [float("nan"), 0.0, 1.0, 1.0]])
+    clipped = _clip_finite(boxes, (50, 60))
+    assert clipped[0].tolist() == [0.0, 0.0, 60.0, 20.0] and torch.isnan(clipped[1, 0])
 
 
 # ---- overfit ----------------------------------------------------------------------------------------------
@@ -564,24 +594,23 @@ def test_train_net_trains_and_evaluates_the_shapes_config(tmp_path):
 
 @pytest.mark.parametrize("binarize_voters", [True, False])
 def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candidate(binarize_voters):
-    """detect_single_image softmaxes the masks of the candidates that vote for some kept box only;
+    """fcis_inference_single_image softmaxes the masks of the candidates that vote for some kept box only;
     the voted masks must equal mask_voting over all candidates (non-voters weigh nothing), with
     each voter binarised at MASK_BINARIZE_THRESH first (MASK_VOTING_BINARIZE_VOTERS, default) or not."""
-    from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
-    from instfcn_d2.modeling.mask_voting import mask_voting
+    from instfcn_d2.modeling.fcis.mask_voting import mask_voting
 
     heads = _model("MODEL.FCIS.MASK_VOTING_BINARIZE_VOTERS", str(binarize_voters)).roi_heads
-    assert heads.mask_voting_binarize_voters == binarize_voters
-    heads.mask_voting_frame = "kept_box"
+    assert heads.test_params.mask_voting_binarize_voters == binarize_voters
+    _with_test_params(heads, mask_voting_frame="kept_box")
     boxes, scores, inside_outside = _random_candidates(heads)
-    result = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    result = _detect(heads, boxes, scores, inside_outside)
     assert len(result) > 1
     for k in range(len(result)):
         c = int(result.pred_classes[k])
         expected = mask_voting(
             result.pred_boxes.tensor[k : k + 1], boxes, inside_outside_mask_probs(inside_outside[:, :, c]),
-            scores[:, c], iou_threshold=heads.mask_voting_iou,
-            voter_threshold=heads.mask_binarize_thresh if binarize_voters else None,
+            scores[:, c], iou_threshold=heads.test_params.mask_voting_iou,
+            voter_threshold=heads.test_params.mask_binarize_thresh if binarize_voters else None,
         )  # fmt: skip
         torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)
 
@@ -599,22 +628,20 @@ def test_union_frame_voting_is_the_official_mask_aggregation():
     """MASK_VOTING_FRAME "union" (default): the voters (binarised) averaged over the union of their boxes; the
     output box is the box of the voted mask binarised at MASK_BINARIZE_THRESH, the mask resampled
     into it. Same detections (NMS) as "kept_box"."""
-    from instfcn_d2.modeling.fcis_heads import inside_outside_mask_probs
-    from instfcn_d2.modeling.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
+    from instfcn_d2.modeling.fcis.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
 
     heads = _model().roi_heads
-    assert heads.mask_voting_frame == "union" and heads.mask_binarize_thresh == 0.4
+    assert heads.test_params.mask_voting_frame == "union" and heads.test_params.mask_binarize_thresh == 0.4
     boxes, scores, inside_outside = _random_candidates(heads)
-    union = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
-    heads.mask_voting_frame = "kept_box"
-    kept = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    union = _detect(heads, boxes, scores, inside_outside)
+    kept = _detect(_with_test_params(heads, mask_voting_frame="kept_box"), boxes, scores, inside_outside)
     assert torch.equal(union.pred_classes, kept.pred_classes) and torch.equal(union.scores, kept.scores)
     for k in range(len(kept)):
         c = int(kept.pred_classes[k])
         kept_box = kept.pred_boxes.tensor[k : k + 1]
-        frame = voter_union_boxes(kept_box, boxes, heads.mask_voting_iou)
+        frame = voter_union_boxes(kept_box, boxes, heads.test_params.mask_voting_iou)
         voted = mask_voting(kept_box, boxes, inside_outside_mask_probs(inside_outside[:, :, c]), scores[:, c],
-                            iou_threshold=heads.mask_voting_iou, frames=frame, voter_threshold=0.4)  # fmt: skip
+                            iou_threshold=heads.test_params.mask_voting_iou, frames=frame, voter_threshold=0.4)  # fmt: skip
         tight = tight_mask_boxes(voted, frame, 0.4)
         torch.testing.assert_close(union.pred_boxes.tensor[k : k + 1], tight)
         torch.testing.assert_close(union.pred_masks[k], resample_masks_into_boxes(voted, frame, tight), rtol=1e-5, atol=1e-6)
@@ -635,18 +662,16 @@ def _features_and_proposals(model, samples):
     return features, proposals
 
 
-def _reference_inference(heads, features, proposals):
-    """Inference as it was before roi_class_logits / roi_inside_outside_of_class: one
-    ``(P, 2, C+1, M, M)`` tensor for all candidates, handed to detect_single_image."""
-    candidates = heads.inference_candidates(features, proposals)
-    inside_outside = heads.roi_inside_outside(features, candidates)
+def _reference_inference(heads, maps, proposals):
+    """Inference without roi_class_logits / roi_inside_outside_of_class: one
+    ``(P, 2, C+1, M, M)`` tensor for all candidates, read by fcis_inference_single_image."""
+    candidates = heads.inference_candidates(maps, proposals)
+    inside_outside = heads.roi_inside_outside(maps, candidates)
     scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
     results = []
     for i, p in enumerate(proposals):
         rows = (candidates[:, 0] == i).nonzero().squeeze(1)
-        results.append(
-            heads.detect_single_image(candidates[rows, 1:], scores[rows], inside_outside[rows], p.image_size)
-        )
+        results.append(_detect(heads, candidates[rows, 1:], scores[rows], inside_outside[rows], p.image_size))
     return results
 
 
@@ -683,9 +708,10 @@ def test_inference_equals_the_full_tensor_reference(voting):
     features, proposals = _features_and_proposals(model, [_sample(0), _sample(1)])
     heads = model.roi_heads
     with torch.no_grad():
-        ours = heads.inference(dict(features), proposals)
-        reference = _reference_inference(heads, dict(features), proposals)
-    assert len(heads.inference_candidates(dict(features), proposals)) > CLASS_LOGITS_ROIS_PER_CHUNK
+        maps = heads.score_maps(features)
+        ours = heads.inference(maps, proposals)
+        reference = _reference_inference(heads, maps, proposals)
+        assert len(heads.inference_candidates(maps, proposals)) > CLASS_LOGITS_ROIS_PER_CHUNK
     for a, b in zip(ours, reference):
         _assert_same_detections(a, b)
 
@@ -696,15 +722,15 @@ def test_roi_inside_outside_of_class_is_the_full_assembly_sliced():
     _spread_maps(heads)
     rois = _random_rois(9)
     with torch.no_grad():
-        features = model.backbone(torch.randn(2, 3, 96, 96) * 50)
-        full = heads.roi_inside_outside(dict(features), rois)
+        maps = heads.score_maps(model.backbone(torch.randn(2, 3, 96, 96) * 50))
+        full = heads.roi_inside_outside(maps, rois)
         for c in range(C + 1):
-            one = heads.roi_inside_outside_of_class(dict(features), rois, c)
+            one = heads.roi_inside_outside_of_class(maps, rois, c)
             assert one.shape == (9, 2, 21, 21)
             torch.testing.assert_close(one, full[:, :, c], rtol=1e-6, atol=1e-6)
-        assert heads.roi_inside_outside_of_class(dict(features), rois[:0], 1).shape == (0, 2, 21, 21)
+        assert heads.roi_inside_outside_of_class(maps, rois[:0], 1).shape == (0, 2, 21, 21)
         with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\]"):
-            heads.roi_inside_outside_of_class(dict(features), rois, C + 1)
+            heads.roi_inside_outside_of_class(maps, rois, C + 1)
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1  # the classes do differ
 
 
@@ -715,25 +741,25 @@ def test_roi_class_logits_chunked_equal_the_unchunked_ones(monkeypatch):
     n = 2 * CLASS_LOGITS_ROIS_PER_CHUNK + 5
     rois = _random_rois(n)
     with torch.no_grad():
-        features = model.backbone(torch.randn(2, 3, 96, 96) * 50)
-        expected = inside_outside_class_logits(heads.roi_inside_outside(dict(features), rois))
+        maps = heads.score_maps(model.backbone(torch.randn(2, 3, 96, 96) * 50))
+        expected = inside_outside_class_logits(heads.roi_inside_outside(maps, rois))
         sizes = []
         original = FCISROIHeads.roi_inside_outside
 
-        def spy(self, features, rois):
+        def spy(self, maps, rois):
             sizes.append(len(rois))
-            return original(self, features, rois)
+            return original(self, maps, rois)
 
         monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
-        logits = heads.roi_class_logits(dict(features), rois)
+        logits = heads.roi_class_logits(maps, rois)
         assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, CLASS_LOGITS_ROIS_PER_CHUNK, 5]
         torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
-        empty = heads.roi_class_logits(dict(features), rois[:0])
+        empty = heads.roi_class_logits(maps, rois[:0])
     assert empty.shape == (0, C + 1)
 
 
 @pytest.mark.parametrize("voting", [True, False])
-def test_detect_single_image_reads_a_callable_as_the_tensor_it_stands_for(voting):
+def test_inference_reads_only_the_valid_detected_candidates_masks(voting):
     """A mask_logits callable gets indices into all P candidates given (not into the valid ones)
     and only for classes detected; the result equals that of the full tensor."""
     heads = _model("MODEL.FCIS.MASK_VOTING", str(voting)).roi_heads
@@ -752,8 +778,8 @@ def test_detect_single_image_reads_a_callable_as_the_tensor_it_stands_for(voting
         reads.append((indices.clone(), class_index))
         return inside_outside[indices, :, class_index]
 
-    ours = heads.detect_single_image(boxes, scores, mask_logits, (128, 128))
-    expected = heads.detect_single_image(boxes, scores, inside_outside, (128, 128))
+    ours = _detect(heads, boxes, scores, mask_logits)
+    expected = _detect(heads, boxes, scores, _tensor_reader(inside_outside))
     _assert_same_detections(ours, expected)
     read = torch.cat([i for i, _ in reads])
     assert not ({3, 7, 11} & set(read.tolist()))

@@ -19,7 +19,8 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..layers import window_assemble
+from ...layers import window_assemble
+from ..common import init_new_layers
 
 __all__ = [
     "INSTANCE_FCN_MASK_HEAD_REGISTRY",
@@ -31,14 +32,6 @@ __all__ = [
 
 INSTANCE_FCN_MASK_HEAD_REGISTRY = Registry("INSTANCE_FCN_MASK_HEAD")
 INSTANCE_FCN_MASK_HEAD_REGISTRY.__doc__ = "Mask heads of InstanceFCN: maps + per-window assembling."
-
-
-def _init_gaussian(module: nn.Module, std: float = 0.01) -> None:
-    # the paper: extra layers initialised from a zero-mean Gaussian with std 0.01
-    for layer in module.modules():
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(layer.weight, std=std)
-            nn.init.zeros_(layer.bias)
 
 
 class InstanceSensitiveMaskHead(nn.Module):
@@ -59,7 +52,7 @@ class InstanceSensitiveMaskHead(nn.Module):
         self.mask_size = window_size
         self.reduce = nn.Conv2d(in_channels, conv_dim, kernel_size=1)
         self.mask_layer = nn.Conv2d(conv_dim, group_size * group_size, kernel_size=3, padding=1)
-        _init_gaussian(self)
+        init_new_layers(self)  # the paper: N(0, 0.01)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.mask_layer(F.relu(self.reduce(features)))
@@ -95,7 +88,7 @@ class DeepMaskHead(nn.Module):
         self.mask_size = mask_size
         self.chunk_size = chunk_size  # windows per fc pass: bounds memory at inference
         self.reduce = nn.Conv2d(in_channels, conv_dim, kernel_size=1)
-        _init_gaussian(self.reduce)
+        init_new_layers(self.reduce)
         self.fc = nn.Linear(conv_dim * pooler_resolution * pooler_resolution, fc_dim)
         self.mask_fc = nn.Linear(fc_dim, mask_size * mask_size)
         for layer in (self.fc, self.mask_fc):
@@ -142,7 +135,7 @@ class ObjectnessHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, conv_dim, kernel_size=3, padding=1)
         self.logits = nn.Conv2d(conv_dim, 1, kernel_size=1)
-        _init_gaussian(self)
+        init_new_layers(self)  # the paper: N(0, 0.01)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.logits(F.relu(self.conv(features)))[:, 0]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instfcn_d2.modeling.semantic_prior import SemanticBranch, combine_prior, crop_roi_prior, fuse_likelihoods
+from instfcn_d2.modeling.biseg.semantic_prior import SemanticBranch, combine_prior, crop_roi_prior, fuse_likelihoods
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -1,4 +1,4 @@
-"""DeepMask-style window labelling of InstanceFCN on hand-made masks (instfcn_d2.modeling.window_labels).
+"""DeepMask-style window labelling of InstanceFCN on hand-made masks (instfcn_d2.modeling.instance_fcn.window_labels).
 
 Most cases use a window of side L = 224 px (m = 28 at stride 8), where the default tolerances are
 DeepMask's numbers in pixels: positives within +-16 px of the centre with the larger side at
@@ -11,8 +11,8 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, PolygonMasks
 
-from instfcn_d2.modeling.postprocessing import mask_tight_boxes
-from instfcn_d2.modeling.window_labels import (
+from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.modeling.instance_fcn.window_labels import (
     WindowLabelParams,
     label_windows,
     sample_windows,

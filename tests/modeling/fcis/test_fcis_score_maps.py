@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from instfcn_d2.layers import ps_roi_assemble
-from instfcn_d2.modeling.score_maps import (
+from instfcn_d2.modeling.fcis.score_maps import (
     PSScoreMaps,
     assemble_box_deltas,
     inside_outside_channel,

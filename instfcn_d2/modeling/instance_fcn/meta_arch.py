@@ -15,13 +15,14 @@ Window convention: the objectness logit at feature position ``(y, x)`` scores th
 the square of side ``m * stride`` starting at ``((x - m//2) * stride, (y - m//2) * stride)``.
 Windows may hang off the map (their outside pixels are 0) so an image smaller than one window
 still gets proposals. Only positions whose centre lies inside the (unpadded) image are used.
-See :mod:`instfcn_d2.modeling.window_labels` for the positive / negative definition.
+See :mod:`.window_labels` for the positive / negative definition.
 
 With ``MODEL.INSTANCE_FCN.MASK_HEAD = "DeepMask"`` the mask branch is the paper's ~DeepMask
 baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
 """
 import logging
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -34,9 +35,10 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ..instance_fcn_heads import ObjectnessHead, build_instance_fcn_mask_head
-from ..postprocessing import NMS_BOX_RESOLUTIONS, mask_tight_boxes, window_masks_to_proposals
-from ..window_labels import (
+from ..common import init_new_layers, mask_tight_boxes, require_config_node
+from .heads import ObjectnessHead, build_instance_fcn_mask_head
+from .postprocessing import NMS_BOX_RESOLUTIONS, window_masks_to_proposals
+from .window_labels import (
     WindowLabelParams,
     label_windows,
     sample_windows,
@@ -46,9 +48,46 @@ from ..window_labels import (
     window_top_left,
 )
 
-__all__ = ["InstanceFCN"]
+__all__ = ["InstanceFCN", "WindowTraining", "ProposalTest"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WindowTraining:
+    """How windows are labelled, sampled and weighted in training (``MODEL.INSTANCE_FCN``)."""
+
+    label_params: WindowLabelParams = WindowLabelParams()
+    windows_per_image: int = 256
+    positive_fraction: float = 0.5
+    objectness_loss_weight: float = 1.0
+    mask_loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ProposalTest:
+    """How proposals are made at test time (``MODEL.INSTANCE_FCN`` and ``TEST.AUG``).
+
+    ``test_min_sizes``: shorter sides of the multi-scale test (``None``: the input as given); each
+    scale resizes the given image tensor to that shorter side of the *original* image (``height``
+    / ``width``), so the mapper should hand over the largest scale (``INPUT.MIN_SIZE_TEST =
+    max(TEST.AUG.MIN_SIZES)``) and the others downsample it.
+    """
+
+    pre_nms_topk: int = 2000
+    score_thresh: float = 0.0
+    mask_thresh: float = 0.5
+    nms_thresh: float = 0.8
+    nms_box_resolution: str = "window"  # one of NMS_BOX_RESOLUTIONS
+    detections_per_image: int = 1000
+    test_min_sizes: Optional[Tuple[int, ...]] = None
+    test_max_size: int = 4000
+
+    def __post_init__(self):
+        if self.nms_box_resolution not in NMS_BOX_RESOLUTIONS:
+            raise ValueError(
+                f"MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION must be one of {NMS_BOX_RESOLUTIONS}, got {self.nms_box_resolution!r}"
+            )
 
 
 @META_ARCH_REGISTRY.register()
@@ -74,32 +113,18 @@ class InstanceFCN(nn.Module):
         feature_reduce: Optional[nn.Module] = None,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
-        label_params: WindowLabelParams = WindowLabelParams(),
-        windows_per_image: int = 256,
-        positive_fraction: float = 0.5,
-        objectness_loss_weight: float = 1.0,
-        mask_loss_weight: float = 1.0,
-        pre_nms_topk: int = 2000,
-        score_thresh: float = 0.0,
-        mask_thresh: float = 0.5,
-        nms_thresh: float = 0.8,
-        nms_box_resolution: str = "window",
-        detections_per_image: int = 1000,
-        test_min_sizes: Optional[Sequence[int]] = None,
-        test_max_size: int = 4000,
+        training: WindowTraining = WindowTraining(),
+        test: ProposalTest = ProposalTest(),
     ):
         """
         Args:
             backbone: returns ``in_feature`` (stride 8 in the paper).
-            mask_head: an :mod:`..instance_fcn_heads` mask head (``forward`` + ``assemble``).
+            mask_head: a :mod:`.heads` mask head (``forward`` + ``assemble``).
             objectness_head: ``(N, C, H, W) -> (N, H, W)`` window logits.
             feature_reduce: optional ``(N, C_in, H, W) -> (N, C, H, W)`` module between the trunk
                 and both branches (``MODEL.INSTANCE_FCN.REDUCE_DIM``).
             window_size: ``m`` in feature pixels.
-            test_min_sizes: shorter sides of the multi-scale test (``None``: the input as given);
-                each scale resizes the given image tensor to that shorter side of the *original*
-                image (``height`` / ``width``), so the mapper should hand over the largest scale
-                (``INPUT.MIN_SIZE_TEST = max(TEST.AUG.MIN_SIZES)``) and the others downsample it.
+            training, test: the training and test settings.
         """
         super().__init__()
         self.backbone = backbone
@@ -109,23 +134,8 @@ class InstanceFCN(nn.Module):
         self.feature_reduce = feature_reduce
         self.window_size = window_size
         self.stride = backbone.output_shape()[in_feature].stride
-        self.label_params = label_params
-        self.windows_per_image = windows_per_image
-        self.positive_fraction = positive_fraction
-        self.objectness_loss_weight = objectness_loss_weight
-        self.mask_loss_weight = mask_loss_weight
-        self.pre_nms_topk = pre_nms_topk
-        self.score_thresh = score_thresh
-        self.mask_thresh = mask_thresh
-        self.nms_thresh = nms_thresh
-        if nms_box_resolution not in NMS_BOX_RESOLUTIONS:
-            raise ValueError(
-                f"MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION must be one of {NMS_BOX_RESOLUTIONS}, got {nms_box_resolution!r}"
-            )
-        self.nms_box_resolution = nms_box_resolution
-        self.detections_per_image = detections_per_image
-        self.test_min_sizes = tuple(test_min_sizes) if test_min_sizes else None
-        self.test_max_size = test_max_size
+        self.training_params = training
+        self.test_params = test
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         if self.pixel_mean.shape != self.pixel_std.shape:
@@ -133,6 +143,7 @@ class InstanceFCN(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        require_config_node(cfg, "INSTANCE_FCN")
         c = cfg.MODEL.INSTANCE_FCN
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
@@ -147,8 +158,7 @@ class InstanceFCN(nn.Module):
             raise ValueError(f"MODEL.INSTANCE_FCN.REDUCE_DIM must be >= 0 (0 = no reduction), got {c.REDUCE_DIM}")
         if c.REDUCE_DIM > 0:
             feature_reduce = nn.Sequential(nn.Conv2d(shape.channels, c.REDUCE_DIM, kernel_size=1), nn.ReLU(inplace=True))
-            nn.init.normal_(feature_reduce[0].weight, std=0.01)  # as the branches' other new layers
-            nn.init.zeros_(feature_reduce[0].bias)
+            init_new_layers(feature_reduce)  # as the branches' other new layers
             shape = ShapeSpec(channels=c.REDUCE_DIM, stride=shape.stride)
         if shape.stride != 8:
             logger.warning(
@@ -165,25 +175,29 @@ class InstanceFCN(nn.Module):
             "feature_reduce": feature_reduce,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "label_params": WindowLabelParams(
-                object_size_fraction=c.OBJECT_SIZE_FRACTION,
-                positive_center_tol=c.POSITIVE_CENTER_TOL,
-                negative_center_tol=c.NEGATIVE_CENTER_TOL,
-                positive_scale_tol=c.POSITIVE_SCALE_TOL,
-                negative_scale_tol=c.NEGATIVE_SCALE_TOL,
+            "training": WindowTraining(
+                label_params=WindowLabelParams(
+                    object_size_fraction=c.OBJECT_SIZE_FRACTION,
+                    positive_center_tol=c.POSITIVE_CENTER_TOL,
+                    negative_center_tol=c.NEGATIVE_CENTER_TOL,
+                    positive_scale_tol=c.POSITIVE_SCALE_TOL,
+                    negative_scale_tol=c.NEGATIVE_SCALE_TOL,
+                ),
+                windows_per_image=c.WINDOWS_PER_IMAGE,
+                positive_fraction=c.POSITIVE_FRACTION,
+                objectness_loss_weight=c.OBJECTNESS_LOSS_WEIGHT,
+                mask_loss_weight=c.MASK_LOSS_WEIGHT,
             ),
-            "windows_per_image": c.WINDOWS_PER_IMAGE,
-            "positive_fraction": c.POSITIVE_FRACTION,
-            "objectness_loss_weight": c.OBJECTNESS_LOSS_WEIGHT,
-            "mask_loss_weight": c.MASK_LOSS_WEIGHT,
-            "pre_nms_topk": c.PRE_NMS_TOPK_TEST,
-            "score_thresh": c.SCORE_THRESH_TEST,
-            "mask_thresh": c.MASK_THRESH,
-            "nms_thresh": c.NMS_THRESH_TEST,
-            "nms_box_resolution": c.NMS_BOX_RESOLUTION,
-            "detections_per_image": c.DETECTIONS_PER_IMAGE,
-            "test_min_sizes": cfg.TEST.AUG.MIN_SIZES if cfg.TEST.AUG.ENABLED else None,
-            "test_max_size": cfg.TEST.AUG.MAX_SIZE,
+            "test": ProposalTest(
+                pre_nms_topk=c.PRE_NMS_TOPK_TEST,
+                score_thresh=c.SCORE_THRESH_TEST,
+                mask_thresh=c.MASK_THRESH,
+                nms_thresh=c.NMS_THRESH_TEST,
+                nms_box_resolution=c.NMS_BOX_RESOLUTION,
+                detections_per_image=c.DETECTIONS_PER_IMAGE,
+                test_min_sizes=tuple(cfg.TEST.AUG.MIN_SIZES) if cfg.TEST.AUG.ENABLED else None,
+                test_max_size=cfg.TEST.AUG.MAX_SIZE,
+            ),
         }
 
     @property
@@ -226,14 +240,14 @@ class InstanceFCN(nn.Module):
     ) -> Dict[str, Tensor]:
         """Logistic loss on the objectness of the sampled windows (mean over windows) + per-pixel
         logistic loss on the assembled masks of the positive ones (mean over their pixels)."""
-        m = self.window_size
+        m, train = self.window_size, self.training_params
         obj_logits, obj_targets, pos_rows, mask_targets = [], [], [], []
         for i, (gt, image_size) in enumerate(zip(gt_instances, image_sizes)):
             centres = self.window_centres(image_size, objectness.shape[-2:])
             boxes = window_boxes(centres, m, self.stride)
             gt_masks, gt_boxes = _gt_masks_and_boxes(gt, self.device)
-            labels, matched = label_windows(gt_boxes, boxes, self.label_params)
-            pos_idx, neg_idx = sample_windows(labels, self.windows_per_image, self.positive_fraction)
+            labels, matched = label_windows(gt_boxes, boxes, train.label_params)
+            pos_idx, neg_idx = sample_windows(labels, train.windows_per_image, train.positive_fraction)
             sampled = centres[torch.cat([pos_idx, neg_idx])]
             obj_logits.append(objectness[i, sampled[:, 0], sampled[:, 1]])
             obj_targets.append((torch.arange(len(sampled), device=self.device) < len(pos_idx)).to(torch.float32))
@@ -253,15 +267,15 @@ class InstanceFCN(nn.Module):
             # no positive window in the batch: a zero loss that still reaches every parameter of
             # the mask branch (DistributedDataParallel fails on parameters without a gradient)
             loss_mask = mask_maps.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.mask_head.parameters())
-        _put_scalars(
-            {
+        get_event_storage().put_scalars(
+            **{
                 "instance_fcn/num_pos_windows": len(pos_rows) / len(gt_instances),
                 "instance_fcn/num_neg_windows": (len(obj_targets) - len(pos_rows)) / len(gt_instances),
             }
         )
         return {
-            "loss_objectness": loss_objectness * self.objectness_loss_weight,
-            "loss_mask": loss_mask * self.mask_loss_weight,
+            "loss_objectness": loss_objectness * train.objectness_loss_weight,
+            "loss_mask": loss_mask * train.mask_loss_weight,
         }
 
     # ---- assemble -> proposals (inference) --------------------------------------------------------
@@ -272,7 +286,8 @@ class InstanceFCN(nn.Module):
             for x in batched_inputs
         ]
         candidates = [[] for _ in batched_inputs]  # per image: (probs, boxes, scores) per scale
-        for min_size in self.test_min_sizes or (None,):
+        test = self.test_params
+        for min_size in test.test_min_sizes or (None,):
             raw = [self._resize_for_test(x["image"], out, min_size) for x, out in zip(batched_inputs, output_sizes)]
             images = self.preprocess_image(raw)
             mask_maps, objectness = self.compute_maps(images)
@@ -287,10 +302,10 @@ class InstanceFCN(nn.Module):
                 boxes,
                 scores,
                 out_size,
-                mask_threshold=self.mask_thresh,
-                nms_threshold=self.nms_thresh,
-                nms_box_resolution=self.nms_box_resolution,
-                max_detections=self.detections_per_image,
+                mask_threshold=test.mask_thresh,
+                nms_threshold=test.nms_thresh,
+                nms_box_resolution=test.nms_box_resolution,
+                max_detections=test.detections_per_image,
             )
             results.append({"instances": instances})
         return results
@@ -314,8 +329,8 @@ class InstanceFCN(nn.Module):
         m = self.window_size
         centres = self.window_centres(image_size, objectness.shape[-2:])
         scores = objectness[index, centres[:, 0], centres[:, 1]].sigmoid()
-        scores, order = scores.topk(min(self.pre_nms_topk, len(scores)))
-        keep = scores > self.score_thresh
+        scores, order = scores.topk(min(self.test_params.pre_nms_topk, len(scores)))
+        keep = scores > self.test_params.score_thresh
         scores, centres = scores[keep], centres[order[keep]]
         tl = window_top_left(centres, m)
         rows = torch.cat([torch.full_like(tl[:, :1], index), tl], dim=1)
@@ -329,7 +344,7 @@ class InstanceFCN(nn.Module):
         """The image at test scale ``min_size`` (shorter side of the original image), or as given."""
         if min_size is None:
             return image
-        h, w = ResizeShortestEdge.get_output_shape(output_size[0], output_size[1], min_size, self.test_max_size)
+        h, w = ResizeShortestEdge.get_output_shape(output_size[0], output_size[1], min_size, self.test_params.test_max_size)
         if (h, w) == tuple(image.shape[-2:]):
             return image
         image = image[None].to(self.device, torch.float32)
@@ -358,10 +373,3 @@ def _gt_masks_and_boxes(gt: Instances, device: torch.device):
         boxes = masks.get_bounding_boxes().tensor.to(device)
     return masks, boxes
 
-
-def _put_scalars(values: Dict[str, float]) -> None:
-    try:
-        storage = get_event_storage()
-    except AssertionError:  # called outside a trainer (tests, notebooks): nothing to log to
-        return
-    storage.put_scalars(**values)

@@ -1,7 +1,7 @@
 """BiSeg (Pham, Ito, Kozakaya, BMVC 2017): FCIS with a semantic-segmentation prior and fused
 multi-scale position-sensitive maps, as a detectron2 meta-architecture.
 
-Data path, top to bottom (what differs from :mod:`.fcis` is marked ``+``)::
+Data path, top to bottom (what differs from FCIS, :mod:`..fcis.meta_arch`, is marked ``+``)::
 
     image -> trunk: ResNet, res5 dilated (stride 16); + res3 (stride 8) returned too
           -> RoIs: detectron2's RPN on res4
@@ -13,8 +13,8 @@ Data path, top to bottom (what differs from :mod:`.fcis` is marked ``+``)::
           -> training: FCIS's losses + L_ss (per-pixel cross-entropy, ignore_value ignored)
              inference: FCIS's detections + "sem_seg" (C+1, H, W) per image
 
-The per-RoI part is :class:`..biseg_heads.BiSegROIHeads`; this class adds the semantic branch
-through FCIS's three hooks (:meth:`extra_features`, :meth:`extra_losses`, :meth:`extra_outputs`).
+The per-RoI part is :class:`.heads.BiSegROIHeads`; this class adds the semantic branch
+through FCIS's three hooks (:meth:`score_maps`, :meth:`extra_losses`, :meth:`extra_outputs`).
 
 Class order. The semantic branch predicts the *semantic labels* of the dataset: channel 0 is
 background and channel ``c + 1`` is thing class ``c`` (the label PNGs of SBD / VOC and of this
@@ -35,14 +35,12 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor
 
-from ..biseg_heads import SEM_SEG_PROBS_KEY, BiSegROIHeads
-from ..semantic_prior import SemanticBranch
-from .fcis import FCIS
+from ..common import require_config_node
+from ..fcis.meta_arch import FCIS
+from .heads import BiSegMaps, BiSegROIHeads
+from .semantic_prior import SemanticBranch
 
-__all__ = ["BiSeg", "labels_to_fcis_order", "SEM_SEG_LOGITS_KEY"]
-
-#: ``features`` entry holding the semantic branch's logits ``(N, C+1, H, W)`` in label order.
-SEM_SEG_LOGITS_KEY = "sem_seg_logits"
+__all__ = ["BiSeg", "labels_to_fcis_order"]
 
 
 def labels_to_fcis_order(sem: Tensor) -> Tensor:
@@ -99,11 +97,7 @@ class BiSeg(FCIS):
 
     @classmethod
     def from_config(cls, cfg):
-        if "BISEG" not in cfg.MODEL:
-            raise KeyError(
-                "cfg.MODEL.BISEG is missing: build the config with instfcn_d2.config.get_instfcn_cfg() "
-                "or call instfcn_d2.add_instfcn_config(cfg)"
-            )
+        require_config_node(cfg, "BISEG")
         ret = super().from_config(cfg)  # FCIS's checks; ROI_HEADS.IN_FEATURES validated by the heads
         # the paper puts the semantic branch on conv5, the map FCIS's score maps are computed from
         in_feature = cfg.MODEL.ROI_HEADS.IN_FEATURES[0]
@@ -119,29 +113,25 @@ class BiSeg(FCIS):
         return ret
 
     # ---- FCIS's hooks ------------------------------------------------------------------------------
-    def extra_features(self, images: ImageList, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def score_maps(self, images: ImageList, features: Dict[str, Tensor]) -> BiSegMaps:
         """The semantic branch, once per image: its logits ``(N, C+1, H, W)`` (label order) and
-        the prior ``P(c | X)`` read by the heads (softmax, FCIS's class order)."""
+        the prior ``P(c | X)`` the heads read (softmax, FCIS's class order), with the heads' maps."""
         logits = self.sem_seg_head(features[self.sem_seg_in_feature])
-        probs = labels_to_fcis_order(self.sem_seg_head.probabilities(logits))
-        return {SEM_SEG_LOGITS_KEY: logits, SEM_SEG_PROBS_KEY: probs}
+        prior = labels_to_fcis_order(self.sem_seg_head.probabilities(logits))
+        return self.roi_heads.score_maps(features, sem_seg_logits=logits, prior=prior)
 
-    def extra_losses(
-        self, batched_inputs: List[Dict], images: ImageList, features: Dict[str, Tensor]
-    ) -> Dict[str, Tensor]:
+    def extra_losses(self, batched_inputs: List[Dict], images: ImageList, maps: BiSegMaps) -> Dict[str, Tensor]:
         """``loss_sem_seg``: the paper's ``L_ss`` over the labelled pixels of the batch (an image
         without instances still contributes its background pixels)."""
         targets = self.sem_seg_targets(batched_inputs, images)
-        loss = self.sem_seg_head.losses(features[SEM_SEG_LOGITS_KEY], targets, self.ignore_value)
+        loss = self.sem_seg_head.losses(maps.sem_seg_logits, targets, self.ignore_value)
         return {"loss_sem_seg": loss * self.sem_seg_loss_weight}
 
-    def extra_outputs(
-        self, batched_inputs: List[Dict], images: ImageList, features: Dict[str, Tensor], results: List[Dict]
-    ) -> None:
+    def extra_outputs(self, batched_inputs: List[Dict], images: ImageList, maps: BiSegMaps, results: List[Dict]) -> None:
         """Add ``"sem_seg"`` ``(C+1, height, width)`` probabilities to each result, as detectron2's
         ``SemanticSegmentor``: upsampled to the padded input, cropped to the image, resized to the
         output resolution (``sem_seg_postprocess``)."""
-        logits = features[SEM_SEG_LOGITS_KEY]
+        logits = maps.sem_seg_logits
         for i, (x, image_size, result) in enumerate(zip(batched_inputs, images.image_sizes, results)):
             # logits first, as in the loss; one image at a time bounds the full-resolution memory
             up = F.interpolate(logits[i : i + 1], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)

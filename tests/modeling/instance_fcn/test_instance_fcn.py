@@ -3,10 +3,10 @@
 Models are tiny (R18 up to res3 = stride 8, 32-channel branches, m = 7 windows of 56 px, k = 3)
 and images are <= 160 px, so every test but the overfit one runs in seconds.
 """
+import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -15,9 +15,9 @@ from detectron2.utils.events import EventStorage
 from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
-from instfcn_d2.layers import window_assemble
-from instfcn_d2.modeling.instance_fcn_heads import DeepMaskHead, InstanceSensitiveMaskHead
-from instfcn_d2.modeling.postprocessing import (
+from instfcn_d2.layers.reference import window_assemble_reference
+from instfcn_d2.modeling.instance_fcn.heads import DeepMaskHead, InstanceSensitiveMaskHead
+from instfcn_d2.modeling.instance_fcn.postprocessing import (
     mask_box_nms,
     mask_tight_boxes,
     paste_window_masks,
@@ -26,7 +26,7 @@ from instfcn_d2.modeling.postprocessing import (
     window_mask_boxes,
     window_masks_to_proposals,
 )
-from instfcn_d2.modeling.window_labels import window_boxes
+from instfcn_d2.modeling.instance_fcn.window_labels import window_boxes
 
 BASE = str(REPO_ROOT / "configs" / "Base-InstanceFCN.yaml")
 TINY = [
@@ -184,12 +184,11 @@ def test_topk_before_assembling_equals_assembling_every_window():
         images = model.preprocess_image([sample["image"]])
         mask_maps, objectness = model.compute_maps(images)
         m, k = model.window_size, model.mask_head.group_size
-        # every window at once: dense assembling of maps padded so that dense (y, x) = window centred at (y, x)
-        p = m // 2
-        dense = window_assemble(F.pad(mask_maps, (p, m - 1 - p, p, m - 1 - p)), m, k)
+        # every window at once, by the pure-PyTorch reference: the window centred at (y, x)
         centres = model.window_centres(images.image_sizes[0], objectness.shape[-2:])
         assert len(centres) == 10 * 13
-        all_probs = dense[0, centres[:, 0], centres[:, 1]].sigmoid()
+        corners = torch.cat([torch.zeros_like(centres[:, :1]), centres - m // 2], dim=1)
+        all_probs = window_assemble_reference(mask_maps, corners, m, k).sigmoid()
         all_scores = objectness[0, centres[:, 0], centres[:, 1]].sigmoid()
         assert len(torch.unique(all_scores)) == len(all_scores)  # no ties: the order is unambiguous
         all_boxes = window_boxes(centres, m, model.stride)
@@ -198,11 +197,11 @@ def test_topk_before_assembling_equals_assembling_every_window():
             order = all_scores.argsort(descending=True)[:topk]
             return window_masks_to_proposals(
                 all_probs[order], all_boxes[order], all_scores[order], (80, 104),
-                mask_threshold=model.mask_thresh, nms_threshold=model.nms_thresh, max_detections=200,
+                mask_threshold=model.test_params.mask_thresh, nms_threshold=model.test_params.nms_thresh, max_detections=200,
             )
 
         for topk, expected_calls in [(30, [30]), (1000, [130])]:
-            model.pre_nms_topk = topk
+            model.test_params = dataclasses.replace(model.test_params, pre_nms_topk=topk)
             calls.clear()
             out = model([sample])[0]["instances"]
             assert calls == expected_calls  # only the top windows are assembled
@@ -447,11 +446,12 @@ def test_overfit_a_few_images_raises_proposal_recall():
     before = _recall_at_05(model, samples)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     model.train()
-    for _ in range(80):
-        losses = model(samples)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+    with EventStorage(0):  # the losses log their statistics, as under detectron2's trainer
+        for _ in range(80):
+            losses = model(samples)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
     after = _recall_at_05(model, samples)
     assert losses["loss_mask"].item() < 0.3 and losses["loss_objectness"].item() < 0.1
     print(f"recall@0.5 of the top-10 proposals: {before:.2f} -> {after:.2f}")

@@ -1,4 +1,5 @@
-"""Heads that produce position-sensitive score maps (FCIS, BiSeg) and the channel layout they use.
+"""FCIS's position-sensitive score maps: the 1x1 conv that makes them, their channel layout, and
+how assembled maps are read as class scores, masks and box deltas (FCIS and BiSeg).
 
 A position-sensitive map set for ``num_outputs`` per-RoI output channels has ``k*k*num_outputs``
 channels; :func:`instfcn_d2.layers.ps_roi_assemble` reads channel ``(o*k + gi)*k + gj`` for output
@@ -16,14 +17,27 @@ classes and ``C`` is background. An assembled ``(R, 2*(C+1), M, M)`` tensor ther
 (:func:`split_inside_outside`). (The official FCIS code groups the channels the same way, two
 blocks of ``C+1``; only which block is inside differs, which does not matter when training.)
 
+Reading the assembled ``(R, 2, C+1, M, M)`` logits: a class score is the RoI mean of the per-pixel
+``max(inside, outside)`` (:func:`inside_outside_class_logits`), a mask the per-pixel softmax of
+inside vs outside of its class (:func:`inside_outside_mask_probs`).
+
 Box regression maps (R-FCN style, class-agnostic): ``k*k*4`` channels, output channel ``o`` =
 delta ``(dx, dy, dw, dh)[o]``, assembled ``k x k`` and averaged (:func:`assemble_box_deltas`).
 """
+import torch
 from torch import Tensor, nn
 
-from ..layers import ps_roi_assemble
+from ...layers import ps_roi_assemble
+from ..common import init_new_layers
 
-__all__ = ["PSScoreMaps", "split_inside_outside", "inside_outside_channel", "assemble_box_deltas"]
+__all__ = [
+    "PSScoreMaps",
+    "split_inside_outside",
+    "inside_outside_channel",
+    "inside_outside_class_logits",
+    "inside_outside_mask_probs",
+    "assemble_box_deltas",
+]
 
 
 class PSScoreMaps(nn.Module):
@@ -45,8 +59,7 @@ class PSScoreMaps(nn.Module):
         self.group_size = group_size
         self.num_outputs = num_outputs
         self.conv = nn.Conv2d(in_channels, group_size * group_size * num_outputs, kernel_size=1)
-        nn.init.normal_(self.conv.weight, std=0.01)
-        nn.init.zeros_(self.conv.bias)
+        init_new_layers(self.conv)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.conv(features)
@@ -66,6 +79,19 @@ def split_inside_outside(assembled: Tensor) -> Tensor:
         raise ValueError(f"expected assembled inside/outside scores (R, 2*(C+1), M, M), got {tuple(assembled.shape)}")
     R, two_c1, M, M2 = assembled.shape
     return assembled.view(R, 2, two_c1 // 2, M, M2)
+
+
+def inside_outside_class_logits(inside_outside: Tensor) -> Tensor:
+    """``(R, 2, C+1, M, M)`` inside/outside logits -> ``(R, C+1)`` class logits: the per-pixel
+    ``max(inside, outside)`` (a pixel is evidence for class c whether it is inside or outside an
+    instance of c) averaged over the RoI."""
+    return inside_outside.amax(dim=1).mean(dim=(-2, -1))  # amax: no argmax indices to compute
+
+
+def inside_outside_mask_probs(inside_outside: Tensor) -> Tensor:
+    """``(R, 2, M, M)`` inside/outside logits of one class per RoI -> ``(R, M, M)`` foreground
+    probability, the per-pixel softmax over (inside, outside) taken at "inside"."""
+    return torch.softmax(inside_outside, dim=1)[:, 0]
 
 
 def assemble_box_deltas(

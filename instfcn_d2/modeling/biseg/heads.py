@@ -1,20 +1,22 @@
 """BiSeg's per-RoI part: ``BiSegROIHeads`` (``ROI_HEADS_REGISTRY``), FCIS's heads with BiSeg's
 inside/outside likelihoods.
 
-Only :meth:`BiSegROIHeads.roi_inside_outside` (and its one-class form
-:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks) changes;
+Only the per-image maps (:meth:`BiSegROIHeads.score_maps` adds the stride-8 set and the semantic
+prior: :class:`BiSegMaps`) and :meth:`BiSegROIHeads.roi_inside_outside` (and its one-class form
+:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks) change;
 FCIS's class scores (max + mean + softmax), masks (softmax of inside vs outside), box regression,
 losses and inference (NMS, mask voting) run unchanged on what they return::
 
     FCIS's set  (k1 = MODEL.FCIS.GROUP_SIZE, on conv_new_1 of res5, stride 16) -> assemble at M/2 --+
     fine set    (k2 = MODEL.BISEG.GROUP_SIZE_FINE, 1x1 conv(s) on res3, stride 8) -> assemble at M --+
         -> fuse (x2 upsample + sum)  -> L (R, 2, C+1, M, M)
-    features["sem_seg_probs"] (N, C+1, H, W), background last -> crop per RoI (R, C+1, M, M)
+    BiSegMaps.prior (N, C+1, H, W), background last -> crop per RoI (R, C+1, M, M)
         -> combine with L's inside maps (MODEL.BISEG.PRIOR_MODE), outside maps unchanged
 
 ``MODEL.BISEG.FUSE False``: FCIS's set only, assembled at M. ``PRIOR_MODE "none"``: no prior.
 """
 import logging
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 import torch
@@ -22,23 +24,29 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
-from fvcore.nn import weight_init
 from torch import Tensor, nn
 
-from ..layers import ps_roi_assemble
-from .fcis_heads import FCISROIHeads
-from .score_maps import PSScoreMaps, split_inside_outside
+from ...layers import ps_roi_assemble
+from ..common import init_new_layers, require_config_node
+from ..fcis.heads import FCISMaps, FCISROIHeads
+from ..fcis.score_maps import PSScoreMaps, split_inside_outside
 from .semantic_prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
 
-__all__ = ["BiSegROIHeads", "SEM_SEG_PROBS_KEY", "BISEG_PRIOR_MODES"]
+__all__ = ["BiSegROIHeads", "BiSegMaps", "BISEG_PRIOR_MODES"]
 
 logger = logging.getLogger(__name__)
 
-#: ``features`` entry holding the semantic probabilities ``(N, C+1, H, W)`` in FCIS's class order
-#: (classes ``0 .. C-1``, background ``C``), written by :meth:`BiSeg.extra_features`.
-SEM_SEG_PROBS_KEY = "sem_seg_probs"
 #: ``MODEL.BISEG.PRIOR_MODE`` values: :data:`.semantic_prior.PRIOR_MODES` or "none".
 BISEG_PRIOR_MODES = PRIOR_MODES + ("none",)
+
+
+@dataclass
+class BiSegMaps(FCISMaps):
+    """FCIS's maps plus BiSeg's: the stride-8 inside/outside set and the semantic branch's output."""
+
+    fine: Optional[Tensor]  # (N, k2*k2*2*(C+1), H8, W8) with FUSE, else None
+    sem_seg_logits: Optional[Tensor]  # (N, C+1, H, W) semantic logits, label order (background 0)
+    prior: Optional[Tensor]  # (N, C+1, H, W) their softmax in FCIS's class order (background last)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -50,9 +58,6 @@ class BiSegROIHeads(FCISROIHeads):
     ReLU on res3, or ``None``) and ``fine_maps`` (the stride-8 :class:`PSScoreMaps`, only with
     ``fuse``). ``mask_size`` is BiSeg's M.
     """
-
-    # forward() caches the per-image stride-8 maps under this name in its copy of ``features``
-    FINE_MAPS_KEY = "biseg_fine_inside_outside_maps"
 
     @configurable
     def __init__(
@@ -102,20 +107,12 @@ class BiSegROIHeads(FCISROIHeads):
         self.fine_conv_new = None
         if fine_conv_new_dim:
             self.fine_conv_new = nn.Conv2d(fine_in_channels, fine_conv_new_dim, kernel_size=1)
-            if self.conv_new_init == "msra":
-                weight_init.c2_msra_fill(self.fine_conv_new)
-            else:
-                nn.init.normal_(self.fine_conv_new.weight, std=0.01)
-                nn.init.zeros_(self.fine_conv_new.bias)
+            init_new_layers(self.fine_conv_new, self.conv_new_init)
         self.fine_maps = PSScoreMaps(fine_conv_new_dim or fine_in_channels, k2, 2 * (self.num_classes + 1))
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        if "BISEG" not in cfg.MODEL:
-            raise KeyError(
-                "cfg.MODEL.BISEG is missing: build the config with instfcn_d2.config.get_instfcn_cfg() "
-                "or call instfcn_d2.add_instfcn_config(cfg)"
-            )
+        require_config_node(cfg, "BISEG")
         b = cfg.MODEL.BISEG
         ret = super().from_config(cfg, input_shape)
         mask_size = b.MASK_SIZE or (2 * cfg.MODEL.FCIS.MASK_SIZE if b.FUSE else cfg.MODEL.FCIS.MASK_SIZE)
@@ -141,101 +138,87 @@ class BiSegROIHeads(FCISROIHeads):
             ret.update(fine_in_channels=shape.channels, fine_stride=shape.stride)
         return ret
 
+    # ---- per-image maps ----------------------------------------------------------------------------
+    def score_maps(
+        self, features: Dict[str, Tensor], sem_seg_logits: Optional[Tensor] = None, prior: Optional[Tensor] = None
+    ) -> BiSegMaps:
+        """FCIS's maps, the stride-8 set (``fuse``) and the semantic branch's logits and prior
+        (:meth:`.meta_arch.BiSeg.score_maps` passes them; ``prior`` in FCIS's class order)."""
+        if self.prior_mode != "none" and prior is None:
+            raise ValueError(
+                "BiSegROIHeads: the semantic prior is missing: run the heads under MODEL.META_ARCHITECTURE "
+                '"BiSeg" (its score_maps computes it), or set MODEL.BISEG.PRIOR_MODE "none"'
+            )
+        fcis = super().score_maps(features)
+        fine = None
+        if self.fuse:  # from_config checked that the backbone returns FINE_IN_FEATURE
+            res3 = features[self.fine_in_feature]
+            if self.fine_conv_new is not None:
+                res3 = F.relu(self.fine_conv_new(res3))
+            fine = self.fine_maps(res3)
+        return BiSegMaps(inside_outside=fcis.inside_outside, box=fcis.box, fine=fine, sem_seg_logits=sem_seg_logits, prior=prior)
+
     # ---- per-RoI --------------------------------------------------------------------------------------
-    def roi_inside_outside(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
+    def roi_inside_outside(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
         """BiSeg's likelihoods of each RoI, prior applied.
 
         Args:
-            features: backbone maps by name, ``features["sem_seg_probs"]`` (unless the prior mode
-                is "none") and maps cached by the heads.
+            maps: the batch's maps (:meth:`score_maps`).
             rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
 
         Returns:
             ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
         """
-        likelihoods = self.fused_likelihoods(features, rois)
+        likelihoods = self.fused_likelihoods(maps, rois)
         if self.prior_mode == "none":
             return likelihoods
-        prior = self.roi_prior(features, rois)
+        prior = self.roi_prior(maps, rois)
         inside, outside = combine_prior(likelihoods[:, 0], likelihoods[:, 1], prior, self.prior_mode)
         return torch.stack([inside, outside], dim=1)
 
-    def roi_inside_outside_of_class(self, features: Dict[str, Tensor], rois: Tensor, class_index: int) -> Tensor:
-        """``roi_inside_outside(features, rois)[:, :, class_index]``, computed from class ``c``'s
+    def roi_inside_outside_of_class(self, maps: BiSegMaps, rois: Tensor, class_index: int) -> Tensor:
+        """``roi_inside_outside(maps, rois)[:, :, class_index]``, computed from class ``c``'s
         channels only: its ``2*k1*k1`` and ``2*k2*k2`` maps assembled and fused, its prior channel
         cropped.
 
         Returns:
             ``(R, 2, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
         """
-        likelihoods = self._assembled_likelihoods(
-            features, rois, lambda maps, k: self._class_maps(maps, class_index, k)
-        )  # (R, 2, M, M)
+        likelihoods = self._assembled_likelihoods(maps, rois, lambda m, k: self.class_maps(m, class_index, k))
         if self.prior_mode == "none":
             return likelihoods
-        prior = self.roi_prior(features, rois, class_index)  # (R, 1, M, M)
+        prior = self.roi_prior(maps, rois, class_index)  # (R, 1, M, M)
         inside, outside = combine_prior(likelihoods[:, :1], likelihoods[:, 1:], prior, self.prior_mode)
         return torch.cat([inside, outside], dim=1)
 
-    def fused_likelihoods(self, features: Dict[str, Tensor], rois: Tensor) -> Tensor:
+    def fused_likelihoods(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
         """``(R, 2, C+1, M, M)`` likelihoods before the prior: FCIS's set at ``M/2`` upsampled x2
         plus the stride-8 set at ``M`` (``fuse``), or FCIS's set at ``M``."""
-        return split_inside_outside(self._assembled_likelihoods(features, rois, lambda maps, k: maps))
+        return split_inside_outside(self._assembled_likelihoods(maps, rois, lambda m, k: m))
 
-    def _assembled_likelihoods(
-        self, features: Dict[str, Tensor], rois: Tensor, select: Callable[[Tensor, int], Tensor]
-    ) -> Tensor:
+    def _assembled_likelihoods(self, maps: BiSegMaps, rois: Tensor, select: Callable[[Tensor, int], Tensor]) -> Tensor:
         """``(R, K, M, M)`` likelihoods before the prior of the output channels that
         ``select(maps, k)`` keeps of each map set (``(N, k*k*2*(C+1), H, W) -> (N, k*k*K, H, W)``,
         the same channels of both sets): all of them (``K = 2*(C+1)``) or one class's (``K = 2``)."""
-        maps = select(self.inside_outside_score_maps(features), self.group_size)
-        rois = rois.to(maps.dtype)
+        coarse_maps = select(maps.inside_outside, self.group_size)
+        rois = rois.to(coarse_maps.dtype)
         M = self.mask_size
         coarse = ps_roi_assemble(
-            maps,
-            rois,
-            M // 2 if self.fuse else M,
-            self.group_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
+            coarse_maps, rois, M // 2 if self.fuse else M, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
         )
         if not self.fuse:
             return coarse
-        fine_maps = select(self.fine_score_maps(features), self.fine_group_size)
+        fine_maps = select(maps.fine, self.fine_group_size)
         fine = ps_roi_assemble(
             fine_maps, rois, M, self.fine_group_size, self.fine_spatial_scale, self.sampling_ratio, self.aligned
         )
         return fuse_likelihoods(coarse, fine)
 
-    def fine_score_maps(self, features: Dict[str, Tensor]) -> Tensor:
-        """``(N, k2*k2*2*(C+1), H/8, W/8)`` inside/outside maps of the stride-8 set (``fuse`` only)."""
-        if self.fine_in_feature not in features:
-            raise KeyError(
-                f"BiSegROIHeads: features[{self.fine_in_feature!r}] (MODEL.BISEG.FINE_IN_FEATURE) is missing; the "
-                f"backbone returned {sorted(features)}: add it to MODEL.RESNETS.OUT_FEATURES"
-            )
-        return self._cached(features, self.FINE_MAPS_KEY, lambda: self._fine_maps(features[self.fine_in_feature]))
-
-    def _fine_maps(self, res3: Tensor) -> Tensor:
-        if self.fine_conv_new is not None:
-            res3 = F.relu(self.fine_conv_new(res3))
-        return self.fine_maps(res3)
-
-    def roi_prior(self, features: Dict[str, Tensor], rois: Tensor, class_index: Optional[int] = None) -> Tensor:
+    def roi_prior(self, maps: BiSegMaps, rois: Tensor, class_index: Optional[int] = None) -> Tensor:
         """The semantic prior cropped to each RoI at ``M``: ``(R, C+1, M, M)``, or ``(R, 1, M, M)``
-        of class ``class_index`` only.
-
-        ``features["sem_seg_probs"]`` is in FCIS's class order (:meth:`BiSeg.extra_features` moves
-        the background last), so its channel ``c`` is the prior of the likelihoods' class ``c``.
-        """
-        if SEM_SEG_PROBS_KEY not in features:
-            raise KeyError(
-                f"BiSegROIHeads: features[{SEM_SEG_PROBS_KEY!r}] (the semantic probabilities) is missing: "
-                'run it under MODEL.META_ARCHITECTURE "BiSeg" (its extra_features adds them), or set '
-                'MODEL.BISEG.PRIOR_MODE "none"'
-            )
-        probs = features[SEM_SEG_PROBS_KEY]
+        of class ``class_index`` only. ``maps.prior`` is in FCIS's class order, so its channel
+        ``c`` is the prior of the likelihoods' class ``c``."""
+        probs = maps.prior
         if class_index is not None:
             probs = probs[:, class_index : class_index + 1]
         return crop_roi_prior(probs, rois, self.mask_size, self.spatial_scale, self.sampling_ratio)

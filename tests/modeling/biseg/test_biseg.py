@@ -20,10 +20,12 @@ from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
-from instfcn_d2.modeling.biseg_heads import SEM_SEG_PROBS_KEY, BiSegROIHeads
-from instfcn_d2.modeling.fcis_heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISROIHeads, inside_outside_class_logits
-from instfcn_d2.modeling.meta_arch.biseg import SEM_SEG_LOGITS_KEY, labels_to_fcis_order
-from instfcn_d2.modeling.postprocessing import mask_tight_boxes
+from instfcn_d2.modeling.biseg.heads import BiSegMaps, BiSegROIHeads
+from instfcn_d2.modeling.biseg.meta_arch import labels_to_fcis_order
+from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISROIHeads
+from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
+from instfcn_d2.modeling.fcis.score_maps import inside_outside_class_logits
+from instfcn_d2.modeling.common import mask_tight_boxes
 
 BASE = str(REPO_ROOT / "configs" / "Base-BiSeg.yaml")
 TINY = [
@@ -109,12 +111,11 @@ def _test_input(d, **override):
     return {**{k: d[k] for k in ("image", "height", "width", "file_name")}, **override}
 
 
-def _features(model, batch):
-    """Backbone maps + the semantic branch's entries, as FCIS's forward hands them to the heads."""
+def _maps(model, batch):
+    """The images, backbone maps and BiSeg's per-image maps, as the forward hands them to the heads."""
     images = model.preprocess_image(batch)
     features = model.backbone(images.tensor)
-    features.update(model.extra_features(images, features))
-    return images, features
+    return images, features, model.score_maps(images, features)
 
 
 ROIS = torch.tensor([[0, 10.0, 12.0, 70.0, 80.0], [1, 30.0, 20.0, 100.0, 110.0], [0, 0.0, 0.0, 127.0, 127.0]])
@@ -129,22 +130,22 @@ def test_roi_inside_outside_shapes_and_values(fuse, mode):
     M = 14 if fuse else 7  # MASK_SIZE 0: 2 * FCIS.MASK_SIZE with fusion
     assert isinstance(heads, BiSegROIHeads) and heads.mask_size == M
     with torch.no_grad():
-        _, features = _features(model, [_sample(0), _sample(1)])
-        out = heads.roi_inside_outside(dict(features), ROIS)
+        _, features, maps = _maps(model, [_sample(0), _sample(1)])
+        assert isinstance(maps, BiSegMaps) and (maps.fine is None) == (not fuse)
+        out = heads.roi_inside_outside(maps, ROIS)
         assert out.shape == (3, 2, C + 1, M, M)
 
         # the same from the primitives: k1 set at M/2 (upsampled x2) + k2 set at M, then the prior
-        maps = heads.inside_outside_score_maps(dict(features))
-        coarse = ps_roi_assemble(maps, ROIS, M // 2 if fuse else M, 3, 1 / 16, 0, True)
+        coarse = ps_roi_assemble(maps.inside_outside, ROIS, M // 2 if fuse else M, 3, 1 / 16, 0, True)
         if fuse:
             fine = ps_roi_assemble(heads.fine_maps(features["res3"]), ROIS, M, 5, 1 / 8, 0, True)
             likelihood = F.interpolate(coarse, size=(M, M), mode="bilinear", align_corners=False) + fine
         else:
             likelihood = coarse
             if mode == "none":  # naive multi-task per RoI = FCIS exactly
-                assert torch.equal(out, FCISROIHeads.roi_inside_outside(heads, dict(features), ROIS))
+                assert torch.equal(out, FCISROIHeads.roi_inside_outside(heads, maps, ROIS))
         likelihood = likelihood.view(3, 2, C + 1, M, M)
-        prior = roi_align(features[SEM_SEG_PROBS_KEY], ROIS, M, 1 / 16, 0, aligned=True)
+        prior = roi_align(maps.prior, ROIS, M, 1 / 16, 0, aligned=True)
         expected_inside = {
             "product": likelihood[:, 0] * prior,
             "log": likelihood[:, 0] + torch.log(prior + 1e-6),
@@ -162,9 +163,9 @@ def test_fine_conv_new_reduces_res3_before_the_fine_maps():
     assert heads.fine_conv_new.in_channels == 128 and heads.fine_conv_new.out_channels == 16  # R18 res3
     assert heads.fine_maps.conv.in_channels == 16
     with torch.no_grad():
-        _, features = _features(model, [_sample(0)])
+        _, features, maps = _maps(model, [_sample(0)])
         expected = heads.fine_maps(F.relu(heads.fine_conv_new(features["res3"])))
-        torch.testing.assert_close(heads.fine_score_maps(dict(features)), expected)
+        torch.testing.assert_close(maps.fine, expected)
     assert _model().roi_heads.fine_conv_new is None  # default 0: the maps read res3
     with pytest.raises(ValueError, match="FINE_CONV_NEW_DIM must be >= 0"):
         _model("MODEL.BISEG.FINE_CONV_NEW_DIM", "-1")
@@ -189,15 +190,15 @@ def test_roi_inside_outside_of_class_is_the_full_slice(fuse, mode):
     _spread_maps(heads)
     M = heads.mask_size
     with torch.no_grad():
-        _, features = _features(model, [_sample(0), _sample(1)])
+        _, _, maps = _maps(model, [_sample(0), _sample(1)])
         # a sharper prior than the fresh branch's ~1/(C+1), so that a wrong prior channel shows
-        features[SEM_SEG_PROBS_KEY] = torch.softmax(torch.randn_like(features[SEM_SEG_PROBS_KEY]) * 3, dim=1)
-        full = heads.roi_inside_outside(dict(features), ROIS)
+        maps.prior = torch.softmax(torch.randn_like(maps.sem_seg_logits) * 3, dim=1)
+        full = heads.roi_inside_outside(maps, ROIS)
         for c in range(C + 1):
-            one = heads.roi_inside_outside_of_class(dict(features), ROIS, c)
+            one = heads.roi_inside_outside_of_class(maps, ROIS, c)
             assert one.shape == (3, 2, M, M)
             torch.testing.assert_close(one, full[:, :, c], rtol=1e-5, atol=1e-6)
-        assert heads.roi_inside_outside_of_class(dict(features), ROIS[:0], 0).shape == (0, 2, M, M)
+        assert heads.roi_inside_outside_of_class(maps, ROIS[:0], 0).shape == (0, 2, M, M)
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1
 
 
@@ -208,20 +209,21 @@ def test_inference_equals_the_full_tensor_reference():
     assert heads.fuse and heads.prior_mode == "product"
     _spread_maps(heads)
     with torch.no_grad():
-        images, features = _features(model, [_test_input(_sample(0)), _test_input(_sample(1))])
+        images, features, maps = _maps(model, [_test_input(_sample(0)), _test_input(_sample(1))])
         proposals, _ = model.proposal_generator(images, features, None)
-        ours = heads.inference(dict(features), proposals)
-        # the reference: one (P, 2, C+1, M, M) tensor of all candidates to detect_single_image
-        candidates = heads.inference_candidates(dict(features), proposals)
+        ours = heads.inference(maps, proposals)
+        # the reference: one (P, 2, C+1, M, M) tensor of all candidates, sliced per class
+        candidates = heads.inference_candidates(maps, proposals)
         assert len(candidates) > CLASS_LOGITS_ROIS_PER_CHUNK
-        inside_outside = heads.roi_inside_outside(dict(features), candidates)
+        inside_outside = heads.roi_inside_outside(maps, candidates)
         scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
-        torch.testing.assert_close(
-            heads.roi_class_logits(dict(features), candidates), inside_outside_class_logits(inside_outside)
-        )
+        torch.testing.assert_close(heads.roi_class_logits(maps, candidates), inside_outside_class_logits(inside_outside))
     for i, (p, result) in enumerate(zip(proposals, ours)):
         rows = (candidates[:, 0] == i).nonzero().squeeze(1)
-        expected = heads.detect_single_image(candidates[rows, 1:], scores[rows], inside_outside[rows], p.image_size)
+        io = inside_outside[rows]
+        expected = fcis_inference_single_image(
+            candidates[rows, 1:], scores[rows], lambda idx, c: io[idx, :, c], p.image_size, heads.test_params
+        )
         assert len(result) == len(expected) > 0
         torch.testing.assert_close(result.pred_boxes.tensor, expected.pred_boxes.tensor)
         torch.testing.assert_close(result.scores, expected.scores)
@@ -235,9 +237,9 @@ def test_prior_is_in_fcis_class_order_background_last():
     assert labels_to_fcis_order(sem).flatten().tolist() == [1.0, 2.0, 0.0]
     model = _model().eval()
     with torch.no_grad():
-        _, features = _features(model, [_sample(0)])
-    probs = torch.softmax(features[SEM_SEG_LOGITS_KEY], dim=1)
-    prior = features[SEM_SEG_PROBS_KEY]
+        _, features, maps = _maps(model, [_sample(0)])
+    probs = torch.softmax(maps.sem_seg_logits, dim=1)
+    prior = maps.prior
     assert torch.allclose(prior[:, C], probs[:, 0])  # background at C, as in FCIS's maps
     assert torch.allclose(prior[:, :C], probs[:, 1:])
     assert prior.shape[-2:] == features["res5"].shape[-2:]
@@ -349,6 +351,18 @@ def test_bad_semantic_input_raises_clear_errors():
     bad[0, 0] = 7
     with pytest.raises(ValueError, match=r"labels \[7\].*IGNORE_VALUE"):
         _losses(model, [{**s, "sem_seg": bad}])
+
+
+def test_heads_without_the_prior_say_where_it_comes_from():
+    model = _model().eval()
+    with torch.no_grad():
+        images, features, _ = _maps(model, [_test_input(_sample(0))])
+        proposals, _ = model.proposal_generator(images, features, None)
+        with pytest.raises(ValueError, match='semantic prior is missing.*"BiSeg".*PRIOR_MODE "none"'):
+            model.roi_heads(images, features, proposals)
+        none = _model("MODEL.BISEG.PRIOR_MODE", "none").eval()
+        (result,), _ = none.roi_heads(images, features, proposals)  # no prior needed
+    assert result.pred_masks.shape[-1] == none.roi_heads.mask_size
 
 
 def test_config_errors_name_the_key():

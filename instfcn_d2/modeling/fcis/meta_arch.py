@@ -15,8 +15,8 @@ Data path, top to bottom::
 
 This class is detectron2's ``GeneralizedRCNN`` (backbone + proposal generator + ROI heads) plus
 ground-truth checks, the mask binarisation threshold of FCIS (0.4) and three hooks for models
-that add a branch on the shared features (BiSeg's semantic segmentation):
-:meth:`FCIS.extra_features`, :meth:`FCIS.extra_losses`, :meth:`FCIS.extra_outputs`.
+that add a branch on the shared features (BiSeg's semantic segmentation): :meth:`FCIS.score_maps`
+(the per-image maps handed to the heads), :meth:`FCIS.extra_losses`, :meth:`FCIS.extra_outputs`.
 """
 from typing import Dict, List, Sequence, Tuple
 
@@ -28,7 +28,8 @@ from detectron2.structures import BitMasks, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
-from ..fcis_heads import FCISROIHeads
+from ..common import require_config_node
+from .heads import FCISMaps, FCISROIHeads
 
 __all__ = ["FCIS", "fcis_postprocess"]
 
@@ -68,32 +69,24 @@ class FCIS(GeneralizedRCNN):
                 "FCIS predicts masks: set MODEL.MASK_ON True (detectron2's DatasetMapper loads the "
                 "ground-truth masks only then)"
             )
-        if "FCIS" not in cfg.MODEL:
-            raise KeyError(
-                "cfg.MODEL.FCIS is missing: build the config with instfcn_d2.config.get_instfcn_cfg() "
-                "or call instfcn_d2.add_instfcn_config(cfg)"
-            )
+        require_config_node(cfg, "FCIS")
         ret = super().from_config(cfg)
         ret["mask_threshold"] = cfg.MODEL.FCIS.MASK_BINARIZE_THRESH
         return ret
 
     # ---- hooks for subclasses (BiSeg) ----------------------------------------------------------------
-    def extra_features(self, images: ImageList, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
-        """Maps added to ``features`` before the ROI heads run (read there by name). FCIS: none."""
+    def score_maps(self, images: ImageList, features: Dict[str, Tensor]) -> FCISMaps:
+        """The per-image maps the ROI heads read, computed once per forward. FCIS: the heads' own
+        (:meth:`.heads.FCISROIHeads.score_maps`)."""
+        return self.roi_heads.score_maps(features)
+
+    def extra_losses(self, batched_inputs: List[Dict], images: ImageList, maps: FCISMaps) -> Dict[str, Tensor]:
+        """Losses added to the training losses, from :meth:`score_maps`' output. FCIS: none."""
         return {}
 
-    def extra_losses(
-        self, batched_inputs: List[Dict], images: ImageList, features: Dict[str, Tensor]
-    ) -> Dict[str, Tensor]:
-        """Losses added to the training losses; ``features`` includes :meth:`extra_features`'
-        maps. FCIS: none."""
-        return {}
-
-    def extra_outputs(
-        self, batched_inputs: List[Dict], images: ImageList, features: Dict[str, Tensor], results: List[Dict]
-    ) -> None:
-        """Add outputs to each post-processed result dict (``results[i]`` has ``"instances"``);
-        ``features`` includes :meth:`extra_features`' maps. FCIS: nothing."""
+    def extra_outputs(self, batched_inputs: List[Dict], images: ImageList, maps: FCISMaps, results: List[Dict]) -> None:
+        """Add outputs to each post-processed result dict (``results[i]`` has ``"instances"``),
+        from :meth:`score_maps`' output. FCIS: nothing."""
 
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -103,15 +96,15 @@ class FCIS(GeneralizedRCNN):
         gt_instances = self.ground_truth(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, proposal_losses = self._proposals(batched_inputs, images, features, gt_instances)
-        features = {**features, **self.extra_features(images, features)}
-        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        maps = self.score_maps(images, features)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances, maps=maps)
         if self.vis_period > 0:
             storage = get_event_storage()
             if storage.iter % self.vis_period == 0:
                 self.visualize_training(batched_inputs, proposals)
 
         losses = {**detector_losses, **proposal_losses}
-        extra = self.extra_losses(batched_inputs, images, features)
+        extra = self.extra_losses(batched_inputs, images, maps)
         clash = sorted(set(extra) & set(losses))
         if clash:
             raise ValueError(f"{type(self).__name__}.extra_losses returns {clash}, names already used by FCIS")
@@ -131,12 +124,12 @@ class FCIS(GeneralizedRCNN):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, _ = self._proposals(batched_inputs, images, features, None)
-        features = {**features, **self.extra_features(images, features)}
-        results, _ = self.roi_heads(images, features, proposals, None)
+        maps = self.score_maps(images, features)
+        results, _ = self.roi_heads(images, features, proposals, None, maps=maps)
         if not do_postprocess:
             return results
         processed = fcis_postprocess(results, batched_inputs, images.image_sizes, self.mask_threshold)
-        self.extra_outputs(batched_inputs, images, features, processed)
+        self.extra_outputs(batched_inputs, images, maps, processed)
         return processed
 
     def _proposals(self, batched_inputs, images, features, gt_instances):

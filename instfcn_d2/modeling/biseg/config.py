@@ -1,7 +1,7 @@
 """``add_biseg_config(cfg)``: the ``MODEL.BISEG`` keys (defaults = the BiSeg paper's settings).
 
 BiSeg is FCIS plus a semantic branch, so a BiSeg config is an FCIS config (every ``MODEL.FCIS``
-key keeps its meaning; see :mod:`.fcis_config`) with ``MODEL.META_ARCHITECTURE "BiSeg"``,
+key keeps its meaning; see :mod:`..fcis.config`) with ``MODEL.META_ARCHITECTURE "BiSeg"``,
 ``MODEL.ROI_HEADS.NAME "BiSegROIHeads"`` and these keys. It also reads detectron2's
 ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE`` (label of unlabelled pixels, 255) with detectron2's meaning;
 no other ``SEM_SEG_HEAD`` key is read (the branch has ``NUM_CLASSES + 1`` outputs).
@@ -36,7 +36,7 @@ def add_biseg_config(cfg: CN) -> CN:
     # "product": the paper's, inside * prior (exact); "log": inside + log(prior), Bayes in log
     # space; "none": no combination (the paper's "naive multi-task": the semantic branch is
     # trained on the shared trunk but does not touch the instance masks). See
-    # instfcn_d2.modeling.semantic_prior.combine_prior for why the log form exists.
+    # instfcn_d2.modeling.biseg.semantic_prior.combine_prior for why the log form exists.
     _C.PRIOR_MODE = "product"
 
     # ---- fusion of two position-sensitive map sets

@@ -1,0 +1,396 @@
+"""FCIS's per-RoI part as a detectron2 ``ROIHeads``: ``FCISROIHeads`` (``ROI_HEADS_REGISTRY``).
+
+Per image (fully convolutional, computed once, :meth:`FCISROIHeads.score_maps` -> :class:`FCISMaps`):
+res5 -> ``conv_new_1`` (1x1 conv 1024 + ReLU) -> inside/outside maps ``(N, k*k*2*(C+1), H, W)``
+and class-agnostic box maps ``(N, k*k*4, H, W)`` (:class:`.score_maps.PSScoreMaps`; channel
+layout in :mod:`.score_maps`).
+
+Per RoI (parameter free): the maps are assembled to ``(R, 2, C+1, M, M)`` inside/outside logits by
+:meth:`FCISROIHeads.roi_inside_outside`, or to the ``(R, 2, M, M)`` logits of one class by
+:meth:`FCISROIHeads.roi_inside_outside_of_class` (the two methods BiSeg overrides); everything
+after uses only those tensors: class logits (max of inside / outside, averaged; softmax over
+``C+1``, ``C`` = background), masks (softmax of inside vs outside), box deltas (the box maps
+assembled ``k x k`` and averaged, R-FCN).
+
+Training: detectron2's ``label_and_sample_proposals`` (or every labelled RoI with OHEM), then the
+losses of :mod:`.losses`. Inference: the RPN RoIs and their box-regressed versions are scored
+(class logits assembled in chunks of RoIs), then :mod:`.inference` (per-class NMS, mask voting,
+the top ``DETECTIONS_PER_IMAGE``) reads the masks it needs through a callable. Output
+``Instances`` at the network's input resolution with ``pred_masks`` ``(K, 1, M, M)`` voted
+probabilities in the box frame (pasted and binarised at ``MASK_BINARIZE_THRESH`` by the
+meta-architecture).
+"""
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.poolers import convert_boxes_to_pooler_format
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, ROIHeads
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ...layers import ps_roi_assemble
+from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node
+from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
+from .losses import BoxRegression, ohem_select, per_roi_losses
+from .score_maps import (
+    PSScoreMaps,
+    assemble_box_deltas,
+    inside_outside_channel,
+    inside_outside_class_logits,
+    split_inside_outside,
+)
+
+__all__ = ["FCISROIHeads", "FCISMaps", "TEST_CANDIDATES"]
+
+logger = logging.getLogger(__name__)
+
+#: ``MODEL.FCIS.TEST_CANDIDATES`` values.
+TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
+#: RoIs per :meth:`FCISROIHeads.roi_class_logits` chunk. The class logits need every class of
+#: every candidate, but assembling all 600 test candidates at once makes each intermediate
+#: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
+#: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
+#: intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg at C = 80) that stays in cache from
+#: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
+#: keep the threads (or a GPU) busy.
+CLASS_LOGITS_ROIS_PER_CHUNK = 32
+
+
+@dataclass
+class FCISMaps:
+    """The per-image maps of a batch, computed once per forward by :meth:`FCISROIHeads.score_maps`
+    and handed to every per-RoI method."""
+
+    inside_outside: Tensor  # (N, k*k*2*(C+1), H, W)
+    box: Tensor  # (N, k*k*4, H, W)
+
+
+@ROI_HEADS_REGISTRY.register()
+class FCISROIHeads(ROIHeads):
+    """FCIS's position-sensitive inside/outside score maps, class scores, masks and box regression.
+
+    Attributes used by subclasses (BiSeg): ``num_classes`` (C), ``mask_size`` (M), ``group_size``
+    (k), ``spatial_scale`` (1 / the stride of the map read), ``sampling_ratio``, ``aligned``,
+    ``conv_new_init``. Everything after :meth:`roi_inside_outside` /
+    :meth:`roi_inside_outside_of_class` takes ``M`` from their output, so a subclass may
+    assemble at another size; it must override both.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_feature: str,
+        in_channels: int,
+        stride: int,
+        conv_new_dim: int = 1024,
+        conv_new_init: str = "normal",
+        group_size: int = 7,
+        mask_size: int = 21,
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+        ohem: bool = False,
+        ohem_batch_size: int = 128,
+        loss_weights: Dict[str, float] = None,
+        box_regression: BoxRegression = None,
+        test_candidates: str = "rois+regressed",
+        test_params: FCISTestParams = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            in_feature: the ``features`` entry the maps are computed from (stride 16 res5).
+            in_channels, stride: its channels and stride.
+            conv_new_dim: channels of ``conv_new_1``.
+            conv_new_init: its initialisation, ``"normal"`` (official N(0, 0.01)) or ``"msra"``.
+            group_size, mask_size: ``k`` and ``M``.
+            sampling_ratio, aligned: ``ps_roi_assemble`` sampling.
+            ohem, ohem_batch_size: online hard example mining, RoIs kept per image.
+            loss_weights: ``{"loss_cls", "loss_mask", "loss_box_reg"}`` -> weight.
+            box_regression: the class-agnostic box regression (deltas and their loss).
+            test_candidates: one of :data:`TEST_CANDIDATES`.
+            test_params: NMS, voting and output settings of inference.
+            kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
+        """
+        super().__init__(**kwargs)
+        if group_size > mask_size:
+            raise ValueError(
+                f"MODEL.FCIS.GROUP_SIZE (k = {group_size}) must be <= MODEL.FCIS.MASK_SIZE (M = {mask_size})"
+            )
+        if test_candidates not in TEST_CANDIDATES:
+            raise ValueError(f"MODEL.FCIS.TEST_CANDIDATES = {test_candidates!r}; expected one of {TEST_CANDIDATES}")
+        if conv_new_init not in NEW_LAYER_INITS:
+            raise ValueError(f"MODEL.FCIS.CONV_NEW_INIT = {conv_new_init!r}; expected one of {NEW_LAYER_INITS}")
+        if ohem and ohem_batch_size < 1:
+            raise ValueError(f"MODEL.FCIS.OHEM_BATCH_SIZE must be >= 1 with OHEM, got {ohem_batch_size}")
+        self.in_feature = in_feature
+        self.spatial_scale = 1.0 / stride
+        self.group_size = group_size
+        self.mask_size = mask_size
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+        self.ohem = ohem
+        self.ohem_batch_size = ohem_batch_size
+        self.loss_weights = {"loss_cls": 1.0, "loss_mask": 1.0, "loss_box_reg": 1.0, **(loss_weights or {})}
+        self.box_regression = box_regression or BoxRegression(Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)))
+        self.test_candidates = test_candidates
+        self.test_params = test_params or FCISTestParams(num_classes=self.num_classes)
+        if self.test_params.num_classes != self.num_classes:
+            raise ValueError(f"test_params.num_classes = {self.test_params.num_classes}, the heads have {self.num_classes}")
+
+        self.conv_new = nn.Conv2d(in_channels, conv_new_dim, kernel_size=1)
+        self.conv_new_init = conv_new_init  # subclasses initialise their own conv_new-like layers alike
+        init_new_layers(self.conv_new, conv_new_init)
+        self.inside_outside_maps = PSScoreMaps(conv_new_dim, group_size, 2 * (self.num_classes + 1))
+        self.box_maps = PSScoreMaps(conv_new_dim, group_size, 4)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        require_config_node(cfg, "FCIS")
+        c = cfg.MODEL.FCIS
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        if len(in_features) != 1 or in_features[0] not in input_shape:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: FCIS reads exactly one backbone map, one of "
+                f"{sorted(input_shape)} (the stride-16 res5; set MODEL.RESNETS.OUT_FEATURES)"
+            )
+        shape = input_shape[in_features[0]]
+        if shape.stride != 16:
+            logger.warning("FCIS: %s has stride %s; the paper uses a stride-16 res5", in_features[0], shape.stride)
+        ret = super().from_config(cfg)
+        ret["batch_size_per_image"] = c.BATCH_SIZE_PER_IMAGE
+        ret.update(
+            in_feature=in_features[0],
+            in_channels=shape.channels,
+            stride=shape.stride,
+            conv_new_dim=c.CONV_NEW_DIM,
+            conv_new_init=c.CONV_NEW_INIT,
+            group_size=c.GROUP_SIZE,
+            mask_size=c.MASK_SIZE,
+            sampling_ratio=c.POOLER_SAMPLING_RATIO,
+            aligned=c.POOLER_ALIGNED,
+            ohem=c.OHEM,
+            ohem_batch_size=c.OHEM_BATCH_SIZE,
+            loss_weights={
+                "loss_cls": c.CLS_LOSS_WEIGHT,
+                "loss_mask": c.MASK_LOSS_WEIGHT,
+                "loss_box_reg": c.BOX_LOSS_WEIGHT,
+            },
+            box_regression=BoxRegression(
+                Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS)), c.BBOX_REG_LOSS_TYPE, c.SMOOTH_L1_BETA
+            ),
+            test_candidates=c.TEST_CANDIDATES,
+            test_params=FCISTestParams(
+                num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                score_thresh=c.SCORE_THRESH_TEST,
+                nms_thresh=c.NMS_THRESH_TEST,
+                detections_per_image=c.DETECTIONS_PER_IMAGE,
+                mask_voting=c.MASK_VOTING,
+                mask_voting_iou=c.MASK_VOTING_IOU,
+                mask_voting_frame=c.MASK_VOTING_FRAME,
+                mask_voting_binarize_voters=c.MASK_VOTING_BINARIZE_VOTERS,
+                mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
+            ),
+        )
+        return ret
+
+    # ---- per-image maps ----------------------------------------------------------------------------
+    def score_maps(self, features: Dict[str, Tensor]) -> FCISMaps:
+        """The batch's inside/outside and box maps, from ``features[in_feature]`` (res5)."""
+        conv_new = F.relu(self.conv_new(features[self.in_feature]))  # (N, CONV_NEW_DIM, H, W)
+        return FCISMaps(inside_outside=self.inside_outside_maps(conv_new), box=self.box_maps(conv_new))
+
+    # ---- per-RoI --------------------------------------------------------------------------------------
+    def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """Assemble the inside/outside logits of each RoI.
+
+        Args:
+            maps: the batch's maps (:meth:`score_maps`).
+            rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
+
+        Returns:
+            ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
+        """
+        return split_inside_outside(self._assemble_at_mask_size(maps.inside_outside, rois))
+
+    def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
+        """``(N, k*k*K, H, W)`` maps of FCIS's set -> ``(R, K, M, M)`` assembled per RoI."""
+        return ps_roi_assemble(
+            maps, rois.to(maps.dtype), self.mask_size, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+    def roi_inside_outside_of_class(self, maps: FCISMaps, rois: Tensor, class_index: int) -> Tensor:
+        """The inside/outside logits of one class of each RoI: ``roi_inside_outside(maps,
+        rois)[:, :, class_index]``, assembling only that class's ``2*k*k`` maps (1/(C+1) of the work).
+
+        Returns:
+            ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
+        """
+        return self._assemble_at_mask_size(self.class_maps(maps.inside_outside, class_index, self.group_size), rois)
+
+    def class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
+        """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
+        ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
+
+        In the layout of :mod:`.score_maps`, assembled output channel ``o`` reads the ``k*k``
+        consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
+        are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
+        ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
+        """
+        kk = group_size * group_size
+        expected = kk * 2 * (self.num_classes + 1)
+        if maps.dim() != 4 or maps.shape[1] != expected:
+            raise ValueError(
+                f"expected inside/outside maps (N, k*k*2*(C+1) = {expected}, H, W) for k = {group_size}, "
+                f"C = {self.num_classes}, got {tuple(maps.shape)}"
+            )
+        channels = [inside_outside_channel(class_index, outside, self.num_classes) for outside in (False, True)]
+        return torch.cat([maps[:, o * kk : (o + 1) * kk] for o in channels], dim=1)
+
+    def roi_class_logits(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
+        ``inside_outside_class_logits(roi_inside_outside(maps, rois))`` computed over chunks of
+        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values, without ``(R, 2, C+1, M, M)``
+        intermediates)."""
+        # an empty rois still makes one call: (0, C+1) logits, with C from the maps
+        chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
+        logits = [inside_outside_class_logits(self.roi_inside_outside(maps, chunk)) for chunk in chunks]
+        return torch.cat(logits, dim=0)
+
+    def roi_box_deltas(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (``box_regression.transform`` space)."""
+        return assemble_box_deltas(maps.box, rois, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    # ---- forward ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+        maps: Optional[FCISMaps] = None,
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """detectron2's ``ROIHeads.forward``: training -> ``(sampled proposals, losses)``
+        (``loss_cls``, ``loss_mask``, ``loss_box_reg``); inference -> ``(detections, {})``.
+        ``maps``: the batch's maps when the caller computed them (default: :meth:`score_maps`)."""
+        del images  # RoIs carry their image sizes
+        if maps is None:
+            maps = self.score_maps(features)
+        if self.training:
+            if targets is None:
+                raise ValueError("FCISROIHeads: training needs the ground-truth instances (targets)")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+            return proposals, self.losses(maps, proposals)
+        return self.inference(maps, proposals), {}
+
+    def _sample_proposals(self, matched_idxs: Tensor, matched_labels: Tensor, gt_classes: Tensor):
+        """detectron2's sampling (``BATCH_SIZE_PER_IMAGE`` RoIs, at most ``POSITIVE_FRACTION``
+        positive) or, with OHEM, every labelled RoI: the hard ones are chosen after the losses."""
+        if not self.ohem:
+            return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
+        # the labelling of ROIHeads._sample_proposals, without the random subsampling
+        if gt_classes.numel() > 0:
+            labels = gt_classes[matched_idxs]
+            labels[matched_labels == 0] = self.num_classes
+            labels[matched_labels == -1] = -1
+        else:
+            labels = torch.full_like(matched_idxs, self.num_classes)
+        sampled = (labels >= 0).nonzero().squeeze(1)
+        return sampled, labels[sampled]
+
+    def _rois(self, proposals: List[Instances]) -> Tensor:
+        return convert_boxes_to_pooler_format([p.proposal_boxes for p in proposals]).to(self.conv_new.weight.device)
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def losses(self, maps: FCISMaps, proposals: List[Instances]) -> Dict[str, Tensor]:
+        """Classification, mask and box losses of the sampled RoIs (or of the OHEM-selected ones)."""
+        rois = self._rois(proposals)
+        inside_outside = self.roi_inside_outside(maps, rois)
+        class_logits = inside_outside_class_logits(inside_outside)
+        deltas = self.roi_box_deltas(maps, rois)
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        per_roi = per_roi_losses(proposals, inside_outside, class_logits, deltas, self.num_classes, self.box_regression)
+
+        selected = torch.arange(len(rois), device=rois.device)
+        if self.ohem:
+            selected = ohem_select(per_roi, [len(p) for p in proposals], self.ohem_batch_size)
+        num = max(len(selected), 1)
+        fg_selected = selected[gt_classes[selected] < self.num_classes]
+        # zero losses that still reach every parameter when there is nothing to learn from
+        # (DistributedDataParallel fails on parameters without a gradient)
+        zero = inside_outside.sum() * 0.0 + deltas.sum() * 0.0
+        loss_cls = per_roi["loss_cls"][selected].sum() / num + zero
+        loss_box = per_roi["loss_box_reg"][selected].sum() / num + zero
+        loss_mask = per_roi["loss_mask"][fg_selected].mean() + zero if len(fg_selected) else zero
+
+        with torch.no_grad():
+            correct = class_logits.argmax(dim=1) == gt_classes
+            get_event_storage().put_scalars(
+                **{
+                    "fcis/cls_accuracy": correct[selected].float().mean().item() if len(selected) else 0.0,
+                    "fcis/fg_cls_accuracy": correct[fg_selected].float().mean().item() if len(fg_selected) else 0.0,
+                    "fcis/num_fg_rois": len(fg_selected) / len(proposals),
+                    "fcis/num_rois": len(selected) / len(proposals),
+                }
+            )
+        losses = {"loss_cls": loss_cls, "loss_mask": loss_mask, "loss_box_reg": loss_box}
+        return {k: v * self.loss_weights[k] for k, v in losses.items()}
+
+    # ---- inference ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def inference(self, maps: FCISMaps, proposals: List[Instances]) -> List[Instances]:
+        """Detections per image (at the network input resolution) from the RPN proposals."""
+        candidates = self.inference_candidates(maps, proposals)
+        # the class scores of every candidate, chunked; the masks later, per (candidate, class) used
+        scores = torch.softmax(self.roi_class_logits(maps, candidates), dim=1)
+        results = []
+        for i, p in enumerate(proposals):
+            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+            image_rois = candidates[rows]
+            mask_logits = self.mask_logits_reader(maps, image_rois)
+            results.append(
+                fcis_inference_single_image(image_rois[:, 1:], scores[rows], mask_logits, p.image_size, self.test_params)
+            )
+        return results
+
+    def inference_candidates(self, maps: FCISMaps, proposals: List[Instances]) -> Tensor:
+        """``(P, 5)`` RoIs scored at test time (``test_candidates``): the proposals and / or their
+        box-regressed versions clipped to their image, rows ``(batch_index, x1, y1, x2, y2)``."""
+        rois = self._rois(proposals)
+        candidates = []
+        if self.test_candidates in ("rois+regressed", "rois"):
+            candidates.append(rois)
+        if self.test_candidates in ("rois+regressed", "regressed"):
+            deltas = self.roi_box_deltas(maps, rois)
+            regressed = self.box_regression.transform.apply_deltas(deltas, rois[:, 1:])
+            parts = regressed.split([len(p) for p in proposals])  # rois are grouped by image, in order
+            clipped = [_clip_finite(b, p.image_size) for b, p in zip(parts, proposals)]
+            candidates.append(torch.cat([rois[:, :1], cat(clipped, dim=0)], dim=1))
+        return torch.cat(candidates, dim=0)
+
+    def mask_logits_reader(self, maps: FCISMaps, rois: Tensor) -> MaskLogits:
+        """:data:`.inference.MaskLogits` of ``rois`` (``(P, 5)``, one image's candidates),
+        assembled on demand with :meth:`roi_inside_outside_of_class`."""
+
+        def mask_logits(indices: Tensor, class_index: int) -> Tensor:
+            return self.roi_inside_outside_of_class(maps, rois[indices], class_index)
+
+        return mask_logits
+
+
+def _clip_finite(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+    """``Boxes.clip`` of the finite rows of ``(R, 4)`` boxes; rows with NaN / inf (from diverged
+    weights; inference drops them) are left as they are, which ``Boxes.clip`` would refuse."""
+    out = boxes.clone()
+    finite = torch.isfinite(boxes).all(dim=1)
+    clipped = Boxes(boxes[finite])
+    clipped.clip(image_size)
+    out[finite] = clipped.tensor
+    return out
