@@ -10,19 +10,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_data_root() -> Path:
-    """The dataset root holding ``coco128/``: ``$DETECTRON2_DATASETS`` if it has it, else ``../shared/data``."""
-    env = os.environ.get("DETECTRON2_DATASETS")
-    if env and (Path(env) / "coco128").is_dir():
-        return Path(env)
-    return (REPO_ROOT.parent / "shared" / "data").resolve()
+def data_root() -> Path:
+    """The dataset root holding ``coco128/``: ``$DETECTRON2_DATASETS``, default ``./datasets``
+    (detectron2's convention)."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", REPO_ROOT / "datasets")).expanduser().resolve()
 
 
 @pytest.fixture(scope="session")
 def coco128_dir() -> Path:
-    path = shared_data_root() / "coco128"
+    """The real coco128 data. Tests that need it are skipped where it is absent (a fresh clone),
+    unless ``INSTFCN_D2_REQUIRE_DATA=1`` (CI) makes its absence a failure."""
+    path = data_root() / "coco128"
     if not path.is_dir():
-        pytest.fail(f"coco128 not found at {path}: set DETECTRON2_DATASETS to the folder holding coco128/")
+        message = f"coco128 not found at {path}: set DETECTRON2_DATASETS to the folder holding coco128/"
+        if os.environ.get("INSTFCN_D2_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
@@ -40,6 +43,11 @@ def load_tool(name: str):
     """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
     import importlib.util
 
+    import sys
+
+    tools = str(REPO_ROOT / "tools")
+    if tools not in sys.path:  # tools import their sibling modules by name, as when run as scripts
+        sys.path.insert(0, tools)
     path = REPO_ROOT / "tools" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"instfcn_tools_{name}", path)
     module = importlib.util.module_from_spec(spec)

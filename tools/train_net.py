@@ -11,13 +11,15 @@ Examples:
 
 ``--budget-minutes`` first times 40 training steps of CFG on this machine (a throw-away model, not
 counted), then scales SOLVER.MAX_ITER, STEPS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD so that the
-training fills the budget (instfcn_d2/engine/time_budget.py); the fitted config is the one saved
+training fills the budget (tools/time_budget.py); the fitted config is the one saved
 in OUTPUT_DIR/config.yaml. During training a hook shortens the schedule (and logs it) if the
 machine turns out slower than measured, so the training never runs past the budget.
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
 import logging
+import os
+import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -27,12 +29,9 @@ import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.engine import Trainer
-from instfcn_d2.engine.time_budget import (
-    MEASURE_BUDGET_SHARE,
-    TimeBudgetHook,
-    fit_schedule_to_budget,
-    measure_seconds_per_iteration,
-)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools' own modules
+from time_budget import MEASURE_BUDGET_SHARE, BudgetTrainer, fit_schedule_to_budget, measure_seconds_per_iteration  # noqa: E402
 
 
 def argument_parser():
@@ -81,13 +80,10 @@ def main(args):
             verify_results(cfg, results)
         return results
 
-    trainer = Trainer(cfg)
-    if getattr(args, "budget_minutes", None) is not None:
-        trainer.register_hooks([TimeBudgetHook(cfg, args.budget_minutes * 60.0)])
+    budget = getattr(args, "budget_minutes", None)
+    trainer = Trainer(cfg) if budget is None else BudgetTrainer(cfg, budget * 60.0)
     trainer.resume_or_load(resume=args.resume)
-    trainer.train()
-    # detectron2 v0.6's train() returns the final evaluation only with TEST.EXPECTED_RESULTS set.
-    return getattr(trainer, "_last_eval_results", None)
+    return trainer.train()
 
 
 def run(argv=None):

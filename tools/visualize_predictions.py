@@ -25,8 +25,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--dataset", default=None, help="dataset name (default: the config's first DATASETS.TEST)")
-    parser.add_argument("--num-images", type=int, default=None, help="default: INSTFCN.VIS_NUM_IMAGES")
-    parser.add_argument("--score-thresh", type=float, default=None, help="default: INSTFCN.VIS_SCORE_THRESH")
+    parser.add_argument("--num-images", type=int, default=4, help="images drawn (default: 4)")
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="score of the predictions drawn (default: 0.5)")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
@@ -62,9 +62,7 @@ def main(argv=None):
     cfg = get_instfcn_cfg(args.config_file, args.opts)
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    num = cfg.INSTFCN.VIS_NUM_IMAGES if args.num_images is None else args.num_images
-    thresh = cfg.INSTFCN.VIS_SCORE_THRESH if args.score_thresh is None else args.score_thresh
-    visualize(cfg, dataset, num, thresh, args.output)
+    visualize(cfg, dataset, args.num_images, args.score_thresh, args.output)
 
 
 if __name__ == "__main__":

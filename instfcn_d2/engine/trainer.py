@@ -15,14 +15,13 @@ import os
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 
 from ..data.dataset_mapper import InstFCNDatasetMapper
 from ..evaluation import RegionAPEvaluator, SegmentProposalEvaluator
-from .time_budget import BudgetReached
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
@@ -92,9 +91,33 @@ def _cpu_ddp_without_device_ids():
 
 
 class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` with the project's mapper and evaluators.
+
+    ``eval_results``: the results of the latest evaluation during or after training (``None``
+    before any), also returned by :meth:`train`."""
+
     def __init__(self, cfg):
+        self.eval_results = None
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        """detectron2's hooks, its evaluation hook running :meth:`evaluate` (which keeps the results)."""
+        built = super().build_hooks()
+        return [hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate) if isinstance(h, hooks.EvalHook) else h for h in built]
+
+    def evaluate(self):
+        """Evaluate the model on ``cfg.DATASETS.TEST``; keeps the results in ``eval_results``."""
+        self.eval_results = self.test(self.cfg, self.model)
+        return self.eval_results
+
+    def train(self):
+        """detectron2's training loop; returns the final evaluation (``None`` without one), checked
+        against ``TEST.EXPECTED_RESULTS`` when set."""
+        TrainerBase.train(self, self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process() and self.eval_results is not None:
+            verify_results(self.cfg, self.eval_results)
+        return self.eval_results
 
     def load_state_dict(self, state_dict):
         """Resume from a checkpoint of either detectron2 version. One written by v0.6 holds no
@@ -109,14 +132,6 @@ class Trainer(DefaultTrainer):
             state_dict.get("iteration", -1) + 1,
         )
         TrainerBase.load_state_dict(self, state_dict)
-
-    def train(self):
-        """DefaultTrainer's training; a run that :class:`TimeBudgetHook` shortened ends here
-        normally (its hooks' ``after_train``, the final evaluation included, have run)."""
-        try:
-            return super().train()
-        except BudgetReached:
-            return getattr(self, "_last_eval_results", None)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

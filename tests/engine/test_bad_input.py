@@ -30,8 +30,8 @@ def test_override_key_typo_names_key():
 def test_valid_overrides_apply_and_odd_count_is_rejected():
     from instfcn_d2.config import get_instfcn_cfg
 
-    cfg = get_instfcn_cfg(CONFIG, ["SOLVER.MAX_ITER", "7", "INSTFCN.VIS_NUM_IMAGES", "2"])
-    assert cfg.SOLVER.MAX_ITER == 7 and cfg.INSTFCN.VIS_NUM_IMAGES == 2
+    cfg = get_instfcn_cfg(CONFIG, ["SOLVER.MAX_ITER", "7", "INSTFCN.TRAIN_CROP_SIZE", "64"])
+    assert cfg.SOLVER.MAX_ITER == 7 and cfg.INSTFCN.TRAIN_CROP_SIZE == 64
     assert cfg.MODEL.RESNETS.NORM == "GN"  # from the file
     with pytest.raises(ValueError, match="KEY VALUE pairs"):
         get_instfcn_cfg(CONFIG, ["SOLVER.MAX_ITER"])
