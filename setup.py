@@ -99,6 +99,7 @@ setup(
         "pycocotools",
         "matplotlib",
         "scipy",
+        "iopath",
     ],
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -4,7 +4,7 @@
 Writes, under --output (default ``$INSTFCN_D2_CACHE/coco128``, i.e. ``~/.cache/instfcn_d2/coco128``):
 ``instances_val2017.json`` (val instance masks from the panoptic PNGs), ``sem_val2017/*.png`` and
 ``sem_train2017/*.png`` (uint8 semantic labels). Splits already up to date are skipped.
-The work itself lives in ``instfcn_d2.data.coco128``; this is only its command line.
+The work itself lives in ``instfcn_d2.data.convert_coco128``; this is only its command line.
 """
 
 import argparse
@@ -12,16 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-try:
-    import instfcn_d2  # noqa: F401
-except ModuleNotFoundError as e:
-    if e.name != "instfcn_d2":
-        raise
-    # Run from a source checkout without `pip install -e .`: the package sits beside datasets/.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instfcn_d2.data import coco128  # noqa: E402
-from instfcn_d2.data.paths import cache_root, datasets_root  # noqa: E402
+from instfcn_d2.data.convert_coco128 import prepare_coco128
 
 
 def main(argv=None) -> int:
@@ -47,10 +38,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    root = args.root if args.root is not None else datasets_root() / "coco128"
-    output = args.output if args.output is not None else cache_root() / "coco128"
     try:
-        written = coco128.prepare_coco128(root, output, splits=args.splits, force=args.force)
+        # root / output None: the package's defaults, from the environment variables
+        written = prepare_coco128(args.root, args.output, splits=args.splits, force=args.force)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,9 +1,9 @@
 """SBD (PASCAL VOC 2012 instance masks): paths, class list and detectron2 registration.
 
 The Semantic Boundaries Dataset release (``benchmark.tgz``, extracting to ``benchmark_RELEASE/``)
-stores its masks as MATLAB files. ``datasets/prepare_sbd.py`` converts them once into what
-detectron2 reads (see ``datasets/README.md``); this module knows where those files are and
-registers them:
+stores its masks as MATLAB files. :mod:`.convert_sbd` (command line ``datasets/prepare_sbd.py``)
+converts them once into what detectron2 reads (see ``datasets/README.md``); this module knows
+where those files are and registers them:
 
 * ``sbd_train`` / ``sbd_val``: images ``<root>/benchmark_RELEASE/dataset/img/<name>.jpg``
   (``root`` = ``$DETECTRON2_DATASETS`` by default), annotations
@@ -20,12 +20,11 @@ makes it. ``evaluator_type`` is ``"sbd"``: the trainer evaluates with the VOC re
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .paths import cache_root, datasets_root
+from .paths import cache_root, datasets_root, sync_metadata_paths
 
 __all__ = [
     "VOC_CLASSES",
@@ -40,8 +39,6 @@ __all__ = [
     "load_sbd",
     "register_sbd",
 ]
-
-logger = logging.getLogger(__name__)
 
 # PASCAL VOC order: SBD's class index k (1..20) is VOC_CLASSES[k - 1]; the JSON category ids are k.
 VOC_CLASSES = (
@@ -123,8 +120,6 @@ def load_sbd(
     """
     from detectron2.data.datasets import load_coco_json
 
-    from .coco128 import _sync_metadata_paths  # same metadata re-pointing rule as coco128
-
     if split not in SPLITS:
         raise ValueError(f"unknown SBD split {split!r}; expected one of {SPLITS}")
     release, out, json_file, image_root, sem_root = _paths(split, root, output)
@@ -140,7 +135,7 @@ def load_sbd(
             f"(or register_sbd(root=...)) at the folder holding {RELEASE_DIRNAME}/"
         )
     if dataset_name is not None:
-        _sync_metadata_paths(
+        sync_metadata_paths(
             dataset_name, json_file=str(json_file), image_root=str(image_root), sem_seg_root=str(sem_root)
         )
     records = load_coco_json(str(json_file), str(image_root), dataset_name)
@@ -155,7 +150,7 @@ def register_sbd(root: Optional[os.PathLike] = None, output: Optional[os.PathLik
     Args:
         root: the folder holding ``benchmark_RELEASE/``; None: ``$DETECTRON2_DATASETS``, read when
             the dataset is loaded.
-        output: the folder ``prepare_sbd.py`` wrote to; None: ``$INSTFCN_D2_CACHE/sbd``, read when
+        output: the folder the conversion wrote to; None: ``$INSTFCN_D2_CACHE/sbd``, read when
             the dataset is loaded.
 
     Metadata: :func:`sbd_metadata` plus ``image_root`` and ``sem_seg_root`` (from the environment
@@ -172,15 +167,8 @@ def register_sbd(root: Optional[os.PathLike] = None, output: Optional[os.PathLik
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, functools.partial(load_sbd, split, root, output, name))
-        meta = sbd_metadata()
-        try:
-            _, _, json_file, image_root, sem_root = _paths(split, root, output)
-        except OSError as e:
-            # cache_root() creates its folder; registration runs at import and must not fail
-            # there (e.g. a read-only home): the loader reports the problem when it is used.
-            logger.warning("SBD: cache folder unavailable (%s); %s registered without its paths", e, name)
-        else:
-            meta.update(image_root=str(image_root), sem_seg_root=str(sem_root))
-            if json_file.is_file():
-                meta["json_file"] = str(json_file)
+        _, _, json_file, image_root, sem_root = _paths(split, root, output)
+        meta = dict(sbd_metadata(), image_root=str(image_root), sem_seg_root=str(sem_root))
+        if json_file.is_file():
+            meta["json_file"] = str(json_file)
         MetadataCatalog.get(name).set(**meta)

@@ -38,7 +38,6 @@ On-disk layout (written by :func:`generate_synthetic_shapes`, one call per split
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+from iopath.common.file_io import file_lock
 from PIL import Image
 
 from .paths import cache_root
@@ -416,23 +416,6 @@ def _dataset_dir_name(params: Dict[str, int]) -> str:
     return f"shapes_v{FORMAT_VERSION}_{hashlib.sha1(key.encode('utf-8')).hexdigest()[:10]}"
 
 
-@contextlib.contextmanager
-def _exclusive_lock(path: Path):
-    """Inter-process lock to avoid generating the same set N times; correctness does not depend on
-    it (publishing is an atomic rename), so where ``fcntl`` is missing it is a no-op."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 def _publish(tmp: Path, final: Path) -> Path:
     """Rename the finished ``tmp`` folder to ``final``; if another process got there first, keep
     its copy (identical by construction) and delete ours."""
@@ -447,13 +430,20 @@ def _publish(tmp: Path, final: Path) -> Path:
 
 def synthetic_shapes_root(**params) -> Path:
     """The folder holding both splits for ``params`` (keys of :data:`DEFAULT_PARAMS`), generated
-    on first use under ``cache_root()`` (resolved now, not at import)."""
+    on first use under ``cache_root()`` (resolved now, not at import; created if missing).
+
+    One process generates a given set: the others wait on an inter-process lock (iopath's
+    ``file_lock`` on ``<root>/.<folder name>.lock``, which gives up after an hour), then find the
+    published folder. Correctness does not depend on the lock (publishing is an atomic rename); it
+    only avoids generating the same set N times.
+    """
     params = _resolve_params(params)
     root = cache_root()
     final = root / _dataset_dir_name(params)
     if final.is_dir():
         return final
-    with _exclusive_lock(root / f".{final.name}.lock"):
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(str(root / f".{final.name}")):  # iopath locks "<path>.lock"
         if final.is_dir():  # another process finished while we waited
             return final
         logger.info("Generating synthetic shapes %s into %s", params, final)

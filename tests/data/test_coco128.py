@@ -1,6 +1,7 @@
-"""coco128: the derived val instances JSON, the semantic label PNGs, the CLI and the detectron2
-registration, checked against the real panoptic PNGs (and on a tiny synthetic copy for the rules
-and the error paths)."""
+"""coco128: the derived val instances JSON and semantic label PNGs (instfcn_d2.data.convert_coco128),
+its CLI (datasets/prepare_coco128.py) and the detectron2 registration (instfcn_d2.data.coco128),
+checked against the real panoptic PNGs (and on a tiny synthetic copy for the rules and the error
+paths)."""
 
 import contextlib
 import importlib.util
@@ -19,7 +20,7 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
-from instfcn_d2.data import coco128
+from instfcn_d2.data import coco128, convert_coco128
 from instfcn_d2.data.paths import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ def _read_label(png: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def prepared(coco128_dir):
-    paths = coco128.prepare_coco128(coco128_dir, cache_root() / "coco128")
+    paths = convert_coco128.prepare_coco128(coco128_dir, cache_root() / "coco128")
     with open(paths["val_json"]) as f:
         derived = json.load(f)
     with open(coco128_dir / "annotations/panoptic_val2017.json") as f:
@@ -125,10 +126,13 @@ def test_val_semantic_labels(prepared, val_ids):
     assert seen["thing"] == 707 and seen["crowd"] == 5 and seen["stuff"] > 0 and seen["unlabelled"] > 0
 
 
-def test_train_semantic_labels_cover_instances(prepared):
+def test_train_semantic_labels_cover_instances(coco128_dir, prepared):
+    from pycocotools.coco import COCO
+
     train = prepared["train"]
     contiguous = {cid: i for i, cid in enumerate(sorted(c["id"] for c in train["categories"]))}
-    coco = coco128._coco_api(train)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(coco128_dir / "annotations/instances_train2017.json"))
     for img in train["images"]:
         label = _read_label(prepared["paths"]["sem_train"] / (Path(img["file_name"]).stem + ".png"))
         assert label.shape == (img["height"], img["width"]) and label.dtype == np.uint8
@@ -180,7 +184,7 @@ def test_prepare_is_idempotent(coco128_dir, prepared):
     json_path = prepared["paths"]["val_json"]
     png = next(prepared["paths"]["sem_train"].glob("*.png"))
     before = (json_path.stat().st_mtime_ns, png.stat().st_mtime_ns)
-    again = coco128.prepare_coco128(coco128_dir, cache_root() / "coco128")
+    again = convert_coco128.prepare_coco128(coco128_dir, cache_root() / "coco128")
     assert again == prepared["paths"]
     assert (json_path.stat().st_mtime_ns, png.stat().st_mtime_ns) == before
     assert not list(json_path.parent.rglob("*.tmp"))  # no temp file left behind
@@ -272,7 +276,7 @@ def _make_fake_coco128(base: Path) -> Path:
 
 def test_fake_semantic_rules(tmp_path):
     root = _make_fake_coco128(tmp_path)
-    paths = coco128.prepare_coco128(root, tmp_path / "out")
+    paths = convert_coco128.prepare_coco128(root, tmp_path / "out")
     val = _read_label(paths["sem_val"] / "000000000001.png")
     expected = np.full((6, 8), 255, np.uint8)  # unlabelled unless painted below
     expected[0:2, :] = 0
@@ -296,18 +300,18 @@ def test_fake_semantic_rules(tmp_path):
 
 def test_fake_stamp_skips_then_redoes_on_newer_input(tmp_path):
     root = _make_fake_coco128(tmp_path)
-    paths = coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+    paths = convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
     assert set(paths) == {"val_json", "sem_val"}
     first = paths["val_json"].stat().st_mtime_ns
-    coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+    convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
     assert paths["val_json"].stat().st_mtime_ns == first
     src = root / "annotations/panoptic_val2017.json"
     future = paths["val_json"].stat().st_mtime + 10
     os.utime(src, (future, future))  # an input newer than the stamp
-    coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+    convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
     assert paths["val_json"].stat().st_mtime_ns != first
     paths["val_json"].unlink()  # a missing output is remade too
-    coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+    convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
     assert paths["val_json"].is_file()
 
 
@@ -316,7 +320,7 @@ def test_fake_concurrent_prepare(tmp_path):
     root = _make_fake_coco128(tmp_path)
     out = tmp_path / "out"
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: coco128.prepare_coco128(root, out, force=True), range(4)))
+        results = list(pool.map(lambda _: convert_coco128.prepare_coco128(root, out, force=True), range(4)))
     assert all(r == results[0] for r in results)
     assert len(json.loads(results[0]["val_json"].read_text())["annotations"]) == 2
     assert _read_label(results[0]["sem_train"] / "000000000007.png").shape == (10, 10)
@@ -334,14 +338,14 @@ def test_fake_missing_png_is_reported(tmp_path):
     root = _make_fake_coco128(tmp_path)
     (root / "annotations/panoptic_val2017/000000000001.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"panoptic PNG missing: .*000000000001\.png"):
-        coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+        convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
 
 
 def test_fake_size_mismatch_is_reported(tmp_path):
     root = _make_fake_coco128(tmp_path)
     _edit_panoptic(root, lambda d: d["images"][0].update(height=7))
     with pytest.raises(ValueError, match=r"000000000001\.png is 6x8 .* is 7x8 in the JSON"):
-        coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+        convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
 
 
 def test_fake_empty_segment_is_reported(tmp_path):
@@ -349,12 +353,12 @@ def test_fake_empty_segment_is_reported(tmp_path):
     extra = {"id": 999, "category_id": 1, "iscrowd": 0, "bbox": [0, 0, 1, 1], "area": 1}
     _edit_panoptic(root, lambda d: d["annotations"][0]["segments_info"].append(extra))
     with pytest.raises(ValueError, match=r"000000000001\.png: segment 999 \(category_id 1\) .* zero pixels"):
-        coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
+        convert_coco128.prepare_coco128(root, tmp_path / "out", splits=("val",))
 
 
 def test_missing_root_for_prepare(tmp_path):
     with pytest.raises(FileNotFoundError, match="coco128 folder not found at .*nowhere"):
-        coco128.prepare_coco128(tmp_path / "nowhere", tmp_path / "out")
+        convert_coco128.prepare_coco128(tmp_path / "nowhere", tmp_path / "out")
 
 
 def test_cli(tmp_path):

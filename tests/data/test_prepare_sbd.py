@@ -1,5 +1,6 @@
-"""SBD conversion (datasets/prepare_sbd.py) on a tiny release written in SBD's .mat layout, the
-bad-input errors, and the sbd_train / sbd_val registration."""
+"""SBD conversion (instfcn_d2.data.convert_sbd) on a tiny release written in SBD's .mat layout,
+the bad-input errors, its command line (datasets/prepare_sbd.py), and the sbd_train / sbd_val
+registration."""
 import importlib.util
 import json
 import logging
@@ -14,7 +15,7 @@ from scipy.io import savemat
 
 from conftest import REPO_ROOT
 
-from instfcn_d2.data import sbd
+from instfcn_d2.data import convert_sbd, sbd
 
 # pycocotools' mask.decode under numpy 2, once per call: noise, not a problem of this code.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -32,7 +33,7 @@ def load_prepare_sbd():
 
 
 @pytest.fixture(scope="module")
-def prep():
+def cli():
     return load_prepare_sbd()
 
 
@@ -118,11 +119,11 @@ def release(tmp_path):
 
 
 @pytest.fixture
-def converted(prep, release, tmp_path, caplog):
+def converted(release, tmp_path, caplog):
     rel, expected = release
     out = tmp_path / "out"
-    with caplog.at_level(logging.INFO, logger="prepare_sbd"):
-        written = prep.prepare_sbd(rel, out)
+    with caplog.at_level(logging.INFO, logger="instfcn_d2.data.convert_sbd"):
+        written = convert_sbd.prepare_sbd(rel, out)
     return rel, out, expected, written, caplog.records
 
 
@@ -192,36 +193,36 @@ def test_zero_area_instance_warns_with_file_and_instance(converted):
     assert progress == ["sbd train: 2/2 images (100%), 3 instances", "sbd val: 1/1 images (100%), 2 instances"]
 
 
-def test_up_to_date_split_is_skipped_unless_forced(prep, converted):
+def test_up_to_date_split_is_skipped_unless_forced(converted):
     rel, out, _, written, _ = converted
     before = written["val"].stat().st_mtime_ns
     (out / "sem_seg/val/2008_000003.png").unlink()
-    prep.prepare_sbd(rel, out, splits=["val"])
+    convert_sbd.prepare_sbd(rel, out, splits=["val"])
     assert written["val"].stat().st_mtime_ns == before
     assert not (out / "sem_seg/val/2008_000003.png").exists()
-    prep.prepare_sbd(rel, out, splits=["val"], force=True)
+    convert_sbd.prepare_sbd(rel, out, splits=["val"], force=True)
     assert (out / "sem_seg/val/2008_000003.png").exists()
 
 
-def test_other_list_file_reconverts(prep, converted, tmp_path):
+def test_other_list_file_reconverts(converted, tmp_path):
     rel, out, _, written, _ = converted
     only_one = tmp_path / "val_subset.txt"
     only_one.write_text("2008_000002\n")
-    prep.prepare_sbd(rel, out, splits=["val"], lists={"val": only_one})
+    convert_sbd.prepare_sbd(rel, out, splits=["val"], lists={"val": only_one})
     val = json.loads(written["val"].read_text())
     assert [i["file_name"] for i in val["images"]] == ["2008_000002.jpg"]
     assert val["info"]["list_file"] == str(only_one.resolve())
 
 
-def test_cli(prep, release, tmp_path, capsys):
+def test_cli(cli, release, tmp_path, capsys):
     rel, _ = release
     out = tmp_path / "cli_out"
-    assert prep.main(["--root", str(rel), "--output", str(out), "--splits", "val"]) == 0
+    assert cli.main(["--root", str(rel), "--output", str(out), "--splits", "val"]) == 0
     assert capsys.readouterr().out.strip() == f"val: {out / 'annotations/sbd_val.json'}"
-    assert prep.main(["--root", str(tmp_path / "nowhere"), "--output", str(out)]) == 1
+    assert cli.main(["--root", str(tmp_path / "nowhere"), "--output", str(out)]) == 1
     assert f"{tmp_path / 'nowhere' / 'dataset'} is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        prep.main(["--help"])
+        cli.main(["--help"])
     assert info.value.code == 0 and "benchmark_RELEASE" in capsys.readouterr().out
 
 
@@ -237,71 +238,71 @@ def _rewrite_inst(dataset, name, ids, categories):
     )
 
 
-def test_missing_mat(prep, release, tmp_path):
+def test_missing_mat(release, tmp_path):
     rel, _ = release
     path = rel / "dataset/inst/2008_000002.mat"
     path.unlink()
     with pytest.raises(FileNotFoundError, match=f"SBD annotation file missing: {re.escape(str(path))}"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["train"])
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["train"])
 
 
-def test_instance_id_without_category(prep, release, tmp_path):
+def test_instance_id_without_category(release, tmp_path):
     rel, _ = release
     ids = np.zeros((10, 10), np.uint8)
     ids[0:2, 0:2], ids[5:7, 5:7] = 1, 3  # id 3, but only 2 categories
     _rewrite_inst(rel / "dataset", "2008_000002", ids, [CAT, DOG])
     path = rel / "dataset/inst/2008_000002.mat"
-    with pytest.raises(prep.SBDFormatError, match=rf"{re.escape(str(path))}: instance id\(s\) \[3\] .* have no category \(GTinst.Categories lists 2\)"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["train"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=rf"{re.escape(str(path))}: instance id\(s\) \[3\] .* have no category \(GTinst.Categories lists 2\)"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["train"])
 
 
 @pytest.mark.parametrize("category", [0, 21])
-def test_category_outside_1_to_20(prep, release, tmp_path, category):
+def test_category_outside_1_to_20(release, tmp_path, category):
     rel, _ = release
     ids = np.zeros((10, 10), np.uint8)
     ids[0:2, 0:2] = 1
     _rewrite_inst(rel / "dataset", "2008_000002", ids, [category])
     path = rel / "dataset/inst/2008_000002.mat"
-    with pytest.raises(prep.SBDFormatError, match=f"{re.escape(str(path))}: instance 1 has category {category}, outside 1..20"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["train"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=f"{re.escape(str(path))}: instance 1 has category {category}, outside 1..20"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["train"])
 
 
-def test_label_size_differs_from_image(prep, release, tmp_path):
+def test_label_size_differs_from_image(release, tmp_path):
     rel, _ = release
     dataset = rel / "dataset"
     ids = np.zeros((10, 10), np.uint8)
     ids[2:5, 2:5] = 1
     write_image(dataset, "2008_000002", np.where(ids == 1, CAT, 0), ids, [CAT], jpg_size=(10, 11))
-    with pytest.raises(prep.SBDFormatError, match=f"{re.escape(str(dataset / 'cls/2008_000002.mat'))}: GTcls.Segmentation is 10x10 .* image is 10x11"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["train"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=f"{re.escape(str(dataset / 'cls/2008_000002.mat'))}: GTcls.Segmentation is 10x10 .* image is 10x11"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["train"])
 
 
-def test_bad_semantic_value_and_missing_field(prep, release, tmp_path):
+def test_bad_semantic_value_and_missing_field(release, tmp_path):
     rel, _ = release
     path = rel / "dataset/cls/2008_000003.mat"
     savemat(path, {"GTcls": {"Segmentation": np.full((8, 12), 30, np.uint8)}})
-    with pytest.raises(prep.SBDFormatError, match=rf"{re.escape(str(path))}: GTcls.Segmentation has values \[30\]"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["val"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=rf"{re.escape(str(path))}: GTcls.Segmentation has values \[30\]"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["val"])
     savemat(path, {"GTcls": {"Boundaries": _boundaries([])}})
-    with pytest.raises(prep.SBDFormatError, match=rf"{re.escape(str(path))}: struct 'GTcls' lacks field\(s\) \['Segmentation'\]"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["val"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=rf"{re.escape(str(path))}: struct 'GTcls' lacks field\(s\) \['Segmentation'\]"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["val"])
 
 
 @pytest.mark.parametrize("content", ["", "\n  \n"])
-def test_empty_list_file(prep, release, tmp_path, content):
+def test_empty_list_file(release, tmp_path, content):
     rel, _ = release
     path = rel / "dataset/val.txt"
     path.write_text(content)
-    with pytest.raises(prep.SBDFormatError, match=f"SBD list file {re.escape(str(path))} is empty"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["val"])
+    with pytest.raises(convert_sbd.SBDFormatError, match=f"SBD list file {re.escape(str(path))} is empty"):
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["val"])
 
 
-def test_missing_image(prep, release, tmp_path):
+def test_missing_image(release, tmp_path):
     rel, _ = release
     path = rel / "dataset/img/2008_000003.jpg"
     path.unlink()
     with pytest.raises(FileNotFoundError, match=f"SBD image missing: {re.escape(str(path))}"):
-        prep.prepare_sbd(rel, tmp_path / "o", splits=["val"])
+        convert_sbd.prepare_sbd(rel, tmp_path / "o", splits=["val"])
 
 
 # ---------------------------------------------------------------------------------------------

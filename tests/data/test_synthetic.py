@@ -185,6 +185,30 @@ def test_cache_is_generated_once_and_safe_under_concurrency(tmp_path, monkeypatc
     assert synthetic_shapes_root(**{**params, "seed": 6}) != root
 
 
+def test_a_waiting_process_finds_the_published_folder(tmp_path, monkeypatch):
+    """While one process holds the generation lock, another waits; once the folder is published
+    and the lock released, it returns that folder without generating it again."""
+    from iopath.common.file_io import file_lock
+
+    params = {"image_size": 32, "num_train": 1, "num_val": 1, "seed": 7}
+    monkeypatch.setenv("INSTFCN_D2_CACHE", str(tmp_path / "probe"))
+    name = synthetic_shapes_root(**params).name  # the folder name the cache uses for params
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(1) as pool:
+        with file_lock(str(cache / f".{name}")):  # what a generating process holds
+            waiting = pool.apply_async(_root_in_subprocess, (str(cache), params))
+            with pytest.raises(mp.TimeoutError):
+                waiting.get(timeout=1.5)  # blocked on the lock
+            for split in ("train", "val"):  # publish, as the generating process would
+                generate_synthetic_shapes(cache / name, split, 1, 32, 7)
+            mtime = (cache / name / "val.json").stat().st_mtime_ns
+        assert waiting.get(timeout=60) == str(cache / name)
+    assert sorted(p.name for p in cache.iterdir()) == [f".{name}.lock", name]  # no temp folder made
+    assert (cache / name / "val.json").stat().st_mtime_ns == mtime
+
+
 def test_losing_the_publish_race_keeps_the_winner(tmp_path):
     final, tmp = tmp_path / "final", tmp_path / "tmp"
     (final / "train").mkdir(parents=True)
