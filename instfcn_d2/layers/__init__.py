@@ -3,7 +3,7 @@
 - :func:`ps_roi_assemble` / :class:`PSRoIAssemble`: per-RoI ``m x m`` assembling with bilinear
   (RoIAlign) sampling from ``k x k`` position-sensitive groups, for FCIS and BiSeg.
 - :func:`window_assemble` / :class:`WindowAssemble`: InstanceFCN's ``m x m`` sliding windows
-  assembled by copying from ``k*k`` instance-sensitive maps (dense or at listed positions).
+  assembled by copying from ``k*k`` instance-sensitive maps at listed positions.
 - :mod:`.reference`: pure-PyTorch oracles of the ops (slow; for tests).
 """
 from ._ext import has_cuda

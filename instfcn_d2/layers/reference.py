@@ -11,7 +11,6 @@ from torch import Tensor
 
 __all__ = [
     "ps_roi_assemble_reference",
-    "window_assemble_dense_reference",
     "window_assemble_reference",
 ]
 
@@ -126,26 +125,6 @@ def ps_roi_assemble_reference(
         vals = flat[index] * weight
         outs.append(vals.sum(dim=(-1, -2)) / count[s:e, None, None, None])
     return torch.cat(outs, dim=0)
-
-
-def window_assemble_dense_reference(input: Tensor, window_size: int, group_size: int) -> Tensor:
-    """Reference for :func:`instfcn_d2.layers.window_assemble_dense`.
-
-    Args:
-        input: ``(N, k*k, H, W)`` instance-sensitive score maps.
-    Returns:
-        ``(N, H-m+1, W-m+1, m, m)`` (a zero-size dimension when ``H < m`` or ``W < m``);
-        ``out[n, y, x, u, v] = input[n, gi*k + gj, y+u, x+v]``, ``gi = floor(u*k/m)``, ``gj = floor(v*k/m)``.
-    """
-    k, m = group_size, window_size
-    N, _, H, W = input.shape
-    if H < m or W < m:
-        return input.new_zeros((N, max(H - m + 1, 0), max(W - m + 1, 0), m, m)) + 0 * input.sum()
-    windows = input.unfold(2, m, 1).unfold(3, m, 1)  # (N, k*k, Ho, Wo, m, m), a view
-    cells = _cells(k, m, input.device)
-    group = cells[:, None] * k + cells[None, :]  # (m, m)
-    index = group.expand(N, 1, H - m + 1, W - m + 1, m, m)
-    return torch.gather(windows, 1, index).squeeze(1)
 
 
 def window_assemble_reference(input: Tensor, positions: Tensor, window_size: int, group_size: int) -> Tensor:

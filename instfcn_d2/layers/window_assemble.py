@@ -5,19 +5,16 @@ an instance". A sliding ``m x m`` window (``m = 21`` feature pixels, ``k = 5`` i
 assembled by pure copying: pixel ``(u, v)`` of the window whose top-left corner is ``(y, x)`` is
 ``input[n, gi*k + gj, y+u, x+v]`` with ``gi = floor(u*k/m)``, ``gj = floor(v*k/m)``.
 
-Two forms:
+Windows are assembled at listed ``positions``, ``(P, 3)`` integer rows ``(batch_index, y, x)`` of
+their top-left corners: ``(N, k*k, H, W) -> (P, m, m)``; pixels outside the map read 0 and get no
+gradient. InstanceFCN assembles only the windows it needs (the top-scoring ones at inference, the
+sampled ones in training), never every window of the map: that would be an ``m*m``-fold copy of
+the maps.
 
-- dense (``positions=None``): every window that fits in the map,
-  ``(N, k*k, H, W) -> (N, H-m+1, W-m+1, m, m)`` (a zero-size dimension when ``H < m`` or ``W < m``);
-- listed: windows at ``positions`` ``(P, 3)`` integer rows ``(batch_index, y, x)``,
-  ``-> (P, m, m)``; pixels outside the map read 0 and get no gradient.
-
-The ops are ``torch.ops.instfcn_d2.window_assemble_dense`` / ``window_assemble`` (CPU:
-float32/float64; CUDA: also float16/bfloat16), differentiable w.r.t. ``input`` and usable under
-``torch.jit.trace``, ``torch.compile`` and ``torch.export``.
+The op is ``torch.ops.instfcn_d2.window_assemble`` (CPU: float32/float64; CUDA: also
+float16/bfloat16), differentiable w.r.t. ``input`` and usable under ``torch.jit.trace``,
+``torch.compile`` and ``torch.export``.
 """
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -30,18 +27,6 @@ _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # ---- fake (meta) kernels -------------------------------------------------------------------------
-@torch.library.register_fake("instfcn_d2::window_assemble_dense")
-def _dense_fake(input, window_size, group_size):
-    n, _, h, w = input.shape
-    m = window_size
-    return input.new_empty((n, torch.sym_max(h - m + 1, 0), torch.sym_max(w - m + 1, 0), m, m))
-
-
-@torch.library.register_fake("instfcn_d2::window_assemble_dense_backward")
-def _dense_backward_fake(grad, window_size, group_size, height, width):
-    return grad.new_empty((grad.shape[0], group_size * group_size, height, width))
-
-
 @torch.library.register_fake("instfcn_d2::window_assemble")
 def _listed_fake(input, positions, window_size, group_size):
     return input.new_empty((positions.shape[0], window_size, window_size))
@@ -53,24 +38,6 @@ def _listed_backward_fake(grad, positions, window_size, group_size, batch_size, 
 
 
 # ---- autograd: copying is linear, so each backward's own gradient is its forward ----------------
-def _dense_setup(ctx, inputs, output):
-    input, window_size, group_size = inputs
-    ctx.params = (window_size, group_size)
-    ctx.hw = (input.shape[2], input.shape[3])
-
-
-def _dense_backward(ctx, grad):
-    return torch.ops.instfcn_d2.window_assemble_dense_backward(grad, *ctx.params, *ctx.hw), None, None
-
-
-def _dense_backward_setup(ctx, inputs, output):
-    ctx.params = inputs[1:3]
-
-
-def _dense_backward_backward(ctx, grad_grad_input):
-    return (torch.ops.instfcn_d2.window_assemble_dense(grad_grad_input, *ctx.params),) + (None,) * 4
-
-
 def _listed_setup(ctx, inputs, output):
     input, positions, window_size, group_size = inputs
     ctx.save_for_backward(positions)
@@ -94,10 +61,6 @@ def _listed_backward_backward(ctx, grad_grad_input):
     return (torch.ops.instfcn_d2.window_assemble(grad_grad_input, positions, *ctx.params),) + (None,) * 6
 
 
-torch.library.register_autograd("instfcn_d2::window_assemble_dense", _dense_backward, setup_context=_dense_setup)
-torch.library.register_autograd(
-    "instfcn_d2::window_assemble_dense_backward", _dense_backward_backward, setup_context=_dense_backward_setup
-)
 torch.library.register_autograd("instfcn_d2::window_assemble", _listed_backward, setup_context=_listed_setup)
 torch.library.register_autograd(
     "instfcn_d2::window_assemble_backward", _listed_backward_backward, setup_context=_listed_backward_setup
@@ -144,25 +107,23 @@ def _check_positions(positions: Tensor, input: Tensor) -> Tensor:
     return positions.to(torch.int64)
 
 
-def window_assemble(
-    input: Tensor, window_size: int = 21, group_size: int = 5, positions: Optional[Tensor] = None
-) -> Tensor:
+def window_assemble(input: Tensor, window_size: int, group_size: int, positions: Tensor) -> Tensor:
     """Assemble ``m x m`` windows from ``k*k`` instance-sensitive score maps by copying.
 
     Args:
         input: ``(N, k*k, H, W)``; channel ``gi*k + gj`` scores relative position ``(gi, gj)``.
         window_size: ``m``, window side in feature pixels.
         group_size: ``k``, cells per window side (``1 <= k <= m``).
-        positions: ``None`` for every window that fits, or ``(P, 3)`` integer rows
-            ``(batch_index, y, x)`` of window top-left corners (may lie outside the map).
+        positions: ``(P, 3)`` integer rows ``(batch_index, y, x)`` of window top-left corners
+            (they may lie partly or wholly outside the map).
 
     Returns:
-        ``(N, H-m+1, W-m+1, m, m)`` (dense) or ``(P, m, m)`` (listed).
+        ``(P, m, m)``.
     """
     _check_sizes(window_size, group_size)
     _check_input(input, group_size)
-    if positions is None:
-        return torch.ops.instfcn_d2.window_assemble_dense(input, window_size, group_size)
+    if not isinstance(positions, Tensor):
+        raise TypeError(f"window_assemble: positions must be a (P, 3) integer tensor, got {type(positions).__name__}")
     positions = _check_positions(positions, input)
     return torch.ops.instfcn_d2.window_assemble(input, positions, window_size, group_size)
 
@@ -170,8 +131,7 @@ def window_assemble(
 class WindowAssemble(nn.Module):
     """Module form of :func:`window_assemble`.
 
-    ``forward(input (N, k*k, H, W), positions=None) -> (N, H-m+1, W-m+1, m, m)``, or ``(P, m, m)``
-    for ``positions`` ``(P, 3)``.
+    ``forward(input (N, k*k, H, W), positions (P, 3)) -> (P, m, m)``.
     """
 
     def __init__(self, window_size: int = 21, group_size: int = 5):
@@ -180,7 +140,7 @@ class WindowAssemble(nn.Module):
         self.window_size = window_size
         self.group_size = group_size
 
-    def forward(self, input: Tensor, positions: Optional[Tensor] = None) -> Tensor:
+    def forward(self, input: Tensor, positions: Tensor) -> Tensor:
         return window_assemble(input, self.window_size, self.group_size, positions)
 
     def extra_repr(self) -> str:

@@ -29,10 +29,6 @@ TORCH_LIBRARY(instfcn_d2, m) {
   m.def(
       "ps_roi_assemble_backward(Tensor grad, Tensor rois, float spatial_scale, int output_size, int group_size, "
       "int sampling_ratio, bool aligned, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
-  m.def("window_assemble_dense(Tensor input, int window_size, int group_size) -> Tensor");
-  m.def(
-      "window_assemble_dense_backward(Tensor grad, int window_size, int group_size, SymInt height, "
-      "SymInt width) -> Tensor");
   m.def("window_assemble(Tensor input, Tensor positions, int window_size, int group_size) -> Tensor");
   m.def(
       "window_assemble_backward(Tensor grad, Tensor positions, int window_size, int group_size, "
@@ -42,8 +38,6 @@ TORCH_LIBRARY(instfcn_d2, m) {
 TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cpu);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cpu);
-  m.impl("window_assemble_dense", &instfcn_d2::window_assemble_dense_forward_cpu);
-  m.impl("window_assemble_dense_backward", &instfcn_d2::window_assemble_dense_backward_cpu);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cpu);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cpu);
 }
@@ -52,8 +46,6 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
 TORCH_LIBRARY_IMPL(instfcn_d2, CUDA, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cuda);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cuda);
-  m.impl("window_assemble_dense", &instfcn_d2::window_assemble_dense_forward_cuda);
-  m.impl("window_assemble_dense_backward", &instfcn_d2::window_assemble_dense_backward_cuda);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cuda);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cuda);
 }

@@ -22,7 +22,7 @@ class _Both(torch.nn.Module):
         self.win = WindowAssemble(4, 3)
 
     def forward(self, ps_maps, rois, win_maps, positions):
-        return self.ps(ps_maps, rois), self.win(win_maps), self.win(win_maps, positions)
+        return self.ps(ps_maps, rois), self.win(win_maps, positions)
 
 
 def _grads(fn, ps_maps, win_maps):
@@ -49,7 +49,7 @@ def test_jit_trace():
     ps_maps, win_maps = _inputs(0)
     traced = torch.jit.trace(model, (ps_maps, ROIS, win_maps, POSITIONS), check_trace=False)
     graph = str(traced.inlined_graph)
-    for name in ("instfcn_d2::ps_roi_assemble", "instfcn_d2::window_assemble_dense", "instfcn_d2::window_assemble("):
+    for name in ("instfcn_d2::ps_roi_assemble", "instfcn_d2::window_assemble("):
         assert name in graph
     other_ps, other_win = _inputs(1)  # new values: the trace is not a constant
     _assert_same(_grads(traced, other_ps, other_win), _grads(model, other_ps, other_win))
@@ -74,21 +74,19 @@ def test_export():
         dynamic_shapes=({}, {0: rois_dim}, {}, {}),
     )
     targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert {"instfcn_d2.ps_roi_assemble.default", "instfcn_d2.window_assemble_dense.default",
-            "instfcn_d2.window_assemble.default"} <= targets
+    assert {"instfcn_d2.ps_roi_assemble.default", "instfcn_d2.window_assemble.default"} <= targets
     # The exported program takes a different number of RoIs.
     rois = torch.cat([ROIS, ROIS[:2] + torch.tensor([0, 0.5, 0.5, 0.5, 0.5])])
     for got, want in zip(ep.module()(ps_maps, rois, win_maps, POSITIONS), model(ps_maps, rois, win_maps, POSITIONS)):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("op", ["ps_roi_assemble", "window_assemble_dense", "window_assemble"])
+@pytest.mark.parametrize("op", ["ps_roi_assemble", "window_assemble"])
 def test_opcheck(op):
     """torch.library.opcheck: schema, fake kernel and autograd registration are consistent."""
     ps_maps, win_maps = _inputs(4)
     args = {
         "ps_roi_assemble": (ps_maps.double().requires_grad_(), ROIS.double(), 0.5, 7, 3, 2, True),
-        "window_assemble_dense": (win_maps.double().requires_grad_(), 4, 3),
         "window_assemble": (win_maps.double().requires_grad_(), POSITIONS, 4, 3),
     }[op]
     torch.library.opcheck(getattr(torch.ops.instfcn_d2, op).default, args)

@@ -2,9 +2,6 @@
 //
 // Contract shared by the CPU (window_assemble_cpu.cpp) and CUDA (window_assemble_cuda.cu)
 // kernels; the operators are registered in ../vision.cpp as
-//   instfcn_d2::window_assemble_dense(Tensor input, int window_size, int group_size) -> Tensor
-//   instfcn_d2::window_assemble_dense_backward(Tensor grad, int window_size, int group_size,
-//       SymInt height, SymInt width) -> Tensor
 //   instfcn_d2::window_assemble(Tensor input, Tensor positions, int window_size,
 //       int group_size) -> Tensor
 //   instfcn_d2::window_assemble_backward(Tensor grad, Tensor positions, int window_size,
@@ -12,18 +9,15 @@
 //
 // Shapes (k = group_size, m = window_size, k <= m):
 //   input      (N, k*k, H, W)       instance-sensitive score maps
-//   dense      (N, H-m+1, W-m+1, m, m)  one m x m window per top-left corner (y, x) where the
-//                                   window fits; a zero-size dimension when H < m or W < m
 //   positions  (P, 3) int64         rows (batch_index, y, x): window top-left corners, which may
 //                                   lie partly or wholly outside the map
 //   listed     (P, m, m)
 //
 // Semantics: pure copying, no interpolation. Pixel (u, v) of the window with top-left corner
-// (y, x) is input[n, gi*k + gj, y + u, x + v], gi = floor(u*k/m), gj = floor(v*k/m). For listed
-// windows, pixels outside the map read 0 and receive no gradient. Backward sums the gradients
-// of every window pixel that copied an input pixel (CPU: each thread owns whole input planes,
-// no atomics; CUDA: the dense backward gathers per input pixel, the listed backward uses
-// atomics because listed windows may overlap).
+// (y, x) is input[n, gi*k + gj, y + u, x + v], gi = floor(u*k/m), gj = floor(v*k/m). Pixels
+// outside the map read 0 and receive no gradient. Backward sums the gradients of every window
+// pixel that copied an input pixel (CPU: each thread owns whole input planes, no atomics; CUDA:
+// atomics, because windows may overlap).
 //
 // CPU kernels: float32 / float64. CUDA kernels: float32 / float64 / float16 / bfloat16.
 #pragma once
@@ -32,13 +26,6 @@
 
 namespace instfcn_d2 {
 
-at::Tensor window_assemble_dense_forward_cpu(const at::Tensor& input, int64_t window_size, int64_t group_size);
-at::Tensor window_assemble_dense_backward_cpu(
-    const at::Tensor& grad,
-    int64_t window_size,
-    int64_t group_size,
-    int64_t height,
-    int64_t width);
 at::Tensor window_assemble_forward_cpu(
     const at::Tensor& input,
     const at::Tensor& positions,
@@ -54,13 +41,6 @@ at::Tensor window_assemble_backward_cpu(
     int64_t width);
 
 #ifdef WITH_CUDA
-at::Tensor window_assemble_dense_forward_cuda(const at::Tensor& input, int64_t window_size, int64_t group_size);
-at::Tensor window_assemble_dense_backward_cuda(
-    const at::Tensor& grad,
-    int64_t window_size,
-    int64_t group_size,
-    int64_t height,
-    int64_t width);
 at::Tensor window_assemble_forward_cuda(
     const at::Tensor& input,
     const at::Tensor& positions,

@@ -2,9 +2,7 @@
 //
 // Row u of a window is k runs of consecutive pixels (one per grid cell gj), run j copying
 // row y + u of plane gi*k + j, gi = floor(u*k/m). Runs are copied with 16-byte moves (a last
-// partial move overlaps the previous one instead of touching memory past the run). The dense
-// form loops over windows innermost: for a fixed (y, u, j) the run of window x + 1 starts one
-// pixel after that of window x, so the source stays in L1 and the loop has no table lookups.
+// partial move overlaps the previous one instead of touching memory past the run).
 #include "window_assemble/window_assemble.h"
 
 #include <ATen/Dispatch.h>
@@ -65,81 +63,6 @@ inline void copy_window(const T* src, const Runs& runs, int64_t k, int64_t m, in
   }
 }
 
-// Dense forward for window rows [begin, end) of (n, y). Sizes come by value: the 16-byte
-// copies may alias anything as far as the compiler knows, and values reached through
-// references would be reloaded after every copy.
-template <typename T>
-void dense_window_rows(
-    const T* src,
-    T* dst,
-    int64_t begin,
-    int64_t end,
-    int64_t k,
-    int64_t m,
-    int64_t H,
-    int64_t W,
-    int64_t Ho,
-    int64_t Wo,
-    const Runs& runs) {
-  constexpr int64_t V = 16 / sizeof(T);
-  const int64_t mm = m * m, HW = H * W;
-  for (int64_t ny = begin; ny < end; ++ny) {
-    const int64_t n = ny / Ho, y = ny % Ho;
-    const T* top = src + (n * k * k * H + y) * W;
-    T* out = dst + ny * Wo * mm;
-    for (int64_t u = 0; u < m; ++u) {
-      const T* row = top + (u * k / m) * k * HW + u * W;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t v0 = runs.v0[j], len = runs.len[j];
-        const T* a = row + j * HW + v0;
-        T* b = out + u * m + v0;
-        if (len >= V && len <= 2 * V) { // the common case (m/k between 4 and 8 floats)
-          for (int64_t x = 0; x < Wo; ++x) {
-            std::memcpy(b + x * mm, a + x, 16);
-            std::memcpy(b + x * mm + len - V, a + x + len - V, 16);
-          }
-        } else {
-          for (int64_t x = 0; x < Wo; ++x) {
-            copy_run(b + x * mm, a + x, len);
-          }
-        }
-      }
-    }
-  }
-}
-
-// Dense backward of the windows of rows [y0, y1) of image n, read in memory order: window
-// pixel (u, v) adds into row y + u of plane (gi, gj), column x + v.
-template <typename T>
-void dense_backward_windows(
-    const T* grad,
-    T* grad_input,
-    int64_t n,
-    int64_t y0,
-    int64_t y1,
-    int64_t k,
-    int64_t m,
-    int64_t H,
-    int64_t W,
-    int64_t Ho,
-    int64_t Wo,
-    const int64_t* poff) {
-  const int64_t mm = m * m;
-  T* planes = grad_input + n * k * k * H * W;
-  for (int64_t y = y0; y < y1; ++y) {
-    for (int64_t x = 0; x < Wo; ++x) {
-      const T* g = grad + ((n * Ho + y) * Wo + x) * mm;
-      for (int64_t u = 0; u < m; ++u) {
-        T* r = planes + ((u * k / m) * k * H + y + u) * W + x;
-        const T* gu = g + u * m;
-        for (int64_t v = 0; v < m; ++v) {
-          r[poff[v]] += gu[v];
-        }
-      }
-    }
-  }
-}
-
 // Per-axis runs of window pixels with the same grid cell: cell g spans [start[g], start[g+1]).
 std::vector<int64_t> cell_starts(int64_t k, int64_t m) {
   std::vector<int64_t> s(k + 1);
@@ -165,85 +88,6 @@ void check_batch_indices(const at::Tensor& positions, int64_t N) {
 }
 
 } // namespace
-
-at::Tensor window_assemble_dense_forward_cpu(const at::Tensor& input, int64_t window_size, int64_t group_size) {
-  window_assemble_check_input(input, window_size, group_size);
-  TORCH_CHECK(input.device().is_cpu(), "window_assemble_dense_forward_cpu: input must be a CPU tensor");
-  const int64_t N = input.size(0), H = input.size(2), W = input.size(3);
-  const int64_t k = group_size, m = window_size, mm = m * m;
-  const int64_t Ho = std::max<int64_t>(H - m + 1, 0), Wo = std::max<int64_t>(W - m + 1, 0);
-  at::Tensor output = at::empty({N, Ho, Wo, m, m}, input.options());
-  if (output.numel() == 0) {
-    return output;
-  }
-  const at::Tensor in = input.contiguous();
-  const Runs runs(k, m);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "window_assemble_dense_forward_cpu", [&] {
-    const scalar_t* src = in.data_ptr<scalar_t>();
-    scalar_t* dst = output.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / (Wo * mm));
-    at::parallel_for(0, N * Ho, grain, [&](int64_t begin, int64_t end) {
-      dense_window_rows(src, dst, begin, end, k, m, H, W, Ho, Wo, runs);
-    });
-  });
-  return output;
-}
-
-at::Tensor window_assemble_dense_backward_cpu(
-    const at::Tensor& grad,
-    int64_t window_size,
-    int64_t group_size,
-    int64_t height,
-    int64_t width) {
-  window_assemble_check_sizes(window_size, group_size);
-  TORCH_CHECK(grad.device().is_cpu(), "window_assemble_dense_backward_cpu: grad must be a CPU tensor");
-  const int64_t k = group_size, m = window_size, H = height, W = width;
-  const int64_t Ho = std::max<int64_t>(H - m + 1, 0), Wo = std::max<int64_t>(W - m + 1, 0);
-  TORCH_CHECK(
-      grad.dim() == 5 && grad.size(1) == Ho && grad.size(2) == Wo && grad.size(3) == m && grad.size(4) == m,
-      "window_assemble_dense_backward: grad must have shape (N, H-m+1, W-m+1, m, m) = (N, ",
-      Ho,
-      ", ",
-      Wo,
-      ", ",
-      m,
-      ", ",
-      m,
-      "), got ",
-      grad.sizes());
-  const int64_t N = grad.size(0);
-  at::Tensor grad_input = at::zeros({N, k * k, H, W}, grad.options());
-  if (grad.numel() == 0) {
-    return grad_input;
-  }
-  const at::Tensor g = grad.contiguous();
-  // Column v of a window row goes to plane column offset poff[v] (its cell gj, then v).
-  std::vector<int64_t> poff(m);
-  for (int64_t v = 0; v < m; ++v) {
-    poff[v] = (v * k / m) * H * W + v;
-  }
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "window_assemble_dense_backward_cpu", [&] {
-    const scalar_t* gsrc = g.data_ptr<scalar_t>();
-    scalar_t* gdst = grad_input.data_ptr<scalar_t>();
-    // Windows are split into bands of `band` >= m - 1 rows. Band b writes input rows
-    // [b * band, (b + 1) * band + m - 1), so bands of the same parity never overlap: the even
-    // bands run in parallel, then the odd ones. No atomics, and the summation order does not
-    // depend on the thread count.
-    const int64_t band = std::max<int64_t>(m - 1, 8);
-    const int64_t bands = (Ho + band - 1) / band;
-    for (int64_t parity = 0; parity < 2; ++parity) {
-      const int64_t per_image = (bands - parity + 1) / 2;
-      at::parallel_for(0, N * per_image, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t n = t / per_image, b = 2 * (t % per_image) + parity;
-          const int64_t y0 = b * band, y1 = std::min(Ho, y0 + band);
-          dense_backward_windows(gsrc, gdst, n, y0, y1, k, m, H, W, Ho, Wo, poff.data());
-        }
-      });
-    }
-  });
-  return grad_input;
-}
 
 at::Tensor window_assemble_forward_cpu(
     const at::Tensor& input,

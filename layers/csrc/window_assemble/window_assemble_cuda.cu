@@ -1,9 +1,8 @@
 // CUDA kernels of the instfcn_d2::window_assemble* operators (semantics: window_assemble.h).
 //
 // Forward: one thread per output pixel, a plain copy (consecutive threads write consecutive
-// memory and read runs of the same input row). Dense backward: one thread per input pixel,
-// gathering the (m/k)^2 window pixels that copied it: no atomics, deterministic. Listed
-// backward: one thread per window pixel with atomics (listed windows may overlap) into a
+// memory and read runs of the same input row). Backward: one thread per window pixel with
+// atomics (listed windows may overlap) into a
 // buffer of at::opmath_type (float for float16 / bfloat16). Listed windows whose batch index is
 // not in [0, N) read 0 and receive no gradient.
 #include "window_assemble/window_assemble.h"
@@ -29,60 +28,6 @@ inline int64_t num_blocks(int64_t n) {
 #define GRID_STRIDE_LOOP(i, n)                                                                   \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
-
-template <typename scalar_t>
-__global__ void dense_forward_kernel(
-    int64_t total,
-    const scalar_t* __restrict__ input,
-    int64_t H,
-    int64_t W,
-    int64_t Ho,
-    int64_t Wo,
-    int64_t k,
-    int64_t m,
-    scalar_t* __restrict__ output) {
-  GRID_STRIDE_LOOP(index, total) {
-    const int64_t v = index % m;
-    const int64_t u = (index / m) % m;
-    const int64_t x = (index / (m * m)) % Wo;
-    const int64_t y = (index / (m * m * Wo)) % Ho;
-    const int64_t n = index / (m * m * Wo * Ho);
-    const int64_t cell = (u * k / m) * k + v * k / m;
-    output[index] = input[((n * k * k + cell) * H + y + u) * W + x + v];
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void dense_backward_kernel(
-    int64_t total,
-    const scalar_t* __restrict__ grad,
-    int64_t H,
-    int64_t W,
-    int64_t Ho,
-    int64_t Wo,
-    int64_t k,
-    int64_t m,
-    scalar_t* __restrict__ grad_input) {
-  GRID_STRIDE_LOOP(index, total) {
-    const int64_t X = index % W;
-    const int64_t Y = (index / W) % H;
-    const int64_t cell = (index / (H * W)) % (k * k);
-    const int64_t n = index / (H * W * k * k);
-    const int64_t gi = cell / k, gj = cell % k;
-    // Window pixels (u, v) of this cell whose window (Y - u, X - v) exists.
-    const int64_t u0 = max(window_cell_start(gi, k, m), Y - Ho + 1);
-    const int64_t u1 = min(window_cell_start(gi + 1, k, m), Y + 1);
-    const int64_t v0 = max(window_cell_start(gj, k, m), X - Wo + 1);
-    const int64_t v1 = min(window_cell_start(gj + 1, k, m), X + 1);
-    acc_t sum = 0;
-    for (int64_t u = u0; u < u1; ++u) {
-      for (int64_t v = v0; v < v1; ++v) {
-        sum += static_cast<acc_t>(grad[(((n * Ho + Y - u) * Wo + X - v) * m + u) * m + v]);
-      }
-    }
-    grad_input[index] = static_cast<scalar_t>(sum);
-  }
-}
 
 template <typename scalar_t>
 __global__ void listed_forward_kernel(
@@ -133,70 +78,6 @@ __global__ void listed_backward_kernel(
 }
 
 } // namespace
-
-at::Tensor window_assemble_dense_forward_cuda(const at::Tensor& input, int64_t window_size, int64_t group_size) {
-  window_assemble_check_input(input, window_size, group_size);
-  TORCH_CHECK(input.is_cuda(), "window_assemble_dense_forward_cuda: input must be a CUDA tensor");
-  const c10::cuda::CUDAGuard device_guard(input.device());
-  const int64_t N = input.size(0), H = input.size(2), W = input.size(3);
-  const int64_t k = group_size, m = window_size;
-  const int64_t Ho = std::max<int64_t>(H - m + 1, 0), Wo = std::max<int64_t>(W - m + 1, 0);
-  at::Tensor output = at::empty({N, Ho, Wo, m, m}, input.options());
-  const int64_t total = output.numel();
-  if (total == 0) {
-    return output;
-  }
-  const at::Tensor in = input.contiguous();
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::ScalarType::Half, at::ScalarType::BFloat16, input.scalar_type(), "window_assemble_dense_forward_cuda", [&] {
-        dense_forward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
-            total, in.data_ptr<scalar_t>(), H, W, Ho, Wo, k, m, output.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-  return output;
-}
-
-at::Tensor window_assemble_dense_backward_cuda(
-    const at::Tensor& grad,
-    int64_t window_size,
-    int64_t group_size,
-    int64_t height,
-    int64_t width) {
-  window_assemble_check_sizes(window_size, group_size);
-  TORCH_CHECK(grad.is_cuda(), "window_assemble_dense_backward_cuda: grad must be a CUDA tensor");
-  const c10::cuda::CUDAGuard device_guard(grad.device());
-  const int64_t k = group_size, m = window_size, H = height, W = width;
-  const int64_t Ho = std::max<int64_t>(H - m + 1, 0), Wo = std::max<int64_t>(W - m + 1, 0);
-  TORCH_CHECK(
-      grad.dim() == 5 && grad.size(1) == Ho && grad.size(2) == Wo && grad.size(3) == m && grad.size(4) == m,
-      "window_assemble_dense_backward: grad must have shape (N, H-m+1, W-m+1, m, m) = (N, ",
-      Ho,
-      ", ",
-      Wo,
-      ", ",
-      m,
-      ", ",
-      m,
-      "), got ",
-      grad.sizes());
-  const int64_t N = grad.size(0);
-  if (grad.numel() == 0) {
-    return at::zeros({N, k * k, H, W}, grad.options());
-  }
-  at::Tensor grad_input = at::empty({N, k * k, H, W}, grad.options());
-  const at::Tensor g = grad.contiguous();
-  const int64_t total = grad_input.numel();
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::ScalarType::Half, at::ScalarType::BFloat16, grad.scalar_type(), "window_assemble_dense_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        dense_backward_kernel<scalar_t, acc_t><<<num_blocks(total), kThreads, 0, stream>>>(
-            total, g.data_ptr<scalar_t>(), H, W, Ho, Wo, k, m, grad_input.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-  return grad_input;
-}
 
 at::Tensor window_assemble_forward_cuda(
     const at::Tensor& input,
