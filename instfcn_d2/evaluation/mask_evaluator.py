@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 
+from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import Instances
 from detectron2.utils import comm
@@ -127,6 +128,22 @@ class MaskPredictionEvaluator(DatasetEvaluator, abc.ABC):
             if not inst.has(field):
                 raise KeyError(f"{self.NAME}: instances of image_id {image_id} have no '{field}'")
         return image_id, inst
+
+    def _with_records(self, predictions: List[dict]) -> List[Tuple[dict, dict]]:
+        """``(prediction, dataset record)`` per processed image, in order; an image processed
+        twice keeps its first prediction (with a warning), an unknown ``image_id`` is an error."""
+        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
+        pairs, seen = [], set()
+        for pred in predictions:
+            image_id = pred["image_id"]
+            if image_id in seen:
+                logger.warning("%s: image_id %s processed twice; keeping the first", self.NAME, image_id)
+                continue
+            seen.add(image_id)
+            if image_id not in records:
+                raise KeyError(f"{self.NAME}: image_id {image_id} is not in dataset '{self._dataset_name}'")
+            pairs.append((pred, records[image_id]))
+        return pairs
 
     def _record_size(self, record: dict, pred_size: Tuple[int, int]) -> Tuple[int, int]:
         """The record's ``(height, width)`` (the predictions' size when the record has none); an

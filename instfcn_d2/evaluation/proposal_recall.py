@@ -43,7 +43,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 
-from detectron2.data import DatasetCatalog
 
 from .mask_evaluator import MaskPredictionEvaluator, encode_masks, gt_rle_and_area
 
@@ -169,20 +168,13 @@ class SegmentProposalEvaluator(MaskPredictionEvaluator):
 
     def _compute(self, predictions: List[dict]) -> dict:
         """Matched counts per area range, N and threshold, pooled over the processed images."""
-        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
         num_t, num_n = len(IOU_THRESHOLDS), len(self._max_dets)
         hits = {a: np.zeros((num_n, num_t), dtype=np.int64) for a in AREA_RANGES}
         num_gt = {a: 0 for a in AREA_RANGES}
-        num_crowd, seen = 0, set()
-        for pred in predictions:
-            image_id = pred["image_id"]
-            if image_id in seen:
-                logger.warning("SegmentProposalEvaluator: image_id %s processed twice; keeping the first", image_id)
-                continue
-            seen.add(image_id)
-            if image_id not in records:
-                raise KeyError(f"SegmentProposalEvaluator: image_id {image_id} is not in dataset '{self._dataset_name}'")
-            rles, areas, crowd = self._ground_truth(records[image_id], pred["size"])
+        num_crowd = 0
+        pairs = self._with_records(predictions)
+        for pred, record in pairs:
+            rles, areas, crowd = self._ground_truth(record, pred["size"])
             num_crowd += crowd
             ious = np.zeros((len(pred["rles"]), len(rles)), dtype=np.float64)
             if rles and pred["rles"]:
@@ -205,13 +197,13 @@ class SegmentProposalEvaluator(MaskPredictionEvaluator):
         if num_gt["all"] == 0:
             logger.warning(
                 "SegmentProposalEvaluator(%s): the %d evaluated images have no non-crowd ground truth; "
-                "recall is undefined (NaN)", self._dataset_name, len(seen)
+                "recall is undefined (NaN)", self._dataset_name, len(pairs)
             )
         return {
             "dataset": self._dataset_name,
             "iou_thresholds": IOU_THRESHOLDS.tolist(),
             "max_dets": list(self._max_dets),
-            "num_images": len(seen),
+            "num_images": len(pairs),
             "num_gt": num_gt,
             "num_crowd_gt_excluded": num_crowd,
             "recall": recall,

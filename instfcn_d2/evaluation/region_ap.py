@@ -53,7 +53,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pycocotools.mask as mask_util
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 
 # detectron2's PASCAL VOC box evaluator has the very ``voc_ap`` of the MNC / FCIS code (same
 # 11-point grid ``np.arange(0, 1.1, 0.1)``, same all-point envelope): reused, not rewritten.
@@ -183,21 +183,14 @@ class RegionAPEvaluator(MaskPredictionEvaluator):
 
     def _compute(self, predictions: List[dict]) -> dict:
         """Per-class AP (fractions) for every threshold, over the processed images."""
-        records = {r["image_id"]: r for r in DatasetCatalog.get(self._dataset_name)}
         num_classes = len(self._class_names)
         # Per class, one entry per detection: score, best counted IoU, its gt index, ignore IoU.
         per_class = defaultdict(lambda: {"score": [], "best_iou": [], "best_gt": [], "ignore_iou": []})
         num_pos = np.zeros(num_classes, dtype=np.int64)
-        num_ignored_gt, seen, gt_offset = 0, set(), 0
-        for pred in predictions:
-            image_id = pred["image_id"]
-            if image_id in seen:
-                logger.warning("RegionAPEvaluator: image_id %s processed twice; keeping the first", image_id)
-                continue
-            seen.add(image_id)
-            if image_id not in records:
-                raise KeyError(f"RegionAPEvaluator: image_id {image_id} is not in dataset '{self._dataset_name}'")
-            counted, ignored = self._ground_truth(records[image_id], pred["size"])
+        num_ignored_gt, gt_offset = 0, 0
+        pairs = self._with_records(predictions)
+        for pred, record in pairs:
+            counted, ignored = self._ground_truth(record, pred["size"])
             for c, rles in counted.items():
                 num_pos[c] += len(rles)
             num_ignored_gt += sum(len(v[0]) for v in ignored.values())
@@ -254,7 +247,7 @@ class RegionAPEvaluator(MaskPredictionEvaluator):
             "iou_thresholds": list(self._thresholds),
             "use_07_metric": self._use_07_metric,
             "classes": self._class_names,
-            "num_images": len(seen),
+            "num_images": len(pairs),
             "num_positives": num_pos.tolist(),
             "num_detections": num_det,
             "num_ignored_gt": num_ignored_gt,

@@ -12,9 +12,21 @@ except ImportError as e:  # pragma: no cover - exercised only on a broken instal
     ) from e
 
 
+def check_sizes(op: str, size_name: str, size: int, group_size: int, why: str) -> None:
+    """The argument checks both ops make on their output size (``m``) and group size (``k``):
+    ints, ``>= 1``, and ``k <= m`` (``why``: what a larger ``k`` would leave without pixels)."""
+    for name, value in ((size_name, size), ("group_size", group_size)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{op}: {name} must be >= 1, got {value}")
+    if group_size > size:
+        raise ValueError(f"{op}: group_size (k = {group_size}) must be <= {size_name} (m = {size}): {why}")
+
+
 def has_cuda() -> bool:
     """True when ``instfcn_d2._C`` was compiled with its CUDA kernels."""
     return bool(_C.has_cuda())
 
 
-__all__ = ["has_cuda"]
+__all__ = ["has_cuda", "check_sizes"]

@@ -19,7 +19,7 @@ float16/bfloat16), usable under ``torch.jit.trace``, ``torch.compile`` and ``tor
 import torch
 from torch import Tensor, nn
 
-from . import _ext  # noqa: F401  (loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
+from ._ext import check_sizes  # (importing _ext loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
 
 __all__ = ["ps_roi_assemble", "PSRoIAssemble"]
 
@@ -78,16 +78,8 @@ torch.library.register_autograd(
 
 # ---- Python face ---------------------------------------------------------------------------------
 def _check_sizes(output_size: int, group_size: int) -> None:
-    for name, value in (("output_size", output_size), ("group_size", group_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"ps_roi_assemble: {name} must be an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"ps_roi_assemble: {name} must be >= 1, got {value}")
-    if group_size > output_size:
-        raise ValueError(
-            f"ps_roi_assemble: group_size (k = {group_size}) must be <= output_size (m = {output_size}): "
-            "every position-sensitive cell needs at least one output bin"
-        )
+    why = "every position-sensitive cell needs at least one output bin"
+    check_sizes("ps_roi_assemble", "output_size", output_size, group_size, why)
 
 
 def _check_inputs(input: Tensor, rois: Tensor, group_size: int) -> None:

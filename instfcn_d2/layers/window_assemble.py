@@ -18,7 +18,7 @@ float16/bfloat16), differentiable w.r.t. ``input`` and usable under ``torch.jit.
 import torch
 from torch import Tensor, nn
 
-from . import _ext  # noqa: F401  (loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
+from ._ext import check_sizes  # (importing _ext loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
 
 __all__ = ["window_assemble", "WindowAssemble"]
 
@@ -69,16 +69,7 @@ torch.library.register_autograd(
 
 # ---- Python face ---------------------------------------------------------------------------------
 def _check_sizes(window_size: int, group_size: int) -> None:
-    for name, value in (("window_size", window_size), ("group_size", group_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"window_assemble: {name} must be an int, got {value!r}")
-        if value < 1:
-            raise ValueError(f"window_assemble: {name} must be >= 1, got {value}")
-    if group_size > window_size:
-        raise ValueError(
-            f"window_assemble: group_size (k = {group_size}) must be <= window_size (m = {window_size}): "
-            "every grid cell needs at least one window pixel"
-        )
+    check_sizes("window_assemble", "window_size", window_size, group_size, "every grid cell needs at least one window pixel")
 
 
 def _check_input(input: Tensor, group_size: int) -> None:
