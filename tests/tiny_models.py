@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
+from conftest import REPO_ROOT
+
 from instfcn_d2.modeling.common import mask_tight_boxes
 
 # R18 with GroupNorm trained from scratch (no ImageNet weights in the tests):
@@ -59,3 +61,65 @@ def square_disc_sample(seed, size=(96, 96), sides=(36, 32), polygons=False, clas
     if file_name is not None:
         sample["file_name"] = file_name
     return sample
+
+
+# Tiny trunks (8-wide R18 with BatchNorm) keep each checkpoint under 1 MB.
+TINY_TRUNK = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.WEIGHTS", "",
+    "MODEL.BACKBONE.FREEZE_AT", "0",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
+    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "192",
+]
+FCIS_HEADS = [
+    "MODEL.ROI_HEADS.NUM_CLASSES", "2",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+    "MODEL.FCIS.CONV_NEW_DIM", "16",
+    "MODEL.FCIS.GROUP_SIZE", "3",
+    "MODEL.FCIS.MASK_SIZE", "7",
+    "MODEL.FCIS.SCORE_THRESH_TEST", "0.0",
+    "MODEL.FCIS.DETECTIONS_PER_IMAGE", "10",
+]
+TINY_CHECKPOINT_MODELS = {
+    "fcis": ("configs/shapes/fcis_R18_cpu.yaml", FCIS_HEADS),
+    "biseg": (
+        "configs/shapes/biseg_fused_7_9_R18_cpu.yaml",
+        FCIS_HEADS + ["MODEL.BISEG.GROUP_SIZE_FINE", "5", "MODEL.BISEG.SEM_SEG_CONV_DIM", "16",
+                      "MODEL.BISEG.FINE_CONV_NEW_DIM", "8", "MODEL.BISEG.MASK_SIZE", "0"],
+    ),
+    "instance_fcn": (
+        "configs/shapes/instance_fcn_R18_cpu.yaml",
+        ["MODEL.INSTANCE_FCN.MASK_BRANCH_DIM", "16", "MODEL.INSTANCE_FCN.OBJECTNESS_DIM", "16",
+         "MODEL.INSTANCE_FCN.REDUCE_DIM", "0", "MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE", "20",
+         "TEST.AUG.ENABLED", "False"],
+    ),
+}
+
+
+def tiny_checkpoint_cfg(name, *opts):
+    """The config of one of :data:`TINY_CHECKPOINT_MODELS` (``"fcis"``, ``"biseg"``, ``"instance_fcn"``),
+    whose saved weights are ``tests/modeling/checkpoints/<name>_model.pth``."""
+    from instfcn_d2.config import get_instfcn_cfg
+
+    path, model_opts = TINY_CHECKPOINT_MODELS[name]
+    return get_instfcn_cfg(str(REPO_ROOT / path), TINY_TRUNK + model_opts + list(opts))
+
+
+TINY_CHECKPOINTS = REPO_ROOT / "tests" / "modeling" / "checkpoints"
+
+
+def tiny_checkpoint_image():
+    """The fixed 128 x 160 test image the tiny checkpoints were saved with: ``(3, H, W)`` uint8 (BGR,
+    the configs' input format), smooth colour gradients and two shapes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :160]
+    img = 80 + 40 * np.sin(xx / 9.0)[..., None] + 30 * np.cos(yy / 7.0)[..., None] + rng.normal(0, 5, (128, 160, 3))
+    img[20:70, 30:90] = (200, 60, 40)
+    img[((yy - 90) ** 2 + (xx - 110) ** 2) < 25**2] = (40, 180, 220)
+    return torch.from_numpy(np.clip(img, 0, 255).astype(np.uint8)).permute(2, 0, 1)

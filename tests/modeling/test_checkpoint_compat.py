@@ -17,63 +17,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # conftest, when run as a script
 
-from conftest import REPO_ROOT  # noqa: E402
+from tiny_models import TINY_CHECKPOINT_MODELS, tiny_checkpoint_cfg as _cfg, tiny_checkpoint_image as _image  # noqa: E402
 
 FIXTURES = HERE / "checkpoints"
-# Tiny trunks (8-wide R18 with BatchNorm) keep each checkpoint near 100 KB.
-TINY_TRUNK = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "BN",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
-]
-FCIS_HEADS = [
-    "MODEL.ROI_HEADS.NUM_CLASSES", "2",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
-    "MODEL.FCIS.CONV_NEW_DIM", "16",
-    "MODEL.FCIS.GROUP_SIZE", "3",
-    "MODEL.FCIS.MASK_SIZE", "7",
-    "MODEL.FCIS.SCORE_THRESH_TEST", "0.0",
-    "MODEL.FCIS.DETECTIONS_PER_IMAGE", "10",
-]
-MODELS = {
-    "fcis": ("configs/shapes/fcis_R18_cpu.yaml", FCIS_HEADS),
-    "biseg": (
-        "configs/shapes/biseg_fused_7_9_R18_cpu.yaml",
-        FCIS_HEADS + ["MODEL.BISEG.GROUP_SIZE_FINE", "5", "MODEL.BISEG.SEM_SEG_CONV_DIM", "16",
-                      "MODEL.BISEG.FINE_CONV_NEW_DIM", "8", "MODEL.BISEG.MASK_SIZE", "0"],
-    ),
-    "instance_fcn": (
-        "configs/shapes/instance_fcn_R18_cpu.yaml",
-        ["MODEL.INSTANCE_FCN.MASK_BRANCH_DIM", "16", "MODEL.INSTANCE_FCN.OBJECTNESS_DIM", "16",
-         "MODEL.INSTANCE_FCN.REDUCE_DIM", "0", "MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE", "20",
-         "TEST.AUG.ENABLED", "False"],
-    ),
-}
-
-
-def _cfg(name):
-    from instfcn_d2.config import get_instfcn_cfg
-
-    path, opts = MODELS[name]
-    return get_instfcn_cfg(str(REPO_ROOT / path), TINY_TRUNK + opts)
-
-
-def _image():
-    """A fixed 128 x 160 test image: smooth colour gradients and two shapes."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:128, :160]
-    img = 80 + 40 * np.sin(xx / 9.0)[..., None] + 30 * np.cos(yy / 7.0)[..., None] + rng.normal(0, 5, (128, 160, 3))
-    img[20:70, 30:90] = (200, 60, 40)
-    img[((yy - 90) ** 2 + (xx - 110) ** 2) < 25**2] = (40, 180, 220)
-    return torch.from_numpy(np.clip(img, 0, 255).astype(np.uint8)).permute(2, 0, 1)
+MODELS = TINY_CHECKPOINT_MODELS
 
 
 def _outputs(model):
