@@ -5,7 +5,9 @@
       MODEL.WEIGHTS OUT/model_final.pth
 
 Uses detectron2's ``DefaultPredictor`` and ``Visualizer`` unchanged. Writes one
-``<image>_pred_vs_gt.png`` per image (left: prediction, right: ground truth).
+``<image>_pred_vs_gt.png`` per image (left: prediction, right: ground truth) and, for models that
+also predict semantic segmentation (BiSeg), ``<image>_sem_seg.png`` (left: the predicted label map,
+right: the record's label file when it has one).
 """
 import argparse
 import os
@@ -41,20 +43,42 @@ def visualize(cfg, dataset_name, num_images, score_thresh, output_dir):
     written = []
     for i, record in enumerate(records):
         bgr = read_image(record["file_name"], format="BGR")
-        instances = predictor(bgr)["instances"].to("cpu")
+        outputs = predictor(bgr)
+        instances = outputs["instances"].to("cpu")
         instances = instances[instances.scores >= score_thresh]
         rgb = bgr[:, :, ::-1]
         pred = Visualizer(rgb, metadata, scale=2.0, instance_mode=ColorMode.IMAGE).draw_instance_predictions(instances)
         # Instances only: records may also carry a semantic label file, which would be drawn too.
         gt_record = {k: v for k, v in record.items() if k != "sem_seg_file_name"}
         gt = Visualizer(rgb, metadata, scale=2.0).draw_dataset_dict(gt_record)
-        panel = np.concatenate([pred.get_image(), np.full((pred.get_image().shape[0], 8, 3), 255, np.uint8), gt.get_image()], axis=1)
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         path = os.path.join(output_dir, f"{stem}_pred_vs_gt.png")
-        Image.fromarray(panel).save(path)
+        Image.fromarray(_side_by_side(pred.get_image(), gt.get_image())).save(path)
         written.append(path)
+        if "sem_seg" in outputs:
+            path = os.path.join(output_dir, f"{stem}_sem_seg.png")
+            Image.fromarray(_semantic_panel(rgb, outputs["sem_seg"], record, metadata)).save(path)
+            written.append(path)
         print(f"[visualize] {i + 1}/{len(records)} {path}: {len(instances)} instances >= {score_thresh}", flush=True)
     return written
+
+
+def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return np.concatenate([left, np.full((left.shape[0], 8, 3), 255, np.uint8), right], axis=1)
+
+
+def _semantic_panel(rgb: np.ndarray, sem_seg, record: dict, metadata) -> np.ndarray:
+    """The predicted label map (``argmax`` of ``sem_seg`` ``(C+1, H, W)``) drawn over the image, next
+    to the record's label file (or the image alone when the record has none)."""
+    labels = sem_seg.argmax(dim=0).to("cpu").numpy()
+    pred = Visualizer(rgb, metadata, scale=2.0).draw_sem_seg(labels, alpha=0.6).get_image()
+    truth = Visualizer(rgb, metadata, scale=2.0)
+    if record.get("sem_seg_file_name"):
+        gt = np.asarray(Image.open(record["sem_seg_file_name"]))
+        right = truth.draw_sem_seg(gt, alpha=0.6).get_image()
+    else:
+        right = truth.output.get_image()
+    return _side_by_side(pred, right)
 
 
 def main(argv=None):
@@ -62,7 +86,7 @@ def main(argv=None):
     cfg = get_instfcn_cfg(args.config_file, args.opts)
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    visualize(cfg, dataset, args.num_images, args.score_thresh, args.output)
+    return visualize(cfg, dataset, args.num_images, args.score_thresh, args.output)
 
 
 if __name__ == "__main__":
