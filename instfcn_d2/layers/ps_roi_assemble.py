@@ -8,7 +8,9 @@ bilinear RoIAlign average over the bin, exactly as detectron2's ``ROIAlign``:
 
 - ``aligned=True``: pixel-centre (-0.5) shift of the RoI, no size clamp (detectron2's default for
   new models); ``aligned=False``: no shift, RoI width/height clamped to at least 1.
-- ``sampling_ratio > 0``: that many samples per bin side; ``<= 0``: ``ceil(roi_size / m)``.
+- ``sampling_ratio > 0``: that many samples per bin side; ``<= 0`` (adaptive): ``ceil(roi_size / m)``,
+  at most ``MAX_ADAPTIVE_SAMPLES`` (64), so a huge RoI costs bounded time and memory (the cap only
+  changes bins wider than 64 pixels of the map read, far beyond the models' RoIs).
 - samples outside ``[-1, H] x [-1, W]`` contribute 0.
 
 With ``m == k`` (and ``aligned=True``) this is ``torchvision.ops.ps_roi_align``; with ``k == 1``
@@ -21,7 +23,9 @@ from torch import Tensor, nn
 
 from ._ext import check_sizes  # (importing _ext loads instfcn_d2._C, which defines torch.ops.instfcn_d2)
 
-__all__ = ["ps_roi_assemble", "PSRoIAssemble"]
+from .reference import MAX_ADAPTIVE_SAMPLES  # noqa: F401  (the cap of adaptive sampling, shared with the kernels)
+
+__all__ = ["ps_roi_assemble", "PSRoIAssemble", "MAX_ADAPTIVE_SAMPLES"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -128,7 +132,8 @@ def ps_roi_assemble(
         output_size: ``m``, output bins per side.
         group_size: ``k``, position-sensitive cells per side (``1 <= k <= m``).
         spatial_scale: image-to-feature scale (``1 / stride``).
-        sampling_ratio: samples per bin side; ``<= 0`` for ``ceil(roi_size / m)``.
+        sampling_ratio: samples per bin side; ``<= 0`` for ``min(ceil(roi_size / m), 64)``
+            (``MAX_ADAPTIVE_SAMPLES``; ``roi_size`` in pixels of ``input``).
         aligned: detectron2's ``ROIAlign(aligned=True)`` half-pixel convention.
 
     Returns:

@@ -10,9 +10,16 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "MAX_ADAPTIVE_SAMPLES",
     "ps_roi_assemble_reference",
     "window_assemble_reference",
 ]
+
+# Most samples per bin side that ps_roi_assemble's adaptive sampling (sampling_ratio <= 0) takes:
+# ceil(roi_size / m), capped here so that a huge RoI costs bounded time and memory. The native
+# kernels use the same constant (kMaxAdaptiveSamples in layers/csrc/ps_roi_assemble/bilinear.h,
+# where the choice of 64 is explained).
+MAX_ADAPTIVE_SAMPLES = 64
 
 # Elements of the largest intermediate gather per chunk of RoIs (bounds the memory use).
 _CHUNK_ELEMENTS = 1 << 22
@@ -97,8 +104,8 @@ def ps_roi_assemble_reference(
         grid_h = torch.full((R,), sampling_ratio, device=device, dtype=torch.long)
         grid_w = grid_h
     else:
-        grid_h = torch.ceil(roi_h / m).long()
-        grid_w = torch.ceil(roi_w / m).long()
+        grid_h = torch.ceil(roi_h / m).clamp(max=MAX_ADAPTIVE_SAMPLES).long()
+        grid_w = torch.ceil(roi_w / m).clamp(max=MAX_ADAPTIVE_SAMPLES).long()
     count = (grid_h * grid_w).clamp(min=1).to(dtype)
     gh_max = max(int(grid_h.max()), 1)
     gw_max = max(int(grid_w.max()), 1)

@@ -200,6 +200,54 @@ def test_errors():
         op(x, torch.tensor([[1, 0.0, 0.0, 3.0, 3.0]]), 1.0, 3, 3, 0, True)
 
 
+# ---- adaptive sampling is capped at MAX_ADAPTIVE_SAMPLES per bin side ------------------------------
+def test_adaptive_sampling_is_capped_per_bin_side():
+    """Bins wider than 64 map pixels take 64 samples per side, not ceil(roi_size / m): the native op
+    equals the explicit sampling_ratio=64 and the reference; RoIs within the cap are unchanged
+    (torchvision's uncapped roi_align)."""
+    from instfcn_d2.layers.ps_roi_assemble import MAX_ADAPTIVE_SAMPLES
+
+    assert MAX_ADAPTIVE_SAMPLES == 64
+    g = torch.Generator().manual_seed(61)
+    m = 3
+    x = torch.randn(1, 2, 800, 900, generator=g, dtype=torch.float64)
+    # 256 map pixels per bin on both axes: adaptive would take 256 x 256 samples per bin.
+    big = torch.tensor([[0, 10.3, 20.7, 10.3 + 256 * m, 20.7 + 256 * m]], dtype=torch.float64)
+    out = ps_roi_assemble(x, big, m, 1, 1.0, 0, True)
+    torch.testing.assert_close(out, ps_roi_assemble(x, big, m, 1, 1.0, MAX_ADAPTIVE_SAMPLES, True))
+    torch.testing.assert_close(out, ps_roi_assemble_reference(x, big, m, 1, 1.0, 0, True))
+    # One axis over the cap, the other under it: the cap applies per axis.
+    wide = torch.tensor([[0, 3.2, 5.9, 3.2 + 200 * m, 5.9 + 10 * m]], dtype=torch.float64)
+    torch.testing.assert_close(
+        ps_roi_assemble(x, wide, m, 1, 1.0, -1, False), ps_roi_assemble_reference(x, wide, m, 1, 1.0, -1, False)
+    )
+    # At most 64 map pixels per bin: exactly RoIAlign's adaptive sampling, as before.
+    normal = torch.tensor([[0, 1.1, 2.3, 1.1 + 63.5 * m, 2.3 + 40 * m], [0, 7.5, 3.3, 90.2, 150.8]], dtype=torch.float64)
+    tv = torchvision.ops.roi_align(x, normal, m, 1.0, 0, True)
+    torch.testing.assert_close(ps_roi_assemble(x, normal, m, 1, 1.0, 0, True), tv)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, -1])
+def test_huge_roi_runs_in_bounded_time_and_memory(sampling_ratio):
+    """A 1e9-pixel RoI (adaptive: 5e7 samples per bin side uncapped) costs no more than a
+    64-sample one: forward, backward and the reference, which agree."""
+    import time
+
+    g = torch.Generator().manual_seed(62)
+    x = torch.randn(1, 9, 40, 50, generator=g, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, -1e9, -3e8, 1e9, 7e8], [0, 5.0, 6.0, 300.0, 400.0]], dtype=torch.float64)
+    start = time.perf_counter()
+    out = ps_roi_assemble(x, rois, 7, 3, 1 / 8, sampling_ratio, True)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    ref = ps_roi_assemble_reference(x, rois, 7, 3, 1 / 8, sampling_ratio, True)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert time.perf_counter() - start < 20, "bounded: milliseconds when capped, tens of seconds before"
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grad, grad_ref)
+    # The huge RoI is sampled exactly as with 64 samples per side.
+    torch.testing.assert_close(out[:1], ps_roi_assemble(x, rois[:1], 7, 3, 1 / 8, 64, True))
+
+
 # ---- CUDA ------------------------------------------------------------------------------------------
 @needs_cuda
 @pytest.mark.parametrize(
@@ -234,3 +282,18 @@ def test_cuda_matches_torchvision_and_cpu():
     torch.testing.assert_close(out.cpu(), ps_roi_assemble(x, rois, 7, 7, 1 / 16, 2, True), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rois is on cpu"):
         ps_roi_assemble(x.cuda(), rois, 7, 7, 1 / 16, 2)
+
+
+@needs_cuda
+def test_cuda_caps_adaptive_sampling_as_the_cpu():
+    """The CUDA kernel takes the same capped sample count: a huge RoI and one over the cap on one
+    axis match the CPU kernel (and run in bounded time)."""
+    g = torch.Generator().manual_seed(63)
+    x = torch.randn(1, 9 * 2, 40, 50, generator=g, dtype=torch.float64)
+    rois = torch.tensor(
+        [[0, -1e9, -3e8, 1e9, 7e8], [0, 3.2, 5.9, 3.2 + 200 * 7 * 8, 5.9 + 10 * 7 * 8], [0, 5.0, 6.0, 300.0, 400.0]],
+        dtype=torch.float64,
+    )
+    for sampling_ratio in (0, -1):
+        out = ps_roi_assemble(x.cuda(), rois.cuda(), 7, 3, 1 / 8, sampling_ratio, True)
+        torch.testing.assert_close(out.cpu(), ps_roi_assemble(x, rois, 7, 3, 1 / 8, sampling_ratio, True))

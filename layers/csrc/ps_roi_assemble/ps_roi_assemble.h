@@ -22,7 +22,8 @@
 // torchvision's roi_align / detectron2's ROIAlign:
 //   aligned = true : RoI corners shifted by -0.5 (pixel centres), RoI size not clamped;
 //   aligned = false: no shift, RoI width/height clamped to >= 1;
-//   sampling_ratio > 0: that many samples per bin side; <= 0: ceil(roi_size / m) (adaptive);
+//   sampling_ratio > 0: that many samples per bin side; <= 0: adaptive, ceil(roi_size / m) but
+//   at most kMaxAdaptiveSamples = 64 (bilinear.h: bounds the work of a huge RoI);
 //   a sample with y < -1 or y > H (or x < -1 or x > W) contributes 0; coordinates <= 0 clamp
 //   to 0; coordinates at/after the last row/column read that row/column.
 // Each bin is divided by the sample count max(grid_h * grid_w, 1).

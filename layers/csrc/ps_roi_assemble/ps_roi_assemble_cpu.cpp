@@ -131,8 +131,8 @@ std::vector<RoiTable<T>> build_tables(
       }
       const T bin_h = roi_h / static_cast<T>(m);
       const T bin_w = roi_w / static_cast<T>(m);
-      const int64_t grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_h / m));
-      const int64_t grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(std::ceil(roi_w / m));
+      const int64_t grid_h = samples_per_bin_side(roi_h, m, sampling_ratio);
+      const int64_t grid_w = samples_per_bin_side(roi_w, m, sampling_ratio);
       t.count = static_cast<T>(std::max<int64_t>(grid_h * grid_w, 1));
       t.y.build(y1, bin_h, grid_h, H, m);
       t.x.build(x1, bin_w, grid_w, W, m);

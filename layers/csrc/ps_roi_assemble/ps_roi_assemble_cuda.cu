@@ -54,8 +54,8 @@ __device__ __forceinline__ RoiGeometry<acc_t> roi_geometry(
   }
   g.bin_h = roi_h / static_cast<acc_t>(m);
   g.bin_w = roi_w / static_cast<acc_t>(m);
-  g.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(roi_h / static_cast<acc_t>(m)));
-  g.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil(roi_w / static_cast<acc_t>(m)));
+  g.grid_h = samples_per_bin_side(roi_h, m, sampling_ratio);
+  g.grid_w = samples_per_bin_side(roi_w, m, sampling_ratio);
   g.count = static_cast<acc_t>(max(g.grid_h * g.grid_w, int64_t(1)));
   return g;
 }
