@@ -26,6 +26,8 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible under its name
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache should stay readable
         os.replace(tmp, path)
     except BaseException:
