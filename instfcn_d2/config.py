@@ -22,6 +22,14 @@ def add_instfcn_config(cfg: CN) -> CN:
         # Training: side of a random square crop taken after the scale jitter (0 = none); images
         # smaller than it are kept whole. Bounds the cost of large training scales.
         _C.INSTFCN.TRAIN_CROP_SIZE = 0
+    # A COCO-format instance dataset given by its files, no Python needed (instfcn_d2.data.coco_json,
+    # docs/custom_dataset.md): tools/train_net.py registers each JSON with register_coco_instances
+    # and sets DATASETS.TRAIN / TEST and MODEL.ROI_HEADS.NUM_CLASSES from it. "" = not used.
+    if "COCO_JSON_TRAIN" not in _C.DATASETS:
+        _C.DATASETS.COCO_JSON_TRAIN = ""  # the training annotations (instances JSON)
+        _C.DATASETS.COCO_IMAGE_ROOT_TRAIN = ""  # the folder its images' file_name are relative to
+        _C.DATASETS.COCO_JSON_TEST = ""  # the evaluation annotations
+        _C.DATASETS.COCO_IMAGE_ROOT_TEST = ""
     from .modeling.backbone.config import add_backbone_config  # MODEL.VGG, MODEL.DILATED_RESNET
 
     add_backbone_config(_C)

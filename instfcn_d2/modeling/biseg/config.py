@@ -31,6 +31,13 @@ def add_biseg_config(cfg: CN) -> CN:
     _C.SEM_SEG_CONV_DIM = 512
     # Weight of the per-pixel cross-entropy L_ss (the paper's Eq. 3 sums the losses: 1).
     _C.SEM_SEG_LOSS_WEIGHT = 1.0
+    # Where the training labels of the semantic branch come from (instfcn_d2.data.dataset_mapper):
+    # "auto": a record's label file (sem_seg_file_name) when it has one, else derived from its
+    # instance annotations (instfcn_d2.data.semantic_from_instances: c + 1 inside an instance of
+    # class c, 0 elsewhere, MODEL.SEM_SEG_HEAD.IGNORE_VALUE on crowd regions, the smaller instance
+    # on top); "files": the label files, required; "instances": always derived. The mean IU of the
+    # evaluation is measured against the same labels (instfcn_d2.engine.trainer.build_evaluators).
+    _C.SEM_SEG_SOURCE = "auto"
 
     # ---- Bayesian combination of the semantic prior with the inside likelihoods
     # "product": the paper's, inside * prior (exact); "log": inside + log(prior), Bayes in log

@@ -143,14 +143,18 @@ class BiSeg(FCIS):
     # ---- semantic targets ---------------------------------------------------------------------------
     def sem_seg_targets(self, batched_inputs: List[Dict], images: ImageList) -> Tensor:
         """``(N, H_pad, W_pad)`` int64 labels of the batch, padded with ``ignore_value`` to the
-        padded image size (``ImageList.from_tensors``, as detectron2's ``SemanticSegmentor``)."""
-        targets = []
+        padded image size (``ImageList.from_tensors``, as detectron2's ``SemanticSegmentor``).
+        Labels outside ``[0, C]`` (0 = background, ``c + 1`` = class ``c``) that are not the ignore
+        value raise a ``ValueError`` naming the image files."""
+        num_classes = self.roi_heads.num_classes
+        targets, out_of_range = [], []
         for x in batched_inputs:
             name = x.get("file_name", "<input without file_name>")
             if "sem_seg" not in x:
                 raise ValueError(
                     f"BiSeg training needs semantic labels ('sem_seg') in every input dict; {name} has none: "
-                    "use a dataset whose records have 'sem_seg_file_name' (detectron2's DatasetMapper loads it)"
+                    "use the project's InstFCNDatasetMapper, which loads 'sem_seg_file_name' or derives the labels "
+                    "from the instance annotations (MODEL.BISEG.SEM_SEG_SOURCE)"
                 )
             sem = x["sem_seg"]
             if tuple(sem.shape) != tuple(x["image"].shape[-2:]):
@@ -158,7 +162,19 @@ class BiSeg(FCIS):
                     f"BiSeg: 'sem_seg' of {name} has shape {tuple(sem.shape)}, its image "
                     f"{tuple(x['image'].shape[-2:])}; the label map must be (H, W) of the augmented image"
                 )
-            targets.append(sem.to(self.device, torch.int64))
+            sem = sem.to(torch.int64)
+            bad = (sem != self.ignore_value) & ((sem < 0) | (sem > num_classes))
+            if bad.any():
+                out_of_range.append(f"{name}: {torch.unique(sem[bad]).tolist()[:10]}")
+            targets.append(sem.to(self.device))
+        if out_of_range:
+            raise ValueError(
+                f"BiSeg: semantic labels ('sem_seg') out of range in {len(out_of_range)} image(s): "
+                + "; ".join(out_of_range[:10])
+                + f". Labels must be in [0, {num_classes}]: 0 = background, c + 1 = thing class c "
+                f"(MODEL.ROI_HEADS.NUM_CLASSES = {num_classes}), or the ignore value {self.ignore_value} "
+                "(MODEL.SEM_SEG_HEAD.IGNORE_VALUE); check the dataset's semantic labels (its sem_seg_file_name files)"
+            )
         padded = ImageList.from_tensors(targets, self.backbone.size_divisibility, pad_value=self.ignore_value).tensor
         if padded.shape[-2:] != images.tensor.shape[-2:]:  # both padded by the same rule
             raise RuntimeError(

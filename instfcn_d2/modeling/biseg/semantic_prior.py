@@ -86,7 +86,8 @@ class SemanticBranch(nn.Module):
 
         Args:
             logits: ``(N, C+1, H, W)``.
-            targets: ``(N, H_img, W_img)`` int64 labels in ``[0, C]`` or ``ignore_value``.
+            targets: ``(N, H_img, W_img)`` int64 labels in ``[0, C]`` (0 = background, ``c + 1`` =
+                thing class ``c``) or ``ignore_value``.
             ignore_value: label of pixels without a target (detectron2's
                 ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``).
 
@@ -106,10 +107,10 @@ class SemanticBranch(nn.Module):
             values = torch.unique(targets[bad]).tolist()[:10]
             raise ValueError(
                 f"SemanticBranch.losses: sem_seg labels {values} are outside [0, {num_labels - 1}] "
-                f"(C+1 = {num_labels} classes, background {num_labels - 1}) and are not the ignore value "
-                f"{ignore_value} (MODEL.SEM_SEG_HEAD.IGNORE_VALUE)"
+                f"(0 = background, c + 1 = thing class c, for C = {num_labels - 1} classes) and are not the "
+                f"ignore value {ignore_value} (MODEL.SEM_SEG_HEAD.IGNORE_VALUE)"
             )
-        logits = logits.float()  # https://github.com/pytorch/pytorch/issues/48163 (as detectron2)
+        logits = logits.float()  # the upsampling and the loss in float32, as detectron2's SemSegFPNHead
         # size= rather than detectron2's scale_factor=stride: the same when the padded image is a
         # multiple of the stride, and still correct when it is not (dilated trunks round up)
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
@@ -140,7 +141,7 @@ def crop_roi_prior(
         rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in image coordinates.
         output_size: ``M``.
         spatial_scale: ``1 / stride`` of ``sem_probs`` (1/16 on BiSeg's conv5).
-        sampling_ratio: samples per bin side; ``<= 0``: ``ceil(roi_size / M)``.
+        sampling_ratio: samples per bin side; ``<= 0``: ``ceil(roi_size / M)``, at most 64.
 
     Returns:
         ``(R, C+1, M, M)``.

@@ -349,8 +349,28 @@ def test_bad_semantic_input_raises_clear_errors():
         _losses(model, [{**s, "sem_seg": s["sem_seg"][:64, :64]}])
     bad = s["sem_seg"].clone()
     bad[0, 0] = 7
-    with pytest.raises(ValueError, match=r"labels \[7\].*IGNORE_VALUE"):
+    with pytest.raises(ValueError, match=r"synthetic_0.png: \[7\].*IGNORE_VALUE"):
         _losses(model, [{**s, "sem_seg": bad}])
+
+
+def test_out_of_range_semantic_labels_name_the_image_files_and_the_range():
+    """Semantic labels are 0 = background, c + 1 = class c: with C = 2, a 3 (or -1) is out of
+    range; the error names the offending files (not the good one) and the range, before any loss."""
+    model = _model()
+    good, bad_a, bad_b = _sample(0), _sample(1), _sample(2)
+    bad_a["sem_seg"][0, 0] = 3
+    bad_b["sem_seg"][5, 5] = -1
+    batch = [good, bad_a, bad_b]
+    images = model.preprocess_image(batch)
+    with pytest.raises(ValueError) as info:
+        model.sem_seg_targets(batch, images)
+    msg = str(info.value)
+    assert "synthetic_1.png: [3]" in msg and "synthetic_2.png: [-1]" in msg and "synthetic_0.png" not in msg
+    assert "[0, 2]: 0 = background, c + 1 = thing class c" in msg and "NUM_CLASSES = 2" in msg
+    assert "ignore value 255" in msg
+    ok = _sample(3)
+    ok["sem_seg"][0, 0] = C  # the last class's label is in range
+    assert model.sem_seg_targets([ok], model.preprocess_image([ok])).max() == C
 
 
 def test_heads_without_the_prior_say_where_it_comes_from():

@@ -91,8 +91,11 @@ def test_loss_rejects_bad_targets():
     logits = torch.zeros(1, 3, 4, 4)
     targets = torch.zeros(1, 16, 16, dtype=torch.long)
     targets[0, 0, 0] = 5
-    with pytest.raises(ValueError, match=r"labels \[5\] are outside \[0, 2\].*IGNORE_VALUE"):
+    with pytest.raises(ValueError, match=r"labels \[5\] are outside \[0, 2\].*IGNORE_VALUE") as info:
         branch.losses(logits, targets, ignore_value=255)
+    # the background is label 0 (c + 1 is class c), not the last label
+    assert "0 = background, c + 1 = thing class c" in str(info.value)
+    assert "background 2" not in str(info.value)
     with pytest.raises(TypeError, match="int64"):
         branch.losses(logits, targets.float(), ignore_value=255)
     with pytest.raises(ValueError, match=r"\(N, H_img, W_img\)"):
