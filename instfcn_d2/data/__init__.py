@@ -9,6 +9,9 @@ loaded (``DatasetCatalog.get``), and the loaders follow the environment variable
   the val instance annotations and the semantic labels are derived on first use.
 - ``sbd_train`` / ``sbd_val``: SBD's VOC 2012 instance masks, converted by
   ``datasets/prepare_sbd.py``; loading before the conversion raises an error naming the command.
+- ``cityscapes_fine_instance_seg_train`` / ``_val``: registered by detectron2 itself (images and
+  ``gtFine`` under ``$DETECTRON2_DATASETS/cityscapes``); :mod:`.cityscapes` lets detectron2's main
+  branch find ``cityscapesscripts`` (an import alias, installed here, inert until used).
 
 Modules:
 
@@ -24,8 +27,14 @@ Modules:
 - :mod:`.sbd`: SBD class list, file layout, registration and loading.
 - :mod:`.convert_sbd`: SBD conversion (MATLAB files -> instances JSON and semantic label PNGs,
   ``prepare_sbd``); run by ``datasets/prepare_sbd.py``.
+- :mod:`.cityscapes`: the ``cityscapesscripts`` import alias detectron2's main branch needs.
 - :mod:`.dataset_mapper`: :class:`InstFCNDatasetMapper`, dataset dict -> model input.
+- :mod:`.semantic_from_instances`: semantic labels derived from instance masks (BiSeg on a dataset
+  without label files, ``MODEL.BISEG.SEM_SEG_SOURCE``) and the rasterisation of annotations.
+- :mod:`.coco_json`: a user's COCO JSON from config keys (``DATASETS.COCO_JSON_TRAIN`` / ``_TEST``,
+  registered by ``tools/train_net.py``), and the check of a COCO JSON's annotations.
 """
+from .cityscapes import install_cityscapesscripts_alias
 from .coco128 import register_coco128
 from .dataset_mapper import DatasetRecordError, InstFCNDatasetMapper
 from .sbd import register_sbd
@@ -34,5 +43,6 @@ from .synthetic import register_synthetic_shapes
 register_synthetic_shapes()
 register_coco128()
 register_sbd()
+install_cityscapesscripts_alias()
 
 __all__ = ["InstFCNDatasetMapper", "DatasetRecordError", "register_synthetic_shapes", "register_coco128", "register_sbd"]
