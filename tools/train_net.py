@@ -5,15 +5,25 @@ Examples:
   python tools/train_net.py --config-file configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml
   python tools/train_net.py --config-file CFG --resume                      # continue from last_checkpoint
   python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
+  python tools/train_net.py --config-file CFG --eval-only --resume          # the last checkpoint of OUTPUT_DIR
   python tools/train_net.py --config-file CFG --num-gpus 2                  # multi-process (GLOO on CPU)
   python tools/train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
   python tools/train_net.py --config-file CFG --budget-minutes 20          # schedule fitted to 20 minutes
+  python tools/train_net.py --config-file CFG DATASETS.COCO_JSON_TRAIN train.json DATASETS.COCO_IMAGE_ROOT_TRAIN images/ \
+      DATASETS.COCO_JSON_TEST val.json DATASETS.COCO_IMAGE_ROOT_TEST images/   # your COCO-format data
+
+``DATASETS.COCO_JSON_TRAIN`` / ``_TEST`` (with their image folders) register those files with
+``register_coco_instances`` and set DATASETS.TRAIN / TEST and MODEL.ROI_HEADS.NUM_CLASSES from them,
+as the log says (instfcn_d2/data/coco_json.py, docs/custom_dataset.md).
 
 ``--budget-minutes`` first times 40 training steps of CFG on this machine (a throw-away model, not
 counted), then scales SOLVER.MAX_ITER, STEPS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD so that the
 training fills the budget (tools/time_budget.py); the fitted config is the one saved
 in OUTPUT_DIR/config.yaml. During training a hook shortens the schedule (and logs it) if the
 machine turns out slower than measured, so the training never runs past the budget.
+
+``--eval-only`` refuses to evaluate without weights (an empty MODEL.WEIGHTS and no checkpoint to
+resume), which would report the metrics of a random model; ``--allow-random-weights`` allows it.
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
@@ -24,18 +34,21 @@ import sys
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
+from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.engine import Trainer
+from instfcn_d2.engine.checks import check_num_classes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools' own modules
 from time_budget import MEASURE_BUDGET_SHARE, BudgetTrainer, fit_schedule_to_budget, measure_seconds_per_iteration  # noqa: E402
 
 
 def argument_parser():
-    """detectron2's ``default_argument_parser`` plus ``--budget-minutes``."""
+    """detectron2's ``default_argument_parser`` plus ``--budget-minutes`` and ``--allow-random-weights``."""
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
         "--budget-minutes",
@@ -43,11 +56,38 @@ def argument_parser():
         default=None,
         help="fit the schedule (SOLVER.MAX_ITER, STEPS, ...) to this many minutes of training on this machine",
     )
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="with --eval-only: evaluate even when MODEL.WEIGHTS is empty (a randomly initialised model)",
+    )
     return parser
+
+
+def check_eval_weights(cfg, args, checkpointer) -> None:
+    """``--eval-only`` needs weights: ``MODEL.WEIGHTS``, or ``--resume`` with a checkpoint in
+    OUTPUT_DIR. Without them it would evaluate a randomly initialised model and report its
+    (meaningless) metrics: exit with a message instead, unless ``--allow-random-weights``."""
+    if cfg.MODEL.WEIGHTS or (args.resume and checkpointer.has_checkpoint()):
+        return
+    log = logging.getLogger("detectron2.train_net")
+    if getattr(args, "allow_random_weights", False):
+        log.warning("--eval-only --allow-random-weights: MODEL.WEIGHTS is empty, evaluating a randomly initialised model")
+        return
+    message = (
+        "train_net.py: --eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model. "
+        "Give the trained weights, e.g. `--eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth`, or `--resume` "
+        f"to evaluate the last checkpoint of OUTPUT_DIR ({cfg.OUTPUT_DIR}, which has none); "
+        "--allow-random-weights evaluates random weights on purpose."
+    )
+    log.error(message)
+    raise SystemExit(message)
 
 
 def setup(args):
     cfg = get_instfcn_cfg(args.config_file, args.opts)
+    # DATASETS.COCO_JSON_*: registered before anything reads DATASETS (in every launched process)
+    dataset_notes = apply_coco_json_config(cfg)
     budget = getattr(args, "budget_minutes", None)
     if budget is not None and not args.eval_only:
         if args.num_gpus * args.num_machines > 1:
@@ -62,6 +102,10 @@ def setup(args):
     cfg.freeze()
     # after the measurement: seeds the RNGs, so the training starts as it would without it
     default_setup(cfg, args)
+    # the project's own loggers (instfcn_d2.*) to the console and OUTPUT_DIR/log.txt, as detectron2's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="instfcn_d2", abbrev_name="instfcn")
+    for line in dataset_notes:
+        logging.getLogger("detectron2.train_net").info(line)
     if budget is not None and not args.eval_only:
         logging.getLogger("detectron2.train_net").info(note)
     return cfg
@@ -72,9 +116,12 @@ def main(args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # Strict: evaluating weights that do not fit would silently evaluate a random model.
-        StrictDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = StrictDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        check_eval_weights(cfg, args, checkpointer)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # The model's classes against the evaluation data's (after the load: a checkpoint that does
+        # not fit the config is reported as such first).
+        check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", load=True)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

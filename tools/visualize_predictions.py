@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -21,6 +22,8 @@ from PIL import Image
 
 import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.config import get_instfcn_cfg
+from instfcn_d2.data.coco_json import apply_coco_json_config
+from instfcn_d2.data.semantic_from_instances import semantic_from_annotations
 
 
 def parse_args(argv=None):
@@ -69,12 +72,18 @@ def _side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 def _semantic_panel(rgb: np.ndarray, sem_seg, record: dict, metadata) -> np.ndarray:
     """The predicted label map (``argmax`` of ``sem_seg`` ``(C+1, H, W)``) drawn over the image, next
-    to the record's label file (or the image alone when the record has none)."""
+    to the record's label file, or to the labels derived from its instance annotations as BiSeg
+    trains on them without a file (instfcn_d2.data.semantic_from_instances; crowd regions blank)."""
+    if metadata.get("stuff_classes", None) is None:  # an instance dataset: 0 background, c + 1 class c
+        metadata = Metadata(name=metadata.name, stuff_classes=["background"] + list(metadata.get("thing_classes", [])))
     labels = sem_seg.argmax(dim=0).to("cpu").numpy()
     pred = Visualizer(rgb, metadata, scale=2.0).draw_sem_seg(labels, alpha=0.6).get_image()
     truth = Visualizer(rgb, metadata, scale=2.0)
     if record.get("sem_seg_file_name"):
         gt = np.asarray(Image.open(record["sem_seg_file_name"]))
+        right = truth.draw_sem_seg(gt, alpha=0.6).get_image()
+    elif record.get("annotations") and all("segmentation" in a for a in record["annotations"]):
+        gt = semantic_from_annotations(record["annotations"], rgb.shape[:2])
         right = truth.draw_sem_seg(gt, alpha=0.6).get_image()
     else:
         right = truth.output.get_image()
@@ -84,6 +93,8 @@ def _semantic_panel(rgb: np.ndarray, sem_seg, record: dict, metadata) -> np.ndar
 def main(argv=None):
     args = parse_args(argv)
     cfg = get_instfcn_cfg(args.config_file, args.opts)
+    for line in apply_coco_json_config(cfg):  # DATASETS.COCO_JSON_* (e.g. in OUTPUT_DIR/config.yaml)
+        print(f"[visualize] {line}", flush=True)
     cfg.freeze()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     return visualize(cfg, dataset, args.num_images, args.score_thresh, args.output)

@@ -20,8 +20,11 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
 from detectron2.utils import comm
 
-from ..data.dataset_mapper import InstFCNDatasetMapper
-from ..evaluation import RegionAPEvaluator, SegmentProposalEvaluator
+from ..checkpoint import InstFCNCheckpointer
+from ..data.coco_json import check_coco_json_datasets
+from ..data.dataset_mapper import InstFCNDatasetMapper, sem_seg_source_of
+from ..evaluation import InstanceSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
+from .checks import check_num_classes
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
@@ -31,17 +34,27 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     ===============  ===================  ==================================================
     evaluator_type   META_ARCHITECTURE    evaluators
     ===============  ===================  ==================================================
-    coco, sbd        InstanceFCN          SegmentProposalEvaluator (class-agnostic AR@N)
+    coco, sbd, cs    InstanceFCN          SegmentProposalEvaluator (class-agnostic AR@N)
     coco             FCIS, BiSeg          COCOEvaluator(bbox, segm)
     coco             others               COCOEvaluator(bbox, + segm when MODEL.MASK_ON)
     sbd              FCIS, BiSeg, or      RegionAPEvaluator (mAPr@0.5 / @0.7) +
                      MODEL.MASK_ON        COCOEvaluator(bbox, segm)
     sbd              others (no masks)    COCOEvaluator(bbox)
+    cs               FCIS, BiSeg, or      CityscapesInstanceEvaluator (cityscapesscripts'
+                     MODEL.MASK_ON        mask AP / AP50)
+    cs               others (no masks)    an error (the evaluation needs masks)
     sem_seg          any                  SemSegEvaluator
     ===============  ===================  ==================================================
 
+    ``cs``: ``cityscapes_instance``, detectron2's own registration of Cityscapes
+    (``cityscapes_fine_instance_seg_*``), evaluated by :mod:`instfcn_d2.evaluation.cityscapes`.
+
     BiSeg also predicts semantic segmentation (``sem_seg``): on a dataset whose metadata has
-    ``sem_seg_root`` it gets detectron2's ``SemSegEvaluator`` (mean IU) besides. Some loaders set
+    ``sem_seg_root`` it gets detectron2's ``SemSegEvaluator`` (mean IU) besides; on a coco / sbd
+    dataset without it, :class:`~instfcn_d2.evaluation.InstanceSemSegEvaluator` (the same mean IU
+    against labels derived from the instance annotations, as the training mapper derives them).
+    ``MODEL.BISEG.SEM_SEG_SOURCE`` "files" allows only the former, "instances" only the latter. A
+    COCO JSON (metadata ``json_file``) is checked first (``check_coco_json``). Some loaders set
     ``sem_seg_root`` when first run; ``DefaultTrainer.test`` builds the test loader before the
     evaluator, so it is there by then. FCIS and BiSeg always predict masks, whatever
     ``MODEL.MASK_ON`` says (a Mask R-CNN switch). Several evaluators come as ``DatasetEvaluators``.
@@ -54,21 +67,35 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     predicts_masks = cfg.MODEL.MASK_ON or arch in ("FCIS", "BiSeg")
     coco_tasks = ("bbox", "segm") if predicts_masks else ("bbox",)
     evaluators = []
-    if kind in ("coco", "sbd") and arch == "InstanceFCN":  # class-agnostic segment proposals
+    if kind in ("coco", "sbd", "cityscapes_instance") and arch == "InstanceFCN":  # class-agnostic segment proposals
         evaluators.append(SegmentProposalEvaluator(dataset_name, output_dir=output_folder, distributed=True))
     elif kind in ("coco", "sbd"):
         if kind == "sbd" and predicts_masks:
             evaluators.append(RegionAPEvaluator(dataset_name, output_dir=output_folder, distributed=True))
+        check_coco_json_datasets([dataset_name])  # its JSON is what COCOEvaluator reads
         evaluators.append(COCOEvaluator(dataset_name, tasks=coco_tasks, distributed=True, output_dir=output_folder))
+    elif kind == "cityscapes_instance":  # detectron2's registration of Cityscapes
+        if not predicts_masks:
+            raise ValueError(f"dataset '{dataset_name}' is evaluated on instance masks: set MODEL.MASK_ON True")
+        from ..evaluation.cityscapes import CityscapesInstanceEvaluator
+
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name, output_dir=output_folder))
     elif kind == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
         raise ValueError(
             f"dataset '{dataset_name}' has evaluator_type={kind!r}: no evaluator known for it "
-            "(expected 'coco', 'sbd' or 'sem_seg' in its MetadataCatalog entry)"
+            "(expected 'coco', 'sbd', 'cityscapes_instance' or 'sem_seg' in its MetadataCatalog entry)"
         )
-    if arch == "BiSeg" and kind != "sem_seg" and meta.get("sem_seg_root", None):
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+    if arch == "BiSeg" and kind != "sem_seg":
+        source = sem_seg_source_of(cfg)  # MODEL.BISEG.SEM_SEG_SOURCE, as the training labels
+        if meta.get("sem_seg_root", None) and source != "instances":
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        elif kind in ("coco", "sbd", "cityscapes_instance") and source != "files":  # labels derived from the instances
+            evaluators.append(InstanceSemSegEvaluator(
+                dataset_name, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, use_files=source == "auto",
+                distributed=True, output_dir=output_folder,
+            ))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
@@ -98,8 +125,27 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         self.eval_results = None
+        # Before the first iteration: the model's classes against the training data's (metadata
+        # set at registration now; metadata that the loaders set, once super() has built the loader).
+        check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        # annotations that would make the final COCO evaluation fail, reported before training
+        check_coco_json_datasets(cfg.DATASETS.TEST)
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
+        check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
+        self._use_instfcn_checkpointer()
+
+    def _use_instfcn_checkpointer(self):
+        """Replace detectron2's checkpointer by :class:`~instfcn_d2.checkpoint.InstFCNCheckpointer`
+        (atomic writes, resume past damaged checkpoints, clear errors for non-checkpoints), with
+        the same model, folder and checkpointables; the periodic-checkpoint hook follows it."""
+        old = self.checkpointer
+        self.checkpointer = InstFCNCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        for hook in self._hooks:
+            if getattr(hook, "checkpointer", None) is old:
+                hook.checkpointer = self.checkpointer
 
     def build_hooks(self):
         """detectron2's hooks, its evaluation hook running :meth:`evaluate` (which keeps the results)."""

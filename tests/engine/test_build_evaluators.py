@@ -10,7 +10,7 @@ from detectron2.structures import BoxMode
 
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.engine.trainer import build_evaluators
-from instfcn_d2.evaluation import RegionAPEvaluator, SegmentProposalEvaluator
+from instfcn_d2.evaluation import InstanceSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
 
 # COCOEvaluator converts these throw-away datasets to a COCO json (pycocotools' polygon encode).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -54,10 +54,16 @@ def kinds(evaluator):
     return [(type(e).__name__, tuple(e._tasks) if isinstance(e, COCOEvaluator) else None) for e in parts]
 
 
-@pytest.mark.parametrize("arch", ["FCIS", "BiSeg"])
-def test_fcis_and_biseg_on_coco_get_bbox_and_segm(tmp_path, dataset, arch):
+def test_fcis_and_biseg_on_coco_get_bbox_and_segm(tmp_path, dataset):
     # MODEL.MASK_ON stays False (detectron2's default): FCIS and BiSeg predict masks regardless.
-    ev = build(tmp_path, dataset("coco"), arch)
+    ev = build(tmp_path, dataset("coco"), "FCIS")
+    assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm"))]
+    # BiSeg without label files (no sem_seg_root): mean IU against labels derived from the
+    # instances, unless MODEL.BISEG.SEM_SEG_SOURCE "files" asks for files
+    ev = build(tmp_path, dataset("coco"), "BiSeg")
+    assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("InstanceSemSegEvaluator", None)]
+    assert isinstance(ev._evaluators[1], InstanceSemSegEvaluator) and ev._evaluators[1]._use_files
+    ev = build(tmp_path, dataset("coco"), "BiSeg", "MODEL.BISEG.SEM_SEG_SOURCE", "files")
     assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm"))]
 
 
@@ -65,6 +71,10 @@ def test_biseg_with_semantic_labels_adds_mean_iu(tmp_path, dataset):
     ev = build(tmp_path, dataset("coco", sem_seg_root=True), "BiSeg")
     assert isinstance(ev, DatasetEvaluators)
     assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("SemSegEvaluator", None)]
+    # SEM_SEG_SOURCE "instances": trained on derived labels, scored against them too
+    ev = build(tmp_path, dataset("coco", sem_seg_root=True), "BiSeg", "MODEL.BISEG.SEM_SEG_SOURCE", "instances")
+    assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("InstanceSemSegEvaluator", None)]
+    assert not ev._evaluators[1]._use_files
     # FCIS predicts no sem_seg: no SemSegEvaluator even where labels exist
     assert kinds(build(tmp_path, dataset("coco", sem_seg_root=True), "FCIS")) == [("COCOEvaluator", ("bbox", "segm"))]
 
@@ -80,7 +90,8 @@ def test_mask_rcnn_follows_mask_on(tmp_path, dataset):
 @pytest.mark.parametrize("arch", ["FCIS", "BiSeg"])
 def test_sbd_gets_region_ap_and_coco(tmp_path, dataset, arch):
     ev = build(tmp_path, dataset("sbd"), arch)
-    assert kinds(ev) == [("RegionAPEvaluator", None), ("COCOEvaluator", ("bbox", "segm"))]
+    derived = [("InstanceSemSegEvaluator", None)] if arch == "BiSeg" else []  # no sem_seg_root
+    assert kinds(ev) == [("RegionAPEvaluator", None), ("COCOEvaluator", ("bbox", "segm"))] + derived
     region = ev._evaluators[0]
     assert isinstance(region, RegionAPEvaluator)
     assert region._thresholds == (0.5, 0.7) and region._use_07_metric

@@ -158,6 +158,114 @@ def test_eval_only_rejects_checkpoint_of_wrong_shape(train_net, trained, tmp_pat
         )
 
 
+def _tool_args(train_net, *extra, output_dir):
+    """As :func:`_args`, parsed by train_net's own parser (which knows its extra flags)."""
+    flags = [e for e in extra if e.startswith("--")]
+    opts = [e for e in extra if not e.startswith("--")]
+    argv = ["--config-file", CONFIG, *flags, *TINY, *opts, "OUTPUT_DIR", str(output_dir)]
+    return train_net.argument_parser().parse_args(argv)
+
+
+@pytest.mark.slow
+def test_eval_only_without_weights_exits_with_a_message_unless_allowed(train_net, trained, tmp_path):
+    """An empty MODEL.WEIGHTS would evaluate a random model: refused (non-zero exit, the flags to
+    use named); --allow-random-weights does it on purpose; --resume with a checkpoint in
+    OUTPUT_DIR needs no MODEL.WEIGHTS."""
+    import shutil
+
+    with pytest.raises(SystemExit) as info:
+        train_net.main(_tool_args(train_net, "--eval-only", "MODEL.WEIGHTS", "", output_dir=tmp_path / "refused"))
+    message = info.value.code
+    assert isinstance(message, str)  # sys.exit(str): printed, exit status 1
+    assert "--eval-only with an empty MODEL.WEIGHTS" in message and "--allow-random-weights" in message
+    assert "MODEL.WEIGHTS OUTPUT_DIR/model_final.pth" in message
+    assert not (tmp_path / "refused" / "inference").exists()
+
+    results = train_net.main(
+        _tool_args(train_net, "--eval-only", "--allow-random-weights", output_dir=tmp_path / "random")
+    )
+    assert "segm" in results
+
+    out, train_results = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    results = train_net.main(_tool_args(train_net, "--eval-only", "--resume", output_dir=resumed))
+    assert results["segm"]["AP"] == pytest.approx(train_results["segm"]["AP"], nan_ok=True, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_eval_only_checks_num_classes_against_the_test_dataset(train_net, tmp_path):
+    from instfcn_d2.engine.checks import NumClassesMismatchError
+
+    with pytest.raises(NumClassesMismatchError) as info:
+        train_net.main(
+            _tool_args(train_net, "--eval-only", "--allow-random-weights", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+                       output_dir=tmp_path)
+        )
+    msg = str(info.value)
+    assert "MODEL.ROI_HEADS.NUM_CLASSES = 3" in msg and "'test_shapes_val' (DATASETS.TEST) has 4 classes" in msg
+    assert not (tmp_path / "inference").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("content", ["text", "garbage"])
+def test_weights_that_are_not_a_checkpoint_name_the_file(train_net, tmp_path, content):
+    """Training (the trainer's checkpointer) and --eval-only (the strict one) both say the file is
+    not a checkpoint, naming it, instead of torch's weights_only advice."""
+    from instfcn_d2.checkpoint import NotACheckpointError
+
+    weights = tmp_path / "weights.pth"
+    if content == "text":
+        weights.write_text("model weights: see the README\n")
+    else:
+        weights.write_bytes(bytes(range(256)) * 8)
+    for flags in ((), ("--eval-only",)):
+        with pytest.raises(NotACheckpointError, match=f"^{weights} is not a checkpoint") as info:
+            train_net.main(_args(train_net, *flags, "MODEL.WEIGHTS", str(weights), output_dir=tmp_path / "out"))
+        assert "weights_only" not in str(info.value)
+    assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+@pytest.mark.slow
+def test_trainer_uses_the_projects_checkpointer_in_its_periodic_hook(train_net, tmp_path):
+    from detectron2.engine import hooks
+
+    from instfcn_d2.checkpoint import InstFCNCheckpointer
+    from instfcn_d2.config import get_instfcn_cfg
+    from instfcn_d2.engine import Trainer
+
+    trainer = Trainer(get_instfcn_cfg(CONFIG, [*TINY, "OUTPUT_DIR", str(tmp_path)]))
+    assert isinstance(trainer.checkpointer, InstFCNCheckpointer)
+    assert set(trainer.checkpointer.checkpointables) == {"trainer"}  # as detectron2's
+    periodic = [h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+    assert len(periodic) == 1 and periodic[0].checkpointer is trainer.checkpointer
+
+
+@pytest.mark.slow
+def test_resume_skips_an_empty_last_checkpoint_and_a_truncated_newest_checkpoint(train_net, trained, tmp_path, caplog):
+    """last_checkpoint empty (a run killed while tagging) and the newest model_*.pth truncated: the
+    resume warns about both and continues from the previous good checkpoint; the run's own saves
+    leave no temporary file behind."""
+    import logging
+    import shutil
+
+    out, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    os.remove(resumed / "model_final.pth")
+    newest = resumed / "model_0000003.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    (resumed / "last_checkpoint").write_text("")
+    with caplog.at_level(logging.WARNING, logger="instfcn_d2.checkpoint"):
+        train_net.main(_args(train_net, "--resume", "SOLVER.MAX_ITER", "4", output_dir=resumed))
+    assert "Starting training from iteration 2" in (resumed / "log.txt").read_text()
+    assert "last_checkpoint is empty" in caplog.text
+    assert f"skipping damaged checkpoint {newest}" in caplog.text
+    assert (resumed / "last_checkpoint").read_text() == "model_final.pth"
+    assert torch.load(newest, weights_only=False)["iteration"] == 3  # rewritten whole
+    assert not [f for f in os.listdir(resumed) if f.endswith(".tmp")]
+
+
 @pytest.mark.smoke
 @pytest.mark.slow
 def test_default_predictor_returns_instances_with_masks(trained):

@@ -22,6 +22,7 @@ baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
 """
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -259,6 +260,8 @@ class InstanceFCN(nn.Module):
                 )
 
         obj_logits, obj_targets, pos_rows = torch.cat(obj_logits), torch.cat(obj_targets), torch.cat(pos_rows)
+        if len(pos_rows) == 0:
+            self._warn_if_images_smaller_than_a_window(image_sizes, gt_instances)
         loss_objectness = F.binary_cross_entropy_with_logits(obj_logits, obj_targets, reduction="mean")
         if len(pos_rows):
             mask_logits = self.mask_head.assemble(mask_maps, pos_rows)
@@ -277,6 +280,33 @@ class InstanceFCN(nn.Module):
             "loss_objectness": loss_objectness * train.objectness_loss_weight,
             "loss_mask": loss_mask * train.mask_loss_weight,
         }
+
+    # Seconds between two warnings of one model that its batches have no positive window.
+    SMALL_IMAGE_WARNING_PERIOD = 600.0
+
+    def _warn_if_images_smaller_than_a_window(self, image_sizes, gt_instances) -> None:
+        """A batch with objects but no positive window, whose images with objects are all smaller
+        than one window, trains no mask: say so (first time, then at most every
+        ``SMALL_IMAGE_WARNING_PERIOD`` seconds per model), with the sizes and the keys to change."""
+        window_px = self.window_size * self.stride
+        sizes = [tuple(int(v) for v in size) for size, gt in zip(image_sizes, gt_instances) if len(gt)]
+        if not sizes or any(max(size) >= window_px for size in sizes):
+            return
+        now = time.monotonic()
+        last = getattr(self, "_small_image_warned_at", None)
+        if last is not None and now - last < self.SMALL_IMAGE_WARNING_PERIOD:
+            return
+        self._small_image_warned_at = now
+        shown = ", ".join(f"{h}x{w}" for h, w in sizes[:4]) + (", ..." if len(sizes) > 4 else "")
+        positive_px = self.training_params.label_params.object_size_fraction * window_px
+        logger.warning(
+            f"InstanceFCN: no positive window in this training batch: its images ({shown} px, HxW) are "
+            f"smaller than one window of {window_px} px (MODEL.INSTANCE_FCN.WINDOW_SIZE {self.window_size} x "
+            f"stride {self.stride}), and a positive window needs an object of about {positive_px:.0f} px, so the "
+            "mask branch gets no training signal. Use a smaller MODEL.INSTANCE_FCN.WINDOW_SIZE or larger input "
+            "scales (INPUT.MIN_SIZE_TRAIN / INPUT.MAX_SIZE_TRAIN). (Repeated at most every "
+            f"{self.SMALL_IMAGE_WARNING_PERIOD:.0f} s.)"
+        )
 
     # ---- assemble -> proposals (inference) --------------------------------------------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:

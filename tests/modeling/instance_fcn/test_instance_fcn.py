@@ -224,6 +224,26 @@ def test_image_smaller_than_one_window():
     assert len(inst) > 0
 
 
+def test_images_smaller_than_a_window_without_positives_warn_once(caplog):
+    """Images smaller than one window (56 px here) whose objects are too small to be positive: the
+    batch trains no mask; a warning names the image size, the window in pixels and the keys, once
+    (not at every iteration). Batches with positives, or images of a window or more, do not warn."""
+    import logging
+
+    model = _model()
+    small = [_sample(4, size=(24, 30), sizes=(12,)), _sample(5, size=(40, 36), sizes=(10,))]
+    with caplog.at_level(logging.WARNING, logger="instfcn_d2.modeling.instance_fcn.meta_arch"):
+        _, stats = _train_step(model, small)
+        assert stats["instance_fcn/num_pos_windows"] == 0.0
+        _train_step(model, small)
+        _train_step(_model(), [_sample(0)])  # 96 px images with objects of the positive size
+        _train_step(_model(), [_sample(4, size=(60, 60), sizes=(12,))])  # no positive, but not smaller than a window
+    warnings = [r.getMessage() for r in caplog.records if "no positive window" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "24x30, 40x36 px" in warnings[0] and "window of 56 px" in warnings[0]
+    assert "MODEL.INSTANCE_FCN.WINDOW_SIZE 7 x stride 8" in warnings[0] and "INPUT.MIN_SIZE_TRAIN" in warnings[0]
+
+
 def test_no_surviving_window_gives_empty_instances_with_all_fields():
     model = _model("MODEL.INSTANCE_FCN.SCORE_THRESH_TEST", "1.0")
     model.eval()
