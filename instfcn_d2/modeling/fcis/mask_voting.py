@@ -127,7 +127,8 @@ def mask_voting(
         resampled = resample_masks_into_boxes(cand_masks[p], cand_boxes[p], targets[k])
         if voter_threshold is not None:
             resampled = (resampled >= voter_threshold).to(resampled.dtype)
-        voted.index_add_(0, k, resampled * w[:, None, None])
+        # under autocast grid_sample runs in float32 while the masks may be float16 / bfloat16
+        voted.index_add_(0, k, (resampled * w[:, None, None]).to(voted.dtype))
     weight_sum = cand_masks.new_zeros(K).index_add_(0, kept_idx, weights)
     return voted / weight_sum.clamp(min=torch.finfo(voted.dtype).tiny)[:, None, None]
 

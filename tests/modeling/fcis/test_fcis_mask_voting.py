@@ -162,3 +162,19 @@ def test_mask_tight_boxes_match_detectron2_bitmasks():
     assert torch.equal(mask_tight_boxes(masks), expected)
     assert torch.equal(mask_tight_boxes(masks)[2], torch.zeros(4))
     assert torch.equal(mask_tight_boxes(masks)[4], torch.tensor([16.0, 12.0, 17.0, 13.0]))
+
+
+@pytest.mark.parametrize("voter_threshold", [None, 0.4])
+def test_half_precision_masks_under_autocast(voter_threshold):
+    """Under mixed precision the masks arrive in bfloat16 while grid_sample computes in float32:
+    the voted masks keep the masks' dtype and equal the float32 result to bfloat16's precision."""
+    kept = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0]])
+    masks = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.2, 0.4], [0.6, 0.8]]])
+    scores = torch.tensor([0.6, 0.4])
+    expected = mask_voting(kept, boxes, masks, scores, iou_threshold=0.5, voter_threshold=voter_threshold)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        voted = mask_voting(kept, boxes, masks.bfloat16(), scores.bfloat16(), iou_threshold=0.5,
+                            voter_threshold=voter_threshold)
+    assert voted.dtype == torch.bfloat16
+    torch.testing.assert_close(voted.float(), expected, rtol=2e-2, atol=2e-2)
