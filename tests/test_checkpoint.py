@@ -154,7 +154,8 @@ def test_a_good_last_checkpoint_resumes_as_before_and_no_resume_loads_the_weight
     assert ckpt.has_checkpoint() and ckpt.get_checkpoint_file() == str(tmp_path / "model_0000005.pth")
     with caplog.at_level(logging.WARNING, logger="instfcn_d2.checkpoint"):
         assert _resume(tmp_path) == 5
-    assert caplog.text == ""
+    # Other tests may leave fvcore's INFO lines reaching caplog; only warnings matter here.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     counter = _Counter(-1)
     _checkpointer(tmp_path, counter).resume_or_load(str(tmp_path / "model_0000001.pth"), resume=False)
     assert counter.value == -1  # weights only, as detectron2
