@@ -19,7 +19,7 @@
 #   PYTHON                 a Python with torch (detectron2's setup.py imports it); default:
 #                          ./.venv/bin/python, else python3
 #   DETECTRON2_DATASETS    the folder holding coco128/ (default ./datasets),
-#                          e.g. DETECTRON2_DATASETS=/work/shared/data
+#                          e.g. DETECTRON2_DATASETS=/data (holding /data/coco128)
 #   GPU_CHECK_IMAGE_SRC    the image folder itself (default $DETECTRON2_DATASETS/coco128/val2017)
 #   GPU_CHECK_NUM_IMAGES   how many images (default 4)
 set -euo pipefail

@@ -77,15 +77,13 @@ def report(output_dir: str, config: str, budget: float) -> str:
 
 
 def record(output_dir: str, config: str, budget: float) -> dict:
-    import torch
-
-    import detectron2
+    from instfcn_d2.supported import describe_stack
 
     entry = {
         "config": config,
         "budget_minutes": budget,
         "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}, detectron2 {detectron2.__version__}",
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {describe_stack()}",
         **read_run(output_dir),
     }
     baselines = [b for b in load_baselines() if (b["config"], b["budget_minutes"]) != (config, budget)] + [entry]
