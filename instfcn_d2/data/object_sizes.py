@@ -1,0 +1,118 @@
+"""Input scale, anchor sizes and map stride chosen from a training set's object sizes.
+
+The shipped configs are tuned to their datasets (the synthetic shapes: objects of 12 px to 70% of
+a 192-px image). A user's data may hold objects of 10 px, where an RPN whose smallest anchor is
+16 px and a stride-16 score map (one cell per object) lose most of them. :func:`suggest_sizes`
+reads the COCO JSON and proposes, with the numbers it used:
+
+- **scale**: the factor that brings the 10th percentile of object sides to at least
+  ``min_object_side`` pixels (never below 1: images are not shrunk; at most ``max_upscale``),
+  applied to the median image's shorter side: ``INPUT.MIN_SIZE_TEST`` and three training scales
+  around it (0.83x, 0.92x, 1x), rounded to multiples of 32;
+- **anchors**: powers of two from the one at or below the 5th percentile of object sides (at the
+  chosen scale) to the one at or above the 95th, at most five (FPN's levels);
+- **stride**: 8 when the median object side (at the chosen scale) spans fewer than
+  ``cells_per_object`` cells of a stride-16 map, else 16. For FCIS / BiSeg, stride 8 is the dilated
+  ResNet with ``RES4_DILATION 2``, ``RES5_DILATION 4``.
+
+An object's side is the square root of its annotated ``area`` (the mask area COCO JSONs carry;
+the box area when it is missing).
+"""
+import json
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["SizeSuggestion", "suggest_sizes", "config_overrides"]
+
+
+@dataclass(frozen=True)
+class SizeSuggestion:
+    """What :func:`suggest_sizes` measured and chose (sides in pixels)."""
+
+    num_objects: int
+    object_side_percentiles: Dict[int, float]  # {5, 10, 50, 95}: sqrt(area), original images
+    median_image_short_side: float
+    scale: float  # applied to the images
+    min_size_test: int
+    min_size_train: Tuple[int, ...]
+    anchor_sizes: Tuple[int, ...]
+    stride: int  # of the score maps (8 or 16)
+
+    def describe(self) -> str:
+        p = self.object_side_percentiles
+        return (
+            f"{self.num_objects} objects; side sqrt(area) 5/10/50/95th percentile "
+            f"{p[5]:.1f} / {p[10]:.1f} / {p[50]:.1f} / {p[95]:.1f} px; median image shorter side "
+            f"{self.median_image_short_side:.0f} px -> scale {self.scale:.2f}: INPUT.MIN_SIZE_TEST "
+            f"{self.min_size_test}, MIN_SIZE_TRAIN {self.min_size_train}; anchors {self.anchor_sizes}; "
+            f"median object {p[50] * self.scale:.1f} px = {p[50] * self.scale / 16:.1f} cells at stride 16 "
+            f"-> score maps at stride {self.stride}"
+        )
+
+
+def _round32(x: float) -> int:
+    return max(32, int(round(x / 32.0)) * 32)
+
+
+def suggest_sizes(
+    json_file: str, min_object_side: float = 12.0, max_upscale: float = 2.0, cells_per_object: float = 2.0
+) -> SizeSuggestion:
+    """Read ``json_file`` (COCO instances) and choose scales, anchors and stride (module docstring)."""
+    with open(json_file) as f:
+        data = json.load(f)
+    sides = []
+    for a in data.get("annotations", []):
+        if a.get("iscrowd", 0):
+            continue
+        area = a.get("area")
+        if area is None and "bbox" in a:
+            area = a["bbox"][2] * a["bbox"][3]
+        if area and area > 0:
+            sides.append(math.sqrt(area))
+    if not sides:
+        raise ValueError(f"{json_file}: no non-crowd annotation with a positive 'area' or 'bbox': nothing to measure")
+    short = [min(im["height"], im["width"]) for im in data.get("images", []) if "height" in im and "width" in im]
+    if not short:
+        raise ValueError(f"{json_file}: its images have no 'height' / 'width'")
+    pct = {q: float(np.percentile(sides, q)) for q in (5, 10, 50, 95)}
+    median_short = float(np.median(short))
+    scale = min(max(1.0, min_object_side / pct[10]), max_upscale)
+    test = _round32(median_short * scale)
+    train = tuple(sorted({_round32(test * f) for f in (0.83, 0.92, 1.0)}))
+    lo = 2 ** math.floor(math.log2(max(pct[5] * scale, 1.0)))
+    hi = 2 ** math.ceil(math.log2(max(pct[95] * scale, lo)))
+    anchors = []
+    size = lo
+    while size <= hi:
+        anchors.append(int(size))
+        size *= 2
+    if len(anchors) > 5:  # keep the five around the median
+        mid = min(range(len(anchors)), key=lambda i: abs(math.log2(anchors[i]) - math.log2(pct[50] * scale)))
+        start = min(max(0, mid - 2), len(anchors) - 5)
+        anchors = anchors[start : start + 5]
+    stride = 8 if pct[50] * scale < cells_per_object * 16 else 16
+    return SizeSuggestion(len(sides), pct, median_short, scale, test, train, tuple(anchors), stride)
+
+
+def config_overrides(s: SizeSuggestion, meta_architecture: str) -> List[str]:
+    """``KEY VALUE`` command-line overrides of ``s`` for a model: ``"FCIS"``, ``"BiSeg"``,
+    ``"InstanceFCN"`` (input scales only: its sliding windows have no anchors) or
+    ``"GeneralizedRCNN"`` (detectron2's Mask R-CNN with FPN: one anchor size per level)."""
+
+    def tup(values: Sequence[int]) -> str:
+        return "(" + ",".join(str(v) for v in values) + ",)"
+
+    out = ["INPUT.MIN_SIZE_TRAIN", tup(s.min_size_train), "INPUT.MIN_SIZE_TEST", str(s.min_size_test)]
+    if meta_architecture in ("FCIS", "BiSeg"):
+        out += ["MODEL.ANCHOR_GENERATOR.SIZES", "[[" + ",".join(str(a) for a in s.anchor_sizes) + "]]"]
+        dilations = {8: ("2", "4"), 16: ("1", "2")}[s.stride]
+        out += ["MODEL.DILATED_RESNET.RES4_DILATION", dilations[0], "MODEL.DILATED_RESNET.RES5_DILATION", dilations[1]]
+    elif meta_architecture == "GeneralizedRCNN":
+        levels = list(s.anchor_sizes) + [s.anchor_sizes[-1] * 2 ** (i + 1) for i in range(5 - len(s.anchor_sizes))]
+        out += ["MODEL.ANCHOR_GENERATOR.SIZES", "[" + ",".join(f"[{a}]" for a in levels) + "]"]
+    elif meta_architecture != "InstanceFCN":
+        raise ValueError(f"config_overrides: unknown meta-architecture {meta_architecture!r}")
+    return out

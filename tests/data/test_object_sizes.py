@@ -1,0 +1,44 @@
+"""instfcn_d2.data.object_sizes: scales, anchors and stride from a training set's object sizes."""
+import json
+
+import pytest
+
+from instfcn_d2.data.object_sizes import config_overrides, suggest_sizes
+
+
+def _json(tmp_path, sides, short=256, crowd=()):
+    images = [{"id": 1, "file_name": "a.png", "height": short, "width": short + 64}]
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "area": float(s * s), "bbox": [0, 0, s, s],
+             "iscrowd": int(i in crowd)} for i, s in enumerate(sides)]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    return str(path)
+
+
+def test_large_objects_keep_the_scale_and_the_paper_stride(tmp_path):
+    s = suggest_sizes(_json(tmp_path, [40, 60, 80, 100, 120, 150] * 5))
+    assert s.scale == 1.0 and s.min_size_test == 256 and s.min_size_train == (224, 256)
+    assert s.anchor_sizes == (32, 64, 128, 256) and s.stride == 16
+    assert config_overrides(s, "FCIS")[-4:] == [
+        "MODEL.DILATED_RESNET.RES4_DILATION", "1", "MODEL.DILATED_RESNET.RES5_DILATION", "2"]
+
+
+def test_small_objects_are_upscaled_get_small_anchors_and_a_stride_8_map(tmp_path):
+    sides = [8] * 20 + [14] * 70 + [40] * 10
+    s = suggest_sizes(_json(tmp_path, sides, short=256))
+    assert s.object_side_percentiles[10] == pytest.approx(8.0, abs=0.5)
+    assert s.scale == pytest.approx(1.5)  # 10th percentile 8 px -> 12 px
+    assert s.min_size_test == 384 and s.min_size_train == (320, 352, 384)
+    assert s.anchor_sizes == (8, 16, 32, 64) and s.stride == 8  # median 21 px < 2 cells of 16 px
+    over = dict(zip(*[iter(config_overrides(s, "GeneralizedRCNN"))] * 2))
+    assert over["MODEL.ANCHOR_GENERATOR.SIZES"] == "[[8],[16],[32],[64],[128]]"
+    assert "scale 1.50" in s.describe() and "stride 8" in s.describe()
+
+
+def test_crowd_regions_are_not_objects_and_an_empty_set_is_an_error(tmp_path):
+    s = suggest_sizes(_json(tmp_path, [50] * 10 + [400], crowd=(10,)))
+    assert s.num_objects == 10 and s.anchor_sizes == (32, 64)
+    with pytest.raises(ValueError, match=r"train.json: no non-crowd annotation"):
+        suggest_sizes(_json(tmp_path, [50], crowd=(0,)))
+    with pytest.raises(ValueError, match="unknown meta-architecture 'Retina'"):
+        config_overrides(s, "Retina")
