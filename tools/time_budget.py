@@ -194,6 +194,10 @@ class TimeBudgetHook(HookBase):
     def after_step(self):
         done = self.trainer.iter + 1  # iterations finished, counted from 0
         if self.trainer.max_iter < self._loop_end and done >= self.trainer.max_iter:
+            # what detectron2's loop does after its last iteration: after_train then sees a
+            # finished run (iter == max_iter), and the final evaluation is stored at a new
+            # iteration, which the JSON writer writes (it skips iterations already written)
+            self.trainer.iter = done
             raise BudgetReached(f"time budget: stopped after iteration {done} of the shortened schedule")
         steps = done - self._start_iter
         if steps % self._period:

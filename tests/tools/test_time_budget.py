@@ -1,4 +1,6 @@
 """``--budget-minutes``: the schedule scaled to a wall-clock budget (tools/time_budget.py)."""
+import json
+
 import pytest
 
 from conftest import REPO_ROOT, load_tool
@@ -113,11 +115,13 @@ def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
     budget = trainer.budget_hook
     trainer.resume_or_load(resume=False)
     results = trainer.train()
-    assert budget.shortened_to == 20 and trainer.max_iter == 20 and trainer.iter == 19
+    assert budget.shortened_to == 20 and trainer.max_iter == 20 and trainer.iter == 20  # as a finished loop
     assert trainer.scheduler.last_epoch == 20
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA**2)
     assert os.path.exists(tmp_path / "model_final.pth")
     assert "segm" in results  # the final evaluation ran
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines() if line.strip()]
+    assert rows[-1]["segm/AP"] == pytest.approx(results["segm"]["AP"])  # and reached metrics.json
 
 
 def test_measurement_of_a_slow_config_stops_at_its_time_cap():
