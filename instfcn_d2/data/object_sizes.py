@@ -25,7 +25,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SizeSuggestion", "suggest_sizes", "config_overrides"]
+__all__ = ["SizeSuggestion", "SIZE_PARTS", "suggest_sizes", "config_overrides"]
 
 
 @dataclass(frozen=True)
@@ -97,22 +97,34 @@ def suggest_sizes(
     return SizeSuggestion(len(sides), pct, median_short, scale, test, train, tuple(anchors), stride)
 
 
-def config_overrides(s: SizeSuggestion, meta_architecture: str) -> List[str]:
+#: the parts of a :class:`SizeSuggestion` that :func:`config_overrides` can apply
+SIZE_PARTS = ("scale", "anchors", "stride")
+
+
+def config_overrides(s: SizeSuggestion, meta_architecture: str, parts: Sequence[str] = SIZE_PARTS) -> List[str]:
     """``KEY VALUE`` command-line overrides of ``s`` for a model: ``"FCIS"``, ``"BiSeg"``,
     ``"InstanceFCN"`` (input scales only: its sliding windows have no anchors) or
-    ``"GeneralizedRCNN"`` (detectron2's Mask R-CNN with FPN: one anchor size per level)."""
+    ``"GeneralizedRCNN"`` (detectron2's Mask R-CNN with FPN: one anchor size per level; its
+    strides are FPN's). ``parts``: which of :data:`SIZE_PARTS` to apply (to ablate them)."""
+    unknown = sorted(set(parts) - set(SIZE_PARTS))
+    if unknown:
+        raise ValueError(f"config_overrides: unknown parts {unknown}; expected some of {SIZE_PARTS}")
+    if meta_architecture not in ("FCIS", "BiSeg", "InstanceFCN", "GeneralizedRCNN"):
+        raise ValueError(f"config_overrides: unknown meta-architecture {meta_architecture!r}")
 
     def tup(values: Sequence[int]) -> str:
         return "(" + ",".join(str(v) for v in values) + ",)"
 
-    out = ["INPUT.MIN_SIZE_TRAIN", tup(s.min_size_train), "INPUT.MIN_SIZE_TEST", str(s.min_size_test)]
+    out = []
+    if "scale" in parts:
+        out += ["INPUT.MIN_SIZE_TRAIN", tup(s.min_size_train), "INPUT.MIN_SIZE_TEST", str(s.min_size_test)]
     if meta_architecture in ("FCIS", "BiSeg"):
-        out += ["MODEL.ANCHOR_GENERATOR.SIZES", "[[" + ",".join(str(a) for a in s.anchor_sizes) + "]]"]
-        dilations = {8: ("2", "4"), 16: ("1", "2")}[s.stride]
-        out += ["MODEL.DILATED_RESNET.RES4_DILATION", dilations[0], "MODEL.DILATED_RESNET.RES5_DILATION", dilations[1]]
-    elif meta_architecture == "GeneralizedRCNN":
+        if "anchors" in parts:
+            out += ["MODEL.ANCHOR_GENERATOR.SIZES", "[[" + ",".join(str(a) for a in s.anchor_sizes) + "]]"]
+        if "stride" in parts:
+            dilations = {8: ("2", "4"), 16: ("1", "2")}[s.stride]
+            out += ["MODEL.DILATED_RESNET.RES4_DILATION", dilations[0], "MODEL.DILATED_RESNET.RES5_DILATION", dilations[1]]
+    elif meta_architecture == "GeneralizedRCNN" and "anchors" in parts:
         levels = list(s.anchor_sizes) + [s.anchor_sizes[-1] * 2 ** (i + 1) for i in range(5 - len(s.anchor_sizes))]
         out += ["MODEL.ANCHOR_GENERATOR.SIZES", "[" + ",".join(f"[{a}]" for a in levels) + "]"]
-    elif meta_architecture != "InstanceFCN":
-        raise ValueError(f"config_overrides: unknown meta-architecture {meta_architecture!r}")
     return out

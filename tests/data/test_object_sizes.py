@@ -42,3 +42,12 @@ def test_crowd_regions_are_not_objects_and_an_empty_set_is_an_error(tmp_path):
         suggest_sizes(_json(tmp_path, [50], crowd=(0,)))
     with pytest.raises(ValueError, match="unknown meta-architecture 'Retina'"):
         config_overrides(s, "Retina")
+    with pytest.raises(ValueError, match=r"unknown parts \['scales'\]"):
+        config_overrides(s, "FCIS", ("scales",))
+
+
+def test_parts_apply_separately(tmp_path):
+    s = suggest_sizes(_json(tmp_path, [8] * 20 + [14] * 70 + [40] * 10))
+    assert config_overrides(s, "FCIS", ("anchors",)) == ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8,16,32,64]]"]
+    assert config_overrides(s, "GeneralizedRCNN", ("stride",)) == []  # FPN's strides are its own
+    assert config_overrides(s, "InstanceFCN", ("scale",))[:2] == ["INPUT.MIN_SIZE_TRAIN", "(320,352,384,)"]

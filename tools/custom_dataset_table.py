@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Train every model on one COCO-format dataset for the same wall-clock budget, then tabulate.
+
+  python tools/custom_dataset_table.py --dataset-dir DIR --budget-minutes 12 --output output/table
+  python tools/custom_dataset_table.py --dataset-dir DIR --rows fcis,mask_rcnn --jobs 1   # some rows
+
+``DIR`` holds ``train.json``, ``val.json`` (COCO instances, polygons or RLE) and ``images/`` (or
+give ``--train-json`` / ``--val-json`` / ``--image-root``). Each row is a committed config trained
+from scratch with ``tools/train_net.py --budget-minutes``, its dataset given by the
+``DATASETS.COCO_JSON_*`` keys (the classes follow the JSON; BiSeg derives its semantic labels from
+the instances), with the same number of detections (proposals) per image for every model and the
+same input scales for every detector (InstanceFCN keeps its own multi-scale input, as its paper).
+``_auto`` rows take the input scales, anchor sizes and map stride that
+:mod:`instfcn_d2.data.object_sizes` derives from the training set (``_auto_anchors``,
+``_auto_anchors_stride``: only those parts, at the shared scales). Rows run ``--jobs`` at a time,
+each on ``--threads`` threads, so with the defaults (2 jobs of 1 thread on a 2-core machine) two rows
+always share the machine the same way. A row whose ``OUTPUT_DIR`` already holds a finished run is
+read, not trained again (``--retrain`` to redo it).
+
+Prints a markdown table (mask AP / AP50 / AP_s / AP_m / box AP for the detectors, AR@10 / 100 /
+1000 for InstanceFCN, BiSeg's mean IU) and the commands, and writes ``table.md`` and
+``mask_ap.png`` (a bar chart) under ``--output``.
+"""
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+from main_job_report import read_run  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    config: str
+    meta_architecture: str
+    detector: bool = True  # False: class-agnostic proposals, reported as AR@N
+    auto_sizes: Tuple[str, ...] = ()  # of object_sizes.SIZE_PARTS: chosen from the training set
+
+
+BASE_ROWS = [
+    Row("mask_rcnn", "detectron2 Mask R-CNN R18-FPN", "configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", "GeneralizedRCNN"),
+    Row("fcis", "FCIS R18", "configs/shapes/fcis_R18_cpu.yaml", "FCIS"),
+    Row("biseg", "BiSeg fused (7, 9) R18", "configs/shapes/biseg_fused_7_9_R18_cpu.yaml", "BiSeg"),
+    Row("instance_fcn", "InstanceFCN R18", "configs/shapes/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False),
+]
+#: every base row, and the detectors' variants with sizes chosen by
+#: :func:`instfcn_d2.data.object_sizes.suggest_sizes` (InstanceFCN's multi-scale input has no anchors
+#: to size): "_auto" all of them, "_auto_anchors" the anchors only, "_auto_anchors_stride" anchors and
+#: map stride at the shared input scales
+AUTO_VARIANTS = {"_auto": ("scale", "anchors", "stride"), "_auto_anchors": ("anchors",),
+                 "_auto_anchors_stride": ("anchors", "stride")}
+ROWS = BASE_ROWS + [
+    dataclasses.replace(r, key=r.key + suffix, label=f"{r.label}, auto {' + '.join(parts)}", auto_sizes=parts)
+    for suffix, parts in AUTO_VARIANTS.items() for r in BASE_ROWS if r.detector
+]
+DEFAULT_ROWS = [r.key for r in BASE_ROWS]
+#: each model's keys for the number of detections (proposals) per image; InstanceFCN also scores
+#: more windows before its NMS, so that it can keep that many
+def detection_opts(meta_architecture: str, n: int) -> List[str]:
+    if meta_architecture == "GeneralizedRCNN":
+        return ["TEST.DETECTIONS_PER_IMAGE", str(n)]
+    if meta_architecture in ("FCIS", "BiSeg"):
+        return ["MODEL.FCIS.DETECTIONS_PER_IMAGE", str(n)]
+    return ["MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE", str(n), "MODEL.INSTANCE_FCN.PRE_NMS_TOPK_TEST", str(max(1000, 2 * n))]
+
+
+DETECTOR_COLUMNS = [("segm/AP", "mask AP"), ("segm/AP50", "AP50"), ("segm/APs", "AP_s"), ("segm/APm", "AP_m"),
+                    ("bbox/AP", "box AP"), ("sem_seg/mIoU", "mean IU")]
+PROPOSAL_COLUMNS = [("proposals/AR@10", "AR@10"), ("proposals/AR@100", "AR@100"), ("proposals/AR@1000", "AR@1000"),
+                    ("proposals/AR_s@1000", "AR_s@1000"), ("proposals/AR_m@1000", "AR_m@1000")]
+
+
+def row_opts(row: Row, args) -> List[str]:
+    """The command-line overrides of one row: the dataset, then the shared test settings."""
+    opts = [
+        "DATASETS.COCO_JSON_TRAIN", args.train_json, "DATASETS.COCO_IMAGE_ROOT_TRAIN", args.image_root,
+        "DATASETS.COCO_JSON_TEST", args.val_json, "DATASETS.COCO_IMAGE_ROOT_TEST", args.image_root,
+        "OUTPUT_DIR", os.path.join(args.output, row.key), "TEST.EVAL_PERIOD", "0",
+    ]
+    if row.auto_sizes:
+        from instfcn_d2.data.object_sizes import config_overrides, suggest_sizes
+
+        opts += config_overrides(suggest_sizes(args.train_json), row.meta_architecture, row.auto_sizes)
+    if row.detector and "scale" not in row.auto_sizes:
+        opts += ["INPUT.MIN_SIZE_TRAIN", f"({','.join(str(s) for s in args.min_size_train)},)",
+                 "INPUT.MIN_SIZE_TEST", str(args.min_size_test)]
+    return opts + detection_opts(row.meta_architecture, args.detections_per_image) + list(args.opts)
+
+
+def command(row: Row, args) -> List[str]:
+    return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", row.config,
+            "--budget-minutes", f"{args.budget_minutes:g}"] + row_opts(row, args)
+
+
+def finished(output_dir: str) -> bool:
+    return os.path.isfile(os.path.join(output_dir, "model_final.pth")) and os.path.isfile(
+        os.path.join(output_dir, "metrics.json"))
+
+
+def run_rows(rows: List[Row], args) -> Dict[str, Optional[int]]:
+    """Train the rows ``args.jobs`` at a time; returns each row's exit code (None: read, not run)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    todo = [r for r in rows if args.retrain or not finished(os.path.join(args.output, r.key))]
+    codes: Dict[str, Optional[int]] = {r.key: None for r in rows if r not in todo}
+    running: Dict[str, subprocess.Popen] = {}
+    logs = {}
+    start = time.time()
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            r = todo.pop(0)
+            os.makedirs(os.path.join(args.output, r.key), exist_ok=True)
+            logs[r.key] = open(os.path.join(args.output, f"{r.key}.stdout.txt"), "w")
+            print(f"[table] {time.time() - start:6.0f} s: start {r.key}: {' '.join(command(r, args))}", flush=True)
+            running[r.key] = subprocess.Popen(command(r, args), cwd=REPO, env=env, stdout=logs[r.key],
+                                              stderr=subprocess.STDOUT)
+        time.sleep(5)
+        for key, p in list(running.items()):
+            if p.poll() is not None:
+                codes[key] = p.returncode
+                del running[key]
+                logs.pop(key).close()
+                state = "done" if p.returncode == 0 else f"FAILED (exit {p.returncode}, see {key}.stdout.txt)"
+                print(f"[table] {time.time() - start:6.0f} s: {key} {state}", flush=True)
+    return codes
+
+
+def cell(metrics: dict, key: str) -> str:
+    return f"{metrics[key]:.1f}" if key in metrics else "-"
+
+
+def table(rows: List[Row], args) -> str:
+    runs = {r.key: read_run(os.path.join(args.output, r.key)) for r in rows}
+    detectors = [r for r in rows if r.detector]
+    lines = []
+    if detectors:
+        lines += ["| model (config) | iterations | training time | " + " | ".join(c for _, c in DETECTOR_COLUMNS) + " |",
+                  "|---|---:|---:|" + "---:|" * len(DETECTOR_COLUMNS)]
+        for r in detectors:
+            run = runs[r.key]
+            lines.append(f"| {r.label} (`{r.config}`) | {run['iterations']} | {run['training_time'] or '-'} | "
+                         + " | ".join(cell(run["metrics"], k) for k, _ in DETECTOR_COLUMNS) + " |")
+        lines.append("")
+    for r in rows:
+        if not r.detector:
+            run = runs[r.key]
+            lines.append(f"{r.label} (`{r.config}`), {run['iterations']} iterations in {run['training_time'] or '-'}: "
+                         + ", ".join(f"{c} {cell(run['metrics'], k)}" for k, c in PROPOSAL_COLUMNS))
+    if "mask_rcnn" in runs and "segm/AP" in runs["mask_rcnn"]["metrics"]:
+        base = runs["mask_rcnn"]["metrics"]["segm/AP"]
+        ratios = [f"{r.key} {runs[r.key]['metrics']['segm/AP'] / base:.2f}x" for r in detectors
+                  if r.key != "mask_rcnn" and "segm/AP" in runs[r.key]["metrics"] and base > 0]
+        if ratios:
+            lines += ["", "Mask AP relative to Mask R-CNN: " + ", ".join(ratios)]
+    return "\n".join(lines)
+
+
+def plot(rows: List[Row], args, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    detectors = [r for r in rows if r.detector]
+    values = [read_run(os.path.join(args.output, r.key))["metrics"].get("segm/AP", 0.0) for r in detectors]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(detectors), 3.2))
+    ax.bar([r.label.replace(" ", "\n", 1) for r in detectors], values, color="#4477aa")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom")
+    ax.set_ylabel("mask AP (val)")
+    ax.set_title(f"{os.path.basename(os.path.normpath(args.dataset_dir or args.output))}: {args.budget_minutes:g} min each")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset-dir", help="folder with train.json, val.json and images/")
+    p.add_argument("--train-json"), p.add_argument("--val-json"), p.add_argument("--image-root")
+    p.add_argument("--output", default="output/custom_dataset_table", help="one OUTPUT_DIR per row under it")
+    p.add_argument("--budget-minutes", type=float, default=12.0, help="wall-clock training budget of each row")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"comma-separated, of {[r.key for r in ROWS]} (default: {','.join(DEFAULT_ROWS)}); "
+                   "'_auto': input scales, anchors and map stride chosen from the training set's object sizes "
+                   "(instfcn_d2/data/object_sizes.py) instead of --min-size-*; '_auto_anchors', "
+                   "'_auto_anchors_stride': only those parts")
+    p.add_argument("--jobs", type=int, default=2, help="rows trained at the same time (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="threads of each row (OMP_NUM_THREADS, default 1)")
+    p.add_argument("--min-size-train", type=int, nargs="+", default=[320, 352, 384],
+                   help="detectors' training scales (rows without '_auto')")
+    p.add_argument("--min-size-test", type=int, default=384, help="detectors' test scale (rows without '_auto')")
+    p.add_argument("--detections-per-image", type=int, default=300)
+    p.add_argument("--retrain", action="store_true", help="train rows whose OUTPUT_DIR already has a finished run")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every row")
+    args = p.parse_args(argv)
+    for name, default in (("train_json", "train.json"), ("val_json", "val.json"), ("image_root", "images")):
+        if getattr(args, name) is None:
+            if not args.dataset_dir:
+                p.error(f"give --dataset-dir or --{name.replace('_', '-')}")
+            setattr(args, name, os.path.join(args.dataset_dir, default))
+        path = os.path.abspath(getattr(args, name))
+        if not os.path.exists(path):
+            p.error(f"--{name.replace('_', '-')}: {path} does not exist")
+        setattr(args, name, path)
+    known = {r.key: r for r in ROWS}
+    unknown = [k for k in args.rows.split(",") if k not in known]
+    if unknown:
+        p.error(f"--rows: unknown {unknown}; choose from {list(known)}")
+    args.row_list = [known[k] for k in args.rows.split(",")]
+    args.output = os.path.abspath(args.output)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if any(r.auto_sizes for r in args.row_list):
+        from instfcn_d2.data.object_sizes import suggest_sizes
+
+        print(f"[table] '_auto' rows: {suggest_sizes(args.train_json).describe()}", flush=True)
+    codes = run_rows(args.row_list, args)
+    failed = [k for k, c in codes.items() if c not in (None, 0)]
+    done = [r for r in args.row_list if r.key not in failed]
+    text = table(done, args) if done else ""
+    commands = "\n".join(" ".join(command(r, args)) for r in args.row_list)
+    with open(os.path.join(args.output, "table.md"), "w") as f:
+        f.write(text + "\n\nCommands (run from the repository root):\n\n" + commands + "\n")
+    if any(r.detector for r in done):
+        plot(done, args, os.path.join(args.output, "mask_ap.png"))
+    print(text)
+    print(f"\n[table] wrote {os.path.join(args.output, 'table.md')}" + (", mask_ap.png" if any(r.detector for r in done) else ""))
+    if failed:
+        print(f"[table] FAILED rows: {failed} (logs: {args.output}/<row>.stdout.txt)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
