@@ -170,7 +170,8 @@ def plot(rows: List[Row], args, path: str) -> None:
     detectors = [r for r in rows if r.detector]
     values = [read_run(os.path.join(args.output, r.key))["metrics"].get("segm/AP", 0.0) for r in detectors]
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(detectors), 3.2))
-    ax.bar([r.label.replace(" ", "\n", 1) for r in detectors], values, color="#4477aa")
+    ax.bar([r.key for r in detectors], values, color="#4477aa")
+    ax.tick_params(axis="x", labelrotation=25)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom")
     ax.set_ylabel("mask AP (val)")
