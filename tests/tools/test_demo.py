@@ -9,22 +9,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, load_tool
+from tiny_models import TINY_TRUNK  # the tiny trunks of the checkpoint compatibility tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Tiny trunks (8-wide R18 with BatchNorm, small test size), as the checkpoint compatibility tests.
-TINY_TRUNK = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "BN",
-    "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
-]
 FCIS_HEADS = [
     "MODEL.ROI_HEADS.NUM_CLASSES", "2",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
