@@ -67,7 +67,7 @@ def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.proposal_generator, "rpn")
     heads = model.roi_heads
     if name.startswith(("FCIS", "BiSeg")):
-        from instfcn_d2.modeling.fcis import heads as fcis_heads
+        from instfcn_d2.modeling.fcis import roi_reading as fcis_roi_reading
         from instfcn_d2.modeling.fcis import inference as fcis_inference
         from instfcn_d2.modeling.fcis import meta_arch as fcis_arch
 
@@ -81,7 +81,7 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         # which StageTimer counts once (each call's exclusive time, the inner ones subtracted)
         for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class", "roi_box_deltas"):
             timer.wrap_attr(heads, attr, "assemble")
-        timer.wrap_attr(fcis_heads, "fcis_inference_single_image", "nms")
+        timer.wrap_attr(fcis_roi_reading, "fcis_inference_single_image", "nms")
         timer.wrap_attr(fcis_inference, "mask_voting", "voting")
         timer.wrap_attr(fcis_arch, "fcis_postprocess", "paste")
     else:

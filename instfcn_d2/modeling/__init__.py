@@ -7,11 +7,16 @@ registries on import):
 - :mod:`.backbone`: the dilated trunks (VGG-16, ResNet) the papers use;
 - :mod:`.common`: the few helpers the methods share.
 """
-from . import backbone  # noqa: F401  (build_vgg16_dilated_backbone, build_resnet_dilated_backbone)
-from . import instance_fcn, fcis, biseg  # noqa: F401,E402
+from .._detectron2 import DETECTRON2_IMPORT_ERROR
 
-from .biseg import BiSeg, BiSegROIHeads  # noqa: E402
-from .fcis import FCIS, FCISROIHeads  # noqa: E402
-from .instance_fcn import InstanceFCN  # noqa: E402
+# Without detectron2 only the detectron2-free modules of each method can be imported, one by one
+# (the inference after the maps, which exported models run).
+if DETECTRON2_IMPORT_ERROR is None:
+    from . import backbone  # noqa: F401  (build_vgg16_dilated_backbone, build_resnet_dilated_backbone)
+    from . import instance_fcn, fcis, biseg  # noqa: F401,E402
+
+    from .biseg import BiSeg, BiSegROIHeads  # noqa: E402
+    from .fcis import FCIS, FCISROIHeads  # noqa: E402
+    from .instance_fcn import InstanceFCN  # noqa: E402
 
 __all__ = ["InstanceFCN", "FCIS", "FCISROIHeads", "BiSeg", "BiSegROIHeads"]

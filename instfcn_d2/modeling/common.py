@@ -1,9 +1,12 @@
 """What the three methods truly share: the config check every builder makes, the initialisation
 of the layers they add on a trunk, and the tight boxes of binary masks."""
+from typing import TYPE_CHECKING
+
 import torch
-from detectron2.config import CfgNode
-from fvcore.nn import weight_init
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # imported lazily: exported models run this module's mask_tight_boxes without detectron2
+    from detectron2.config import CfgNode
 
 __all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS", "mask_tight_boxes"]
 
@@ -12,7 +15,7 @@ __all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS", "mask_ti
 NEW_LAYER_INITS = ("normal", "msra")
 
 
-def require_config_node(cfg: CfgNode, node: str) -> None:
+def require_config_node(cfg: "CfgNode", node: str) -> None:
     """Raise a ``KeyError`` saying how to fix it when ``cfg.MODEL.<node>`` is missing (a config
     made by detectron2's ``get_cfg()`` without :func:`instfcn_d2.add_instfcn_config`)."""
     if node not in cfg.MODEL:
@@ -30,6 +33,8 @@ def init_new_layers(module: nn.Module, init: str = "normal", std: float = 0.01) 
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             if init == "msra":
+                from fvcore.nn import weight_init
+
                 weight_init.c2_msra_fill(layer)
             else:
                 nn.init.normal_(layer.weight, std=std)

@@ -62,9 +62,9 @@ def allow_cpu_low_precision() -> None:
 
 def fp32_postprocess(device_type: str) -> None:
     """FCIS / BiSeg post-processing outside autocast, on float32 scores and mask logits."""
-    from instfcn_d2.modeling.fcis import heads
+    from instfcn_d2.modeling.fcis import roi_reading
 
-    original = heads.fcis_inference_single_image
+    original = roi_reading.fcis_inference_single_image
 
     def in_float32(boxes, scores, mask_logits, image_size, params):
         def mask_logits32(indices, class_index):
@@ -73,7 +73,7 @@ def fp32_postprocess(device_type: str) -> None:
         with torch.autocast(device_type, enabled=False):
             return original(boxes.float(), scores.float(), mask_logits32, image_size, params)
 
-    heads.fcis_inference_single_image = in_float32
+    roi_reading.fcis_inference_single_image = in_float32
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,8 @@ inside/outside likelihoods.
 
 Only the per-image maps (:meth:`BiSegROIHeads.score_maps` adds the stride-8 set and the semantic
 prior: :class:`BiSegMaps`) and :meth:`BiSegROIHeads.roi_inside_outside` (and its one-class form
-:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks) change;
+:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks; both in
+:mod:`.roi_reading`, which the heads inherit) change;
 FCIS's class scores (max + mean + softmax), masks (softmax of inside vs outside), box regression,
 losses and inference (NMS, mask voting) run unchanged on what they return::
 
@@ -16,41 +17,26 @@ losses and inference (NMS, mask voting) run unchanged on what they return::
 ``MODEL.BISEG.FUSE False``: FCIS's set only, assembled at M. ``PRIOR_MODE "none"``: no prior.
 """
 import logging
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
-import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from torch import Tensor, nn
 
-from ...layers import ps_roi_assemble
 from ..common import init_new_layers, require_config_node
-from ..fcis.heads import FCISMaps, FCISROIHeads
-from ..fcis.score_maps import PSScoreMaps, split_inside_outside
-from .semantic_prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
+from ..fcis.heads import FCISROIHeads
+from ..fcis.score_maps import PSScoreMaps
+from .roi_reading import BISEG_PRIOR_MODES, BiSegMaps, BiSegRoIReading
 
 __all__ = ["BiSegROIHeads", "BiSegMaps", "BISEG_PRIOR_MODES"]
 
 logger = logging.getLogger(__name__)
 
-#: ``MODEL.BISEG.PRIOR_MODE`` values: :data:`.semantic_prior.PRIOR_MODES` or "none".
-BISEG_PRIOR_MODES = PRIOR_MODES + ("none",)
-
-
-@dataclass
-class BiSegMaps(FCISMaps):
-    """FCIS's maps plus BiSeg's: the stride-8 inside/outside set and the semantic branch's output."""
-
-    fine: Optional[Tensor]  # (N, k2*k2*2*(C+1), H8, W8) with FUSE, else None
-    sem_seg_logits: Optional[Tensor]  # (N, C+1, H, W) semantic logits, label order (background 0)
-    prior: Optional[Tensor]  # (N, C+1, H, W) their softmax in FCIS's class order (background last)
-
 
 @ROI_HEADS_REGISTRY.register()
-class BiSegROIHeads(FCISROIHeads):
+class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
     """FCIS's heads whose inside/outside logits are BiSeg's fused, prior-weighted likelihoods.
 
     Attributes added to :class:`FCISROIHeads`': ``fuse``, ``prior_mode``, ``fine_in_feature``,
@@ -157,68 +143,3 @@ class BiSegROIHeads(FCISROIHeads):
                 res3 = F.relu(self.fine_conv_new(res3))
             fine = self.fine_maps(res3)
         return BiSegMaps(inside_outside=fcis.inside_outside, box=fcis.box, fine=fine, sem_seg_logits=sem_seg_logits, prior=prior)
-
-    # ---- per-RoI --------------------------------------------------------------------------------------
-    def roi_inside_outside(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
-        """BiSeg's likelihoods of each RoI, prior applied.
-
-        Args:
-            maps: the batch's maps (:meth:`score_maps`).
-            rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
-
-        Returns:
-            ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
-        """
-        likelihoods = self.fused_likelihoods(maps, rois)
-        if self.prior_mode == "none":
-            return likelihoods
-        prior = self.roi_prior(maps, rois)
-        inside, outside = combine_prior(likelihoods[:, 0], likelihoods[:, 1], prior, self.prior_mode)
-        return torch.stack([inside, outside], dim=1)
-
-    def roi_inside_outside_of_class(self, maps: BiSegMaps, rois: Tensor, class_index: int) -> Tensor:
-        """``roi_inside_outside(maps, rois)[:, :, class_index]``, computed from class ``c``'s
-        channels only: its ``2*k1*k1`` and ``2*k2*k2`` maps assembled and fused, its prior channel
-        cropped.
-
-        Returns:
-            ``(R, 2, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
-        """
-        likelihoods = self._assembled_likelihoods(maps, rois, lambda m, k: self.class_maps(m, class_index, k))
-        if self.prior_mode == "none":
-            return likelihoods
-        prior = self.roi_prior(maps, rois, class_index)  # (R, 1, M, M)
-        inside, outside = combine_prior(likelihoods[:, :1], likelihoods[:, 1:], prior, self.prior_mode)
-        return torch.cat([inside, outside], dim=1)
-
-    def fused_likelihoods(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
-        """``(R, 2, C+1, M, M)`` likelihoods before the prior: FCIS's set at ``M/2`` upsampled x2
-        plus the stride-8 set at ``M`` (``fuse``), or FCIS's set at ``M``."""
-        return split_inside_outside(self._assembled_likelihoods(maps, rois, lambda m, k: m))
-
-    def _assembled_likelihoods(self, maps: BiSegMaps, rois: Tensor, select: Callable[[Tensor, int], Tensor]) -> Tensor:
-        """``(R, K, M, M)`` likelihoods before the prior of the output channels that
-        ``select(maps, k)`` keeps of each map set (``(N, k*k*2*(C+1), H, W) -> (N, k*k*K, H, W)``,
-        the same channels of both sets): all of them (``K = 2*(C+1)``) or one class's (``K = 2``)."""
-        coarse_maps = select(maps.inside_outside, self.group_size)
-        rois = rois.to(coarse_maps.dtype)
-        M = self.mask_size
-        coarse = ps_roi_assemble(
-            coarse_maps, rois, M // 2 if self.fuse else M, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
-        )
-        if not self.fuse:
-            return coarse
-        fine_maps = select(maps.fine, self.fine_group_size)
-        fine = ps_roi_assemble(
-            fine_maps, rois, M, self.fine_group_size, self.fine_spatial_scale, self.sampling_ratio, self.aligned
-        )
-        return fuse_likelihoods(coarse, fine)
-
-    def roi_prior(self, maps: BiSegMaps, rois: Tensor, class_index: Optional[int] = None) -> Tensor:
-        """The semantic prior cropped to each RoI at ``M``: ``(R, C+1, M, M)``, or ``(R, 1, M, M)``
-        of class ``class_index`` only. ``maps.prior`` is in FCIS's class order, so its channel
-        ``c`` is the prior of the likelihoods' class ``c``."""
-        probs = maps.prior
-        if class_index is not None:
-            probs = probs[:, class_index : class_index + 1]
-        return crop_roi_prior(probs, rois, self.mask_size, self.spatial_scale, self.sampling_ratio)

@@ -38,15 +38,10 @@ from torch import Tensor
 from ..common import require_config_node
 from ..fcis.meta_arch import FCIS
 from .heads import BiSegMaps, BiSegROIHeads
+from .roi_reading import labels_to_fcis_order
 from .semantic_prior import SemanticBranch
 
 __all__ = ["BiSeg", "labels_to_fcis_order"]
-
-
-def labels_to_fcis_order(sem: Tensor) -> Tensor:
-    """``(N, C+1, H, W)`` maps in semantic-label order (background 0, class ``c`` at ``c + 1``)
-    -> FCIS's class order (class ``c`` at ``c``, background at ``C``)."""
-    return torch.roll(sem, shifts=-1, dims=1)
 
 
 @META_ARCH_REGISTRY.register()

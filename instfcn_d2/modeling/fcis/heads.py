@@ -5,7 +5,7 @@ res5 -> ``conv_new_1`` (1x1 conv 1024 + ReLU) -> inside/outside maps ``(N, k*k*2
 and class-agnostic box maps ``(N, k*k*4, H, W)`` (:class:`.score_maps.PSScoreMaps`; channel
 layout in :mod:`.score_maps`).
 
-Per RoI (parameter free): the maps are assembled to ``(R, 2, C+1, M, M)`` inside/outside logits by
+Per RoI (parameter free, :mod:`.roi_reading`, which the heads inherit): the maps are assembled to ``(R, 2, C+1, M, M)`` inside/outside logits by
 :meth:`FCISROIHeads.roi_inside_outside`, or to the ``(R, 2, M, M)`` logits of one class by
 :meth:`FCISROIHeads.roi_inside_outside_of_class` (the two methods BiSeg overrides); everything
 after uses only those tensors: class logits (max of inside / outside, averaged; softmax over
@@ -21,7 +21,6 @@ probabilities in the box frame (pasted and binarised at ``MASK_BINARIZE_THRESH``
 meta-architecture).
 """
 import logging
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -35,45 +34,18 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...layers import ps_roi_assemble
 from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node
-from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
+from .inference import FCISDetections, FCISTestParams
 from .losses import BoxRegression, ohem_select, per_roi_losses
-from .score_maps import (
-    PSScoreMaps,
-    assemble_box_deltas,
-    inside_outside_channel,
-    inside_outside_class_logits,
-    split_inside_outside,
-)
+from .roi_reading import CLASS_LOGITS_ROIS_PER_CHUNK, TEST_CANDIDATES, FCISMaps, FCISRoIReading
+from .score_maps import PSScoreMaps, inside_outside_class_logits
 
-__all__ = ["FCISROIHeads", "FCISMaps", "TEST_CANDIDATES"]
+__all__ = ["FCISROIHeads", "FCISMaps", "TEST_CANDIDATES", "CLASS_LOGITS_ROIS_PER_CHUNK", "detections_to_instances"]
 
 logger = logging.getLogger(__name__)
 
-#: ``MODEL.FCIS.TEST_CANDIDATES`` values.
-TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
-#: RoIs per :meth:`FCISROIHeads.roi_class_logits` chunk. The class logits need every class of
-#: every candidate, but assembling all 600 test candidates at once makes each intermediate
-#: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
-#: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
-#: intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg at C = 80) that stays in cache from
-#: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
-#: keep the threads (or a GPU) busy.
-CLASS_LOGITS_ROIS_PER_CHUNK = 32
-
-
-@dataclass
-class FCISMaps:
-    """The per-image maps of a batch, computed once per forward by :meth:`FCISROIHeads.score_maps`
-    and handed to every per-RoI method."""
-
-    inside_outside: Tensor  # (N, k*k*2*(C+1), H, W)
-    box: Tensor  # (N, k*k*4, H, W)
-
-
 @ROI_HEADS_REGISTRY.register()
-class FCISROIHeads(ROIHeads):
+class FCISROIHeads(FCISRoIReading, ROIHeads):
     """FCIS's position-sensitive inside/outside score maps, class scores, masks and box regression.
 
     Attributes used by subclasses (BiSeg): ``num_classes`` (C), ``mask_size`` (M), ``group_size``
@@ -207,66 +179,9 @@ class FCISROIHeads(ROIHeads):
         conv_new = F.relu(self.conv_new(features[self.in_feature]))  # (N, CONV_NEW_DIM, H, W)
         return FCISMaps(inside_outside=self.inside_outside_maps(conv_new), box=self.box_maps(conv_new))
 
-    # ---- per-RoI --------------------------------------------------------------------------------------
-    def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:
-        """Assemble the inside/outside logits of each RoI.
-
-        Args:
-            maps: the batch's maps (:meth:`score_maps`).
-            rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
-
-        Returns:
-            ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
-        """
-        return split_inside_outside(self._assemble_at_mask_size(maps.inside_outside, rois))
-
-    def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
-        """``(N, k*k*K, H, W)`` maps of FCIS's set -> ``(R, K, M, M)`` assembled per RoI."""
-        return ps_roi_assemble(
-            maps, rois.to(maps.dtype), self.mask_size, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
-        )
-
-    def roi_inside_outside_of_class(self, maps: FCISMaps, rois: Tensor, class_index: int) -> Tensor:
-        """The inside/outside logits of one class of each RoI: ``roi_inside_outside(maps,
-        rois)[:, :, class_index]``, assembling only that class's ``2*k*k`` maps (1/(C+1) of the work).
-
-        Returns:
-            ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
-        """
-        return self._assemble_at_mask_size(self.class_maps(maps.inside_outside, class_index, self.group_size), rois)
-
-    def class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
-        """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
-        ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
-
-        In the layout of :mod:`.score_maps`, assembled output channel ``o`` reads the ``k*k``
-        consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
-        are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
-        ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
-        """
-        kk = group_size * group_size
-        expected = kk * 2 * (self.num_classes + 1)
-        if maps.dim() != 4 or maps.shape[1] != expected:
-            raise ValueError(
-                f"expected inside/outside maps (N, k*k*2*(C+1) = {expected}, H, W) for k = {group_size}, "
-                f"C = {self.num_classes}, got {tuple(maps.shape)}"
-            )
-        channels = [inside_outside_channel(class_index, outside, self.num_classes) for outside in (False, True)]
-        return torch.cat([maps[:, o * kk : (o + 1) * kk] for o in channels], dim=1)
-
-    def roi_class_logits(self, maps: FCISMaps, rois: Tensor) -> Tensor:
-        """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
-        ``inside_outside_class_logits(roi_inside_outside(maps, rois))`` computed over chunks of
-        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values, without ``(R, 2, C+1, M, M)``
-        intermediates)."""
-        # an empty rois still makes one call: (0, C+1) logits, with C from the maps
-        chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
-        logits = [inside_outside_class_logits(self.roi_inside_outside(maps, chunk)) for chunk in chunks]
-        return torch.cat(logits, dim=0)
-
-    def roi_box_deltas(self, maps: FCISMaps, rois: Tensor) -> Tensor:
-        """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (``box_regression.transform`` space)."""
-        return assemble_box_deltas(maps.box, rois, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+    # ---- per-RoI: FCISRoIReading (roi_inside_outside, roi_class_logits, roi_box_deltas, ...) ----------
+    def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        return self.box_regression.transform.apply_deltas(deltas, boxes)
 
     # ---- forward ------------------------------------------------------------------------------------------
     def forward(
@@ -346,51 +261,24 @@ class FCISROIHeads(ROIHeads):
     # ---- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def inference(self, maps: FCISMaps, proposals: List[Instances]) -> List[Instances]:
-        """Detections per image (at the network input resolution) from the RPN proposals."""
-        candidates = self.inference_candidates(maps, proposals)
-        # the class scores of every candidate, chunked; the masks later, per (candidate, class) used
-        scores = torch.softmax(self.roi_class_logits(maps, candidates), dim=1)
-        results = []
-        for i, p in enumerate(proposals):
-            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
-            image_rois = candidates[rows]
-            mask_logits = self.mask_logits_reader(maps, image_rois)
-            results.append(
-                fcis_inference_single_image(image_rois[:, 1:], scores[rows], mask_logits, p.image_size, self.test_params)
-            )
-        return results
+        """Detections per image (at the network input resolution) from the RPN proposals
+        (:meth:`.roi_reading.FCISRoIReading.detect`)."""
+        detections = self.detect(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
+        return [detections_to_instances(d) for d in detections]
 
     def inference_candidates(self, maps: FCISMaps, proposals: List[Instances]) -> Tensor:
         """``(P, 5)`` RoIs scored at test time (``test_candidates``): the proposals and / or their
         box-regressed versions clipped to their image, rows ``(batch_index, x1, y1, x2, y2)``."""
-        rois = self._rois(proposals)
-        candidates = []
-        if self.test_candidates in ("rois+regressed", "rois"):
-            candidates.append(rois)
-        if self.test_candidates in ("rois+regressed", "regressed"):
-            deltas = self.roi_box_deltas(maps, rois)
-            regressed = self.box_regression.transform.apply_deltas(deltas, rois[:, 1:])
-            parts = regressed.split([len(p) for p in proposals])  # rois are grouped by image, in order
-            clipped = [_clip_finite(b, p.image_size) for b, p in zip(parts, proposals)]
-            candidates.append(torch.cat([rois[:, :1], cat(clipped, dim=0)], dim=1))
-        return torch.cat(candidates, dim=0)
-
-    def mask_logits_reader(self, maps: FCISMaps, rois: Tensor) -> MaskLogits:
-        """:data:`.inference.MaskLogits` of ``rois`` (``(P, 5)``, one image's candidates),
-        assembled on demand with :meth:`roi_inside_outside_of_class`."""
-
-        def mask_logits(indices: Tensor, class_index: int) -> Tensor:
-            return self.roi_inside_outside_of_class(maps, rois[indices], class_index)
-
-        return mask_logits
+        return self.candidates(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
 
 
-def _clip_finite(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
-    """``Boxes.clip`` of the finite rows of ``(R, 4)`` boxes; rows with NaN / inf (from diverged
-    weights; inference drops them) are left as they are, which ``Boxes.clip`` would refuse."""
-    out = boxes.clone()
-    finite = torch.isfinite(boxes).all(dim=1)
-    clipped = Boxes(boxes[finite])
-    clipped.clip(image_size)
-    out[finite] = clipped.tensor
-    return out
+def detections_to_instances(detections: FCISDetections) -> Instances:
+    """:class:`.inference.FCISDetections` as detectron2's ``Instances``: ``pred_boxes``,
+    ``scores``, ``pred_classes`` and ``pred_masks`` ``(K, 1, M, M)`` probabilities."""
+    result = Instances(detections.image_size)
+    result.pred_boxes = Boxes(detections.boxes)
+    result.scores = detections.scores
+    result.pred_classes = detections.classes
+    result.pred_masks = detections.mask_probs
+    return result
+

@@ -7,19 +7,28 @@ each with its ``(C+1)`` class probabilities. Their masks are not passed as a ten
 a :data:`MaskLogits` callable for the inside/outside logits of one class of some candidates, so
 only the (candidate, class) pairs that are kept or vote are ever assembled (a ``(P, 2, C+1, M, M)``
 tensor of all 600 candidates would be 686 MB for BiSeg at C = 80, M = 42).
+
+Detectron2 free (torch and torchvision only): exported models run it after their graph. The heads
+wrap :class:`FCISDetections` into detectron2's ``Instances``.
 """
 from dataclasses import dataclass
 from typing import Callable, Tuple
 
 import torch
-from detectron2.layers import batched_nms
-from detectron2.structures import Boxes, Instances
 from torch import Tensor
+from torchvision.ops import batched_nms
 
 from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes, voting_pairs
 from .score_maps import inside_outside_mask_probs
 
-__all__ = ["MaskLogits", "FCISTestParams", "MASK_VOTING_FRAMES", "fcis_inference_single_image", "class_masks"]
+__all__ = [
+    "MaskLogits",
+    "FCISTestParams",
+    "FCISDetections",
+    "MASK_VOTING_FRAMES",
+    "fcis_inference_single_image",
+    "class_masks",
+]
 
 #: ``mask_logits(indices, class_index) -> (V, 2, M, M)``: the inside/outside logits of class
 #: ``class_index`` of the candidates ``indices`` (``(V,)`` int64).
@@ -50,9 +59,23 @@ class FCISTestParams:
             )
 
 
+@dataclass
+class FCISDetections:
+    """One image's detections at the network input resolution, highest score first."""
+
+    image_size: Tuple[int, int]  # (H, W) of the network input
+    boxes: Tensor  # (K, 4) XYXY
+    scores: Tensor  # (K,)
+    classes: Tensor  # (K,) int64 in [0, C)
+    mask_probs: Tensor  # (K, 1, M, M) foreground probabilities in the box frame
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
 def fcis_inference_single_image(
     boxes: Tensor, scores: Tensor, mask_logits: MaskLogits, image_size: Tuple[int, int], params: FCISTestParams
-) -> Instances:
+) -> FCISDetections:
     """Per-class NMS and mask voting over one image's candidates.
 
     Args:
@@ -62,12 +85,13 @@ def fcis_inference_single_image(
         image_size: ``(H, W)`` of the network input.
 
     Returns:
-        ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks``
-        ``(K, 1, M, M)`` foreground probabilities in the box frame, highest score first.
+        :class:`FCISDetections`: the boxes, scores, classes and ``(K, 1, M, M)`` foreground
+        probabilities in the box frame, highest score first.
     """
     # empty boxes (regressed boxes clipped away) give no mask and would be dropped by
     # detector_postprocess anyway; non-finite values come from diverged weights
-    valid = Boxes(boxes).nonempty() & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # detectron2's Boxes.nonempty()
+    valid = nonempty & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     valid_idx = valid.nonzero().squeeze(1)
     boxes, scores = boxes[valid_idx], scores[valid_idx]
 
@@ -77,7 +101,8 @@ def fcis_inference_single_image(
     fg_scores = scores[:, : params.num_classes]
     cand, classes = (fg_scores > params.score_thresh).nonzero(as_tuple=True)
     det_scores = fg_scores[cand, classes]
-    keep = batched_nms(boxes[cand], det_scores, classes, params.nms_thresh)[: params.detections_per_image]
+    # float(): float16 has not the range of torchvision's batched-NMS offsets (as detectron2's batched_nms)
+    keep = batched_nms(boxes[cand].float(), det_scores, classes, params.nms_thresh)[: params.detections_per_image]
     cand, classes, det_scores = cand[keep], classes[keep], det_scores[keep]
     kept_boxes = boxes[cand]
 
@@ -92,12 +117,13 @@ def fcis_inference_single_image(
     if masks is None:  # no detection: M from an empty read
         masks = boxes.new_zeros((0,) + tuple(valid_mask_logits(cand, 0).shape[-2:]))
 
-    result = Instances(image_size)
-    result.pred_boxes = Boxes(kept_boxes)
-    result.scores = det_scores
-    result.pred_classes = classes
-    result.pred_masks = masks[:, None]
-    return result
+    return FCISDetections(
+        image_size=(int(image_size[0]), int(image_size[1])),
+        boxes=kept_boxes,
+        scores=det_scores,
+        classes=classes,
+        mask_probs=masks[:, None],
+    )
 
 
 def class_masks(

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
+from torchvision.ops import box_iou
 
 from ..common import mask_tight_boxes
 
@@ -68,7 +68,8 @@ def voting_pairs(kept_boxes: Tensor, cand_boxes: Tensor, iou_threshold: float = 
     """The (kept box, voter) pairs: every candidate whose box IoU with a kept box is ``>=``
     ``iou_threshold`` (``(K, 4)`` and ``(P, 4)`` XYXY boxes). Computed once and shared by
     :func:`voter_union_boxes` and :func:`mask_voting`."""
-    iou = pairwise_iou(Boxes(kept_boxes), Boxes(cand_boxes))  # (K, P)
+    # detectron2's pairwise_iou, but for a zero-area pair (0 there, NaN here: never >= the threshold)
+    iou = box_iou(kept_boxes, cand_boxes)  # (K, P)
     kept_idx, cand_idx = (iou >= iou_threshold).nonzero(as_tuple=True)
     return kept_idx, cand_idx
 

@@ -23,6 +23,7 @@ from instfcn_d2.layers import ps_roi_assemble
 from instfcn_d2.modeling.biseg.heads import BiSegMaps, BiSegROIHeads
 from instfcn_d2.modeling.biseg.meta_arch import labels_to_fcis_order
 from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISROIHeads
+from instfcn_d2.modeling.fcis.heads import detections_to_instances
 from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
 from instfcn_d2.modeling.fcis.score_maps import inside_outside_class_logits
 from instfcn_d2.modeling.common import mask_tight_boxes
@@ -221,8 +222,10 @@ def test_inference_equals_the_full_tensor_reference():
     for i, (p, result) in enumerate(zip(proposals, ours)):
         rows = (candidates[:, 0] == i).nonzero().squeeze(1)
         io = inside_outside[rows]
-        expected = fcis_inference_single_image(
-            candidates[rows, 1:], scores[rows], lambda idx, c: io[idx, :, c], p.image_size, heads.test_params
+        expected = detections_to_instances(
+            fcis_inference_single_image(
+                candidates[rows, 1:], scores[rows], lambda idx, c: io[idx, :, c], p.image_size, heads.test_params
+            )
         )
         assert len(result) == len(expected) > 0
         torch.testing.assert_close(result.pred_boxes.tensor, expected.pred_boxes.tensor)

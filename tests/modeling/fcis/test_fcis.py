@@ -17,7 +17,8 @@ from detectron2.utils.visualizer import Visualizer
 from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
-from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISROIHeads, _clip_finite
+from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISROIHeads, detections_to_instances
+from instfcn_d2.modeling.fcis.roi_reading import clip_finite
 from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
 from instfcn_d2.modeling.fcis.losses import ohem_select, per_roi_losses
 from instfcn_d2.modeling.fcis.meta_arch import FCIS, fcis_postprocess
@@ -89,7 +90,7 @@ def _tensor_reader(inside_outside):
 def _detect(heads, boxes, scores, inside_outside, image_size=(128, 128)):
     """fcis_inference_single_image with the heads' test settings; ``inside_outside`` a tensor or a callable."""
     reader = inside_outside if callable(inside_outside) else _tensor_reader(inside_outside)
-    return fcis_inference_single_image(boxes, scores, reader, image_size, heads.test_params)
+    return detections_to_instances(fcis_inference_single_image(boxes, scores, reader, image_size, heads.test_params))
 
 
 def _with_test_params(heads, **changes):
@@ -520,7 +521,7 @@ def test_rois_rows_and_clipping_of_regressed_boxes():
     rois = heads._rois(proposals)
     assert rois[:, 0].tolist() == [0.0, 2.0, 2.0] and rois[0, 1:].tolist() == [1.0, 2.0, 3.0, 4.0]
     boxes = torch.tensor([[-5.0, -1.0, 70.0, 20.0], [float("nan"), 0.0, 1.0, 1.0]])
-    clipped = _clip_finite(boxes, (50, 60))
+    clipped = clip_finite(boxes, (50, 60))
     assert clipped[0].tolist() == [0.0, 0.0, 60.0, 20.0] and torch.isnan(clipped[1, 0])
 
 

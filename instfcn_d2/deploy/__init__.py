@@ -1,0 +1,103 @@
+"""Exported models served without detectron2: ``load(folder)`` -> a callable that takes an image
+tensor and returns :class:`Detections`.
+
+Needs torch, torchvision (its NMS) and this package's compiled ops, not detectron2::
+
+    from instfcn_d2.deploy import load
+    model = load("output/export/fcis_aoti")            # a folder written by tools/export_model.py
+    det = model(image, output_size=(height, width))    # image: (3, h, w) in INPUT.FORMAT, resized as
+    det.boxes, det.scores, det.classes, det.masks      # the model's test input (ResizeShortestEdge)
+
+An artefact is a graph (image -> dense maps, :mod:`instfcn_d2.export.graphs`) plus the model's own
+post-processing, which runs here in Python (:mod:`.fcis`, :mod:`.instance_fcn`).
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .artefact import FORMATS, load_graph, read_metadata
+from .detections import Detections
+
+__all__ = ["load", "DeployedModel", "Detections", "FORMATS"]
+
+
+class DeployedModel:
+    """An exported model, loaded (:func:`load`). ``model(image, output_size) -> Detections``."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.metadata = read_metadata(directory)
+        self.kind = self.metadata["model"]
+        self.format = self.metadata["format"]
+        self.input_format = self.metadata["input_format"]
+        self.class_names = list(self.metadata.get("class_names") or [])
+        self.size_divisibility = int(self.metadata["size_divisibility"])
+        self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(-1, 1, 1)
+        self.output_names = list(self.metadata["outputs"])
+        self.graph = load_graph(directory, self.metadata)
+        self.pipeline = _pipeline(self.kind, self.metadata["pipeline"])
+
+    def pad(self, image: Tensor) -> Tensor:
+        """``(3, h, w)`` -> ``(3, H, W)`` padded at the bottom / right to the size divisibility with
+        the pixel mean (0 once normalised, as detectron2's ``ImageList`` pads)."""
+        d = self.size_divisibility
+        h, w = image.shape[-2:]
+        if d <= 1 or (h % d == 0 and w % d == 0):
+            return image
+        H, W = -(-h // d) * d, -(-w // d) * d
+        out = self.pixel_mean.to(image.dtype).expand(image.shape[0], H, W).clone()
+        out[:, :h, :w] = image
+        return out
+
+    def run_graph(self, image: Tensor) -> Tuple[list, Tuple[int, int]]:
+        """The graph's outputs on ``image`` (``(3, h, w)``), and the padded size it ran at."""
+        padded = self.pad(image)
+        return self.graph(padded), (int(padded.shape[-2]), int(padded.shape[-1]))
+
+    @torch.no_grad()
+    def __call__(self, image: Tensor, output_size: Optional[Tuple[int, int]] = None) -> Detections:
+        """
+        Args:
+            image: ``(3, h, w)`` uint8 or float, channels in ``input_format``, at the network's
+                input resolution (as the exported config's test resize makes it).
+            output_size: ``(height, width)`` of the result (default ``(h, w)``), as the
+                ``"height"`` / ``"width"`` of a detectron2 input.
+        """
+        if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
+            raise ValueError(
+                f"expected one image (C={self.pixel_mean.shape[0]}, H, W) in {self.input_format}, got {tuple(image.shape)}"
+            )
+        image = image.to(torch.float32)
+        size = (int(image.shape[-2]), int(image.shape[-1]))
+        output_size = size if output_size is None else (int(output_size[0]), int(output_size[1]))
+        return self.pipeline.run(self, image, size, output_size)
+
+
+class _FCISRun:
+    def __init__(self, kind: str, settings: dict):
+        from .fcis import pipeline_from_dict
+
+        self.biseg = kind == "BiSeg"
+        self.pipeline = pipeline_from_dict(settings)
+
+    def run(self, model: DeployedModel, image: Tensor, size, output_size) -> Detections:
+        from .fcis import FCISOutputs
+
+        outputs, padded_size = model.run_graph(image)
+        return self.pipeline(FCISOutputs.from_graph(outputs, model.output_names, self.biseg), size, padded_size, output_size)
+
+
+def _pipeline(kind: str, settings: dict):
+    if kind in ("FCIS", "BiSeg"):
+        return _FCISRun(kind, settings)
+    if kind == "InstanceFCN":
+        from .instance_fcn import InstanceFCNRun
+
+        return InstanceFCNRun(settings)
+    raise ValueError(f"unknown exported model kind {kind!r}; this instfcn_d2 serves FCIS, BiSeg and InstanceFCN")
+
+
+def load(directory: str) -> DeployedModel:
+    """Load an exported model (the ``--output`` folder of ``tools/export_model.py``)."""
+    return DeployedModel(directory)

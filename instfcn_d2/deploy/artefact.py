@@ -1,0 +1,81 @@
+"""An exported model on disk: one folder with the graph in one of three formats and
+``deploy.json``, which says how to feed the graph and what runs after it.
+
+``deploy.json`` keys: ``format`` (one of :data:`FORMATS`), ``graph`` (its file name), ``model``
+(``"FCIS"``, ``"BiSeg"`` or ``"InstanceFCN"``), ``input_format`` (``INPUT.FORMAT``, e.g. ``"BGR"``),
+``pixel_mean`` (the padding value), ``size_divisibility``, ``outputs`` (the graph's output names),
+``pipeline`` (the settings of the part after the graph), ``class_names``, and the versions that
+wrote it (``instfcn_d2``, ``torch``).
+"""
+import json
+import os
+import warnings
+from typing import Callable, List, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["FORMATS", "GRAPH_FILES", "METADATA_FILE", "read_metadata", "write_metadata", "load_graph"]
+
+#: ``--format`` values: a traced ``torch.jit`` module, a ``torch.export`` program with dynamic
+#: height and width, and that program compiled ahead of time by AOTInductor.
+FORMATS = ("torchscript", "exported_program", "aoti")
+GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2"}
+METADATA_FILE = "deploy.json"
+_KEYS = ("format", "graph", "model", "input_format", "pixel_mean", "size_divisibility", "outputs", "pipeline")
+
+
+def write_metadata(directory: str, metadata: dict) -> str:
+    missing = [k for k in _KEYS if k not in metadata]
+    if missing:
+        raise ValueError(f"deploy metadata misses {missing}")
+    path = os.path.join(directory, METADATA_FILE)
+    with open(path, "w") as f:
+        json.dump(metadata, f, indent=1)
+    return path
+
+
+def read_metadata(directory: str) -> dict:
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: an exported model is the folder that tools/export_model.py --output wrote"
+        )
+    with open(path) as f:
+        metadata = json.load(f)
+    missing = [k for k in _KEYS if k not in metadata]
+    if missing:
+        raise ValueError(f"{path} misses the keys {missing}; re-export the model with tools/export_model.py")
+    if metadata["format"] not in FORMATS:
+        raise ValueError(f"{path}: format {metadata['format']!r} is not one of {FORMATS}")
+    written_with = metadata.get("torch")
+    if written_with and written_with.split("+")[0] != torch.__version__.split("+")[0]:
+        warnings.warn(
+            f"{path} was exported with torch {written_with}, this is torch {torch.__version__}: "
+            "ExportedProgram and AOTInductor artefacts are not guaranteed to load across torch versions"
+        )
+    return metadata
+
+
+def load_graph(directory: str, metadata: dict) -> Callable[[Tensor], List[Tensor]]:
+    """The graph of an exported model as ``image (3, H, W) -> [Tensor, ...]``."""
+    path = os.path.join(directory, metadata["graph"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} (named by {os.path.join(directory, METADATA_FILE)}) not found")
+    fmt = metadata["format"]
+    if fmt == "torchscript":
+        module = torch.jit.load(path, map_location="cpu").eval()
+    elif fmt == "exported_program":
+        module = torch.export.load(path).module()
+    else:
+        module = torch._inductor.aoti_load_package(path)
+
+    def graph(image: Tensor) -> List[Tensor]:
+        out = module(image)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    return graph
+
+
+def output_names(metadata: dict) -> Sequence[str]:
+    return list(metadata["outputs"])

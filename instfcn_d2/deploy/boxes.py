@@ -1,0 +1,69 @@
+"""Box decoding and box checks: the same values as detectron2's ``Box2BoxTransform.apply_deltas``,
+``Boxes.clip`` and ``Boxes.nonempty``, written again because deployment runs without detectron2.
+
+The operations and their order are detectron2's, so results are bit-equal to it (tested against it
+in ``tests/deploy/test_detectron2_ports.py``).
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def apply_deltas(
+    deltas: Tensor, boxes: Tensor, weights: Tuple[float, float, float, float], scale_clamp: float
+) -> Tensor:
+    """``(R, 4)`` boxes ``x0, y0, x1, y1`` moved by ``(R, 4)`` deltas ``dx, dy, dw, dh``: what
+    ``Box2BoxTransform(weights, scale_clamp).apply_deltas(deltas, boxes)`` returns, float32."""
+    deltas = deltas.float()  # decoding in fp32 even for fp16 heads, as detectron2
+    boxes = boxes.to(deltas.dtype)
+
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    ctr_x = boxes[:, 0] + 0.5 * widths
+    ctr_y = boxes[:, 1] + 0.5 * heights
+
+    wx, wy, ww, wh = weights
+    # strided slices (R, 1) rather than columns: the same kernels and shapes as detectron2
+    dx = deltas[:, 0::4] / wx
+    dy = deltas[:, 1::4] / wy
+    dw = deltas[:, 2::4] / ww
+    dh = deltas[:, 3::4] / wh
+
+    # huge dw / dh would overflow exp()
+    dw = torch.clamp(dw, max=scale_clamp)
+    dh = torch.clamp(dh, max=scale_clamp)
+
+    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
+    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
+    pred_w = torch.exp(dw) * widths[:, None]
+    pred_h = torch.exp(dh) * heights[:, None]
+
+    x1 = pred_ctr_x - 0.5 * pred_w
+    y1 = pred_ctr_y - 0.5 * pred_h
+    x2 = pred_ctr_x + 0.5 * pred_w
+    y2 = pred_ctr_y + 0.5 * pred_h
+    return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+
+
+def clip_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+    """``(R, 4)`` boxes with x clamped to ``[0, w]`` and y to ``[0, h]`` for ``image_size = (h, w)``,
+    as ``Boxes.clip`` (a new tensor; the input is not changed).
+
+    Raises ValueError where a coordinate is NaN or infinite (``Boxes.clip`` asserts it)."""
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("clip_boxes: the box tensor contains infinite or NaN values")
+    h, w = image_size
+    x1 = boxes[:, 0].clamp(min=0, max=w)
+    y1 = boxes[:, 1].clamp(min=0, max=h)
+    x2 = boxes[:, 2].clamp(min=0, max=w)
+    y2 = boxes[:, 3].clamp(min=0, max=h)
+    return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def nonempty(boxes: Tensor, threshold: float = 0.0) -> Tensor:
+    """``(R,)`` bool: both sides of each ``(R, 4)`` box longer than ``threshold``, as
+    ``Boxes.nonempty``."""
+    widths = boxes[:, 2] - boxes[:, 0]
+    heights = boxes[:, 3] - boxes[:, 1]
+    return (widths > threshold) & (heights > threshold)

@@ -1,0 +1,125 @@
+"""Write an exported model: the dense graph (:mod:`.graphs`) in one format and ``deploy.json``
+with the settings of the post-processing that :mod:`instfcn_d2.deploy` runs after it."""
+import logging
+import os
+import time
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..deploy.artefact import FORMATS, GRAPH_FILES, write_metadata
+from .graphs import DenseGraph, InstanceFCNGraph, dense_graph_for
+
+__all__ = ["export_model", "pad_to_divisibility", "pipeline_settings", "MIN_SIDE", "MAX_SIDE"]
+
+logger = logging.getLogger(__name__)
+
+#: The image sides an ``exported_program`` / ``aoti`` artefact accepts (its dynamic dimensions).
+MIN_SIDE, MAX_SIDE = 32, 4096
+
+
+def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
+    """``(3, h, w)`` padded at the bottom / right to multiples of ``divisibility`` with
+    ``pixel_mean`` ``(3, 1, 1)`` (0 once normalised, as detectron2's ``ImageList`` pads)."""
+    h, w = image.shape[-2:]
+    if divisibility <= 1 or (h % divisibility == 0 and w % divisibility == 0):
+        return image
+    H, W = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
+    out = pixel_mean.to(image).expand(image.shape[0], H, W).clone()
+    out[:, :h, :w] = image
+    return out
+
+
+def pipeline_settings(model: nn.Module, graph: DenseGraph) -> dict:
+    """The settings of the post-processing of ``model`` (``deploy.json``'s ``pipeline``)."""
+    from ..deploy.fcis import FCISPipeline, pipeline_to_dict, reader_from_heads
+    from ..deploy.rpn import rpn_params_from_detectron2
+
+    if isinstance(graph, InstanceFCNGraph):
+        from ..deploy.instance_fcn import settings_from_model
+
+        return settings_from_model(model)
+    kind = "BiSeg" if type(graph).__name__ == "BiSegGraph" else "FCIS"
+    pipeline = FCISPipeline(
+        reader_from_heads(model.roi_heads), rpn_params_from_detectron2(model.proposal_generator), float(model.mask_threshold)
+    )
+    return pipeline_to_dict(pipeline, kind)
+
+
+def _dynamic_shapes(divisibility: int):
+    from torch.export import Dim
+
+    if divisibility > 1:
+        h = Dim("h_blocks", min=max(1, MIN_SIDE // divisibility), max=MAX_SIDE // divisibility)
+        w = Dim("w_blocks", min=max(1, MIN_SIDE // divisibility), max=MAX_SIDE // divisibility)
+        return {"image": {1: divisibility * h, 2: divisibility * w}}
+    return {"image": {1: Dim("height", min=MIN_SIDE, max=MAX_SIDE), 2: Dim("width", min=MIN_SIDE, max=MAX_SIDE)}}
+
+
+@torch.no_grad()
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    sample_image: Tensor,
+    output_dir: str,
+    *,
+    input_format: str = "BGR",
+    class_names: Optional[Sequence[str]] = None,
+) -> str:
+    """Export ``model`` (FCIS, BiSeg or InstanceFCN, built and loaded, on the CPU) into ``output_dir``.
+
+    Args:
+        fmt: one of :data:`instfcn_d2.deploy.artefact.FORMATS`.
+        sample_image: ``(3, h, w)`` an image at the network's input resolution (traced with; the
+            ``exported_program`` / ``aoti`` graphs accept any height and width in
+            ``[MIN_SIDE, MAX_SIDE]``).
+        input_format: the config's ``INPUT.FORMAT``, recorded for the loader.
+        class_names: recorded for the loader (the test dataset's ``thing_classes``).
+
+    Returns:
+        the path of the graph file.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: expected one of {FORMATS}")
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("export_model: export a model on the CPU (MODEL.DEVICE cpu); the artefacts run on the CPU")
+    model.eval()
+    graph = dense_graph_for(model).eval()
+    divisibility = int(model.backbone.size_divisibility)
+    square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
+    if square:
+        raise ValueError(f"export_model: backbone padding_constraints square_size = {square} is not supported")
+    image = pad_to_divisibility(sample_image.to(torch.float32), divisibility, model.pixel_mean)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, GRAPH_FILES[fmt])
+    start = time.perf_counter()
+    if fmt == "torchscript":
+        traced = torch.jit.trace(graph, (image,), check_trace=False)
+        torch.jit.save(traced, path)
+    else:
+        program = torch.export.export(graph, (image,), dynamic_shapes=_dynamic_shapes(divisibility))
+        if fmt == "exported_program":
+            torch.export.save(program, path)
+        else:
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+    logger.info("exported %s graph of %s in %.1f s: %s", fmt, type(model).__name__, time.perf_counter() - start, path)
+    kind = {"FCISGraph": "FCIS", "BiSegGraph": "BiSeg", "InstanceFCNGraph": "InstanceFCN"}[type(graph).__name__]
+    write_metadata(
+        output_dir,
+        {
+            "format": fmt,
+            "graph": GRAPH_FILES[fmt],
+            "model": kind,
+            "input_format": input_format,
+            "pixel_mean": model.pixel_mean.flatten().tolist(),
+            "size_divisibility": divisibility,
+            "outputs": graph.output_names(),
+            "pipeline": pipeline_settings(model, graph),
+            "class_names": list(class_names or []),
+            "instfcn_d2": __version__,
+            "torch": torch.__version__,
+        },
+    )
+    return path

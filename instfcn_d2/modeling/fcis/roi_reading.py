@@ -1,0 +1,194 @@
+"""How FCIS reads its maps per RoI, and its test-time pipeline from RoIs to detections.
+
+Everything here is parameter free and detectron2 free: it runs on the maps of
+:class:`FCISMaps` and ``(R, 5)`` RoI rows ``(batch_index, x1, y1, x2, y2)``. The heads
+(:class:`.heads.FCISROIHeads`) inherit it, and exported models (:mod:`instfcn_d2.deploy`), whose
+graph ends at the maps, run the same code after the graph, without detectron2.
+
+- :meth:`FCISRoIReading.roi_inside_outside` / :meth:`~FCISRoIReading.roi_inside_outside_of_class`:
+  the assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class (the two
+  methods BiSeg overrides);
+- :meth:`~FCISRoIReading.roi_class_logits`, :meth:`~FCISRoIReading.roi_box_deltas`: class
+  logits (in chunks of RoIs) and R-FCN box deltas;
+- :meth:`~FCISRoIReading.detect`: test time: the RoIs and their box-regressed versions are
+  scored, then :mod:`.inference` (per-class NMS, mask voting, the top detections) per image.
+"""
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ...deploy.boxes import clip_boxes
+from ...layers import ps_roi_assemble
+from .inference import FCISDetections, FCISTestParams, MaskLogits, fcis_inference_single_image
+from .score_maps import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
+
+__all__ = ["FCISMaps", "FCISRoIReading", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
+
+#: ``MODEL.FCIS.TEST_CANDIDATES`` values.
+TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
+#: RoIs per :meth:`FCISRoIReading.roi_class_logits` chunk. The class logits need every class of
+#: every candidate, but assembling all 600 test candidates at once makes each intermediate
+#: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
+#: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
+#: intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg at C = 80) that stays in cache from
+#: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
+#: keep the threads (or a GPU) busy.
+CLASS_LOGITS_ROIS_PER_CHUNK = 32
+
+
+@dataclass
+class FCISMaps:
+    """The per-image maps of a batch, computed once per forward (by the heads' ``score_maps``, or
+    by an exported model's graph) and handed to every per-RoI method."""
+
+    inside_outside: Tensor  # (N, k*k*2*(C+1), H, W)
+    box: Tensor  # (N, k*k*4, H, W)
+
+
+class FCISRoIReading:
+    """FCIS's per-RoI reading of :class:`FCISMaps`, mixed into the heads and into the readers of
+    exported models.
+
+    Needs the attributes ``num_classes`` (C), ``group_size`` (k), ``mask_size`` (M),
+    ``spatial_scale`` (1 / the stride of the maps), ``sampling_ratio``, ``aligned``,
+    ``test_candidates`` (one of :data:`TEST_CANDIDATES`), ``test_params``
+    (:class:`.inference.FCISTestParams`) and the method :meth:`apply_box_deltas`. Everything after
+    :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_class` takes ``M`` from their output,
+    so a subclass may assemble at another size; it must override both.
+    """
+
+    num_classes: int
+    group_size: int
+    mask_size: int
+    spatial_scale: float
+    sampling_ratio: int
+    aligned: bool
+    test_candidates: str
+    test_params: FCISTestParams
+
+    def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
+        """``(R, 4)`` class-agnostic deltas applied to ``(R, 4)`` boxes (``BBOX_REG_WEIGHTS``)."""
+        raise NotImplementedError
+
+    # ---- per RoI ------------------------------------------------------------------------------------
+    def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """Assemble the inside/outside logits of each RoI.
+
+        Args:
+            maps: the batch's maps.
+            rois: ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
+
+        Returns:
+            ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
+        """
+        return split_inside_outside(self._assemble_at_mask_size(maps.inside_outside, rois))
+
+    def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
+        """``(N, k*k*K, H, W)`` maps of FCIS's set -> ``(R, K, M, M)`` assembled per RoI."""
+        return ps_roi_assemble(
+            maps, rois.to(maps.dtype), self.mask_size, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
+
+    def roi_inside_outside_of_class(self, maps: FCISMaps, rois: Tensor, class_index: int) -> Tensor:
+        """The inside/outside logits of one class of each RoI: ``roi_inside_outside(maps,
+        rois)[:, :, class_index]``, assembling only that class's ``2*k*k`` maps (1/(C+1) of the work).
+
+        Returns:
+            ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
+        """
+        return self._assemble_at_mask_size(self.class_maps(maps.inside_outside, class_index, self.group_size), rois)
+
+    def class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
+        """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
+        ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
+
+        In the layout of :mod:`.score_maps`, assembled output channel ``o`` reads the ``k*k``
+        consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
+        are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
+        ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
+        """
+        kk = group_size * group_size
+        expected = kk * 2 * (self.num_classes + 1)
+        if maps.dim() != 4 or maps.shape[1] != expected:
+            raise ValueError(
+                f"expected inside/outside maps (N, k*k*2*(C+1) = {expected}, H, W) for k = {group_size}, "
+                f"C = {self.num_classes}, got {tuple(maps.shape)}"
+            )
+        channels = [inside_outside_channel(class_index, outside, self.num_classes) for outside in (False, True)]
+        return torch.cat([maps[:, o * kk : (o + 1) * kk] for o in channels], dim=1)
+
+    def roi_class_logits(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
+        ``inside_outside_class_logits(roi_inside_outside(maps, rois))`` computed over chunks of
+        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values, without ``(R, 2, C+1, M, M)``
+        intermediates)."""
+        # an empty rois still makes one call: (0, C+1) logits, with C from the maps
+        chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
+        logits = [inside_outside_class_logits(self.roi_inside_outside(maps, chunk)) for chunk in chunks]
+        return torch.cat(logits, dim=0)
+
+    def roi_box_deltas(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (:meth:`apply_box_deltas` space)."""
+        return assemble_box_deltas(maps.box, rois, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    # ---- test time --------------------------------------------------------------------------------------
+    def candidates(
+        self, maps: FCISMaps, rois: Tensor, rois_per_image: Sequence[int], image_sizes: Sequence[Tuple[int, int]]
+    ) -> Tensor:
+        """``(P, 5)`` RoIs scored at test time (``test_candidates``): the RoIs and / or their
+        box-regressed versions clipped to their image.
+
+        Args:
+            rois: ``(R, 5)`` the RPN's RoIs, grouped by image in batch order.
+            rois_per_image: how many of them each image has.
+            image_sizes: ``(H, W)`` of each network input.
+        """
+        candidates = []
+        if self.test_candidates in ("rois+regressed", "rois"):
+            candidates.append(rois)
+        if self.test_candidates in ("rois+regressed", "regressed"):
+            deltas = self.roi_box_deltas(maps, rois)
+            regressed = self.apply_box_deltas(deltas, rois[:, 1:])
+            parts = regressed.split(list(rois_per_image))
+            clipped = [clip_finite(b, size) for b, size in zip(parts, image_sizes)]
+            candidates.append(torch.cat([rois[:, :1], torch.cat(clipped, dim=0)], dim=1))
+        return torch.cat(candidates, dim=0)
+
+    def mask_logits_reader(self, maps: FCISMaps, rois: Tensor) -> MaskLogits:
+        """:data:`.inference.MaskLogits` of ``rois`` (``(P, 5)``, one image's candidates),
+        assembled on demand with :meth:`roi_inside_outside_of_class`."""
+
+        def mask_logits(indices: Tensor, class_index: int) -> Tensor:
+            return self.roi_inside_outside_of_class(maps, rois[indices], class_index)
+
+        return mask_logits
+
+    @torch.no_grad()
+    def detect(
+        self, maps: FCISMaps, rois: Tensor, rois_per_image: Sequence[int], image_sizes: Sequence[Tuple[int, int]]
+    ) -> List[FCISDetections]:
+        """Detections per image (at the network input resolution) from the RPN's RoIs
+        (arguments as :meth:`candidates`)."""
+        candidates = self.candidates(maps, rois, rois_per_image, image_sizes)
+        # the class scores of every candidate, chunked; the masks later, per (candidate, class) used
+        scores = torch.softmax(self.roi_class_logits(maps, candidates), dim=1)
+        results = []
+        for i, image_size in enumerate(image_sizes):
+            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+            image_rois = candidates[rows]
+            mask_logits = self.mask_logits_reader(maps, image_rois)
+            results.append(
+                fcis_inference_single_image(image_rois[:, 1:], scores[rows], mask_logits, image_size, self.test_params)
+            )
+        return results
+
+
+def clip_finite(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+    """detectron2's ``Boxes.clip`` of the finite rows of ``(R, 4)`` boxes; rows with NaN / inf
+    (from diverged weights; inference drops them) are left as they are, which the clip would refuse."""
+    out = boxes.clone()
+    finite = torch.isfinite(boxes).all(dim=1)
+    out[finite] = clip_boxes(boxes[finite], image_size)
+    return out
