@@ -52,7 +52,9 @@ class DeployedModel:
 
     def run_graph(self, image: Tensor) -> Tuple[list, Tuple[int, int]]:
         """The graph's outputs on ``image`` (``(3, h, w)``), and the padded size it ran at."""
-        padded = self.pad(image)
+        # contiguous: the exported graphs were made with a contiguous image, and an AOTInductor
+        # graph reads its input with those strides (a transposed HWC image would be misread)
+        padded = self.pad(image).contiguous()
         return self.graph(padded), (int(padded.shape[-2]), int(padded.shape[-1]))
 
     @torch.no_grad()

@@ -91,7 +91,8 @@ def export_model(
     square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
     if square:
         raise ValueError(f"export_model: backbone padding_constraints square_size = {square} is not supported")
-    image = pad_to_divisibility(sample_image.to(torch.float32), divisibility, model.pixel_mean)
+    # contiguous, as the loader hands images to the graph: AOTInductor compiles the input strides in
+    image = pad_to_divisibility(sample_image.to(torch.float32), divisibility, model.pixel_mean).contiguous()
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, GRAPH_FILES[fmt])
     start = time.perf_counter()

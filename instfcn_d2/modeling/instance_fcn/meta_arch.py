@@ -17,11 +17,13 @@ Windows may hang off the map (their outside pixels are 0) so an image smaller th
 still gets proposals. Only positions whose centre lies inside the (unpadded) image are used.
 See :mod:`.window_labels` for the positive / negative definition.
 
+The test-time part after the maps (top windows, assembling, the multi-scale test, the mask-box
+NMS) is :class:`.inference.InstanceFCNInference`, inherited here and run by exported models too.
+
 With ``MODEL.INSTANCE_FCN.MASK_HEAD = "DeepMask"`` the mask branch is the paper's ~DeepMask
 baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
 """
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,26 +32,19 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from ..common import init_new_layers, mask_tight_boxes, require_config_node
 from .heads import ObjectnessHead, build_instance_fcn_mask_head
-from .postprocessing import NMS_BOX_RESOLUTIONS, window_masks_to_proposals
-from .window_labels import (
-    WindowLabelParams,
-    label_windows,
-    sample_windows,
-    window_boxes,
-    window_grid,
-    window_mask_targets,
-    window_top_left,
-)
+from .inference import InstanceFCNInference, ProposalTest
+from .postprocessing import WindowProposals
+from .window_labels import WindowLabelParams, label_windows, sample_windows, window_mask_targets
+from .windows import window_boxes, window_top_left
 
-__all__ = ["InstanceFCN", "WindowTraining", "ProposalTest"]
+__all__ = ["InstanceFCN", "WindowTraining", "ProposalTest", "proposals_to_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +60,8 @@ class WindowTraining:
     mask_loss_weight: float = 1.0
 
 
-@dataclass(frozen=True)
-class ProposalTest:
-    """How proposals are made at test time (``MODEL.INSTANCE_FCN`` and ``TEST.AUG``).
-
-    ``test_min_sizes``: shorter sides of the multi-scale test (``None``: the input as given); each
-    scale resizes the given image tensor to that shorter side of the *original* image (``height``
-    / ``width``), so the mapper should hand over the largest scale (``INPUT.MIN_SIZE_TEST =
-    max(TEST.AUG.MIN_SIZES)``) and the others downsample it.
-    """
-
-    pre_nms_topk: int = 2000
-    score_thresh: float = 0.0
-    mask_thresh: float = 0.5
-    nms_thresh: float = 0.8
-    nms_box_resolution: str = "window"  # one of NMS_BOX_RESOLUTIONS
-    detections_per_image: int = 1000
-    test_min_sizes: Optional[Tuple[int, ...]] = None
-    test_max_size: int = 4000
-
-    def __post_init__(self):
-        if self.nms_box_resolution not in NMS_BOX_RESOLUTIONS:
-            raise ValueError(
-                f"MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION must be one of {NMS_BOX_RESOLUTIONS}, got {self.nms_box_resolution!r}"
-            )
-
-
 @META_ARCH_REGISTRY.register()
-class InstanceFCN(nn.Module):
+class InstanceFCN(InstanceFCNInference, nn.Module):
     """InstanceFCN segment proposals (``MODEL.META_ARCHITECTURE: "InstanceFCN"``).
 
     ``forward(batched_inputs)``: detectron2's list of dicts (``"image"`` CHW in ``INPUT.FORMAT``,
@@ -228,12 +197,9 @@ class InstanceFCN(nn.Module):
             features = self.feature_reduce(features)
         return self.mask_head(features), self.objectness_head(features)
 
-    def window_centres(self, image_size: Tuple[int, int], map_size: Tuple[int, int]) -> Tensor:
-        """``(P, 2)`` feature positions ``(y, x)`` whose window centre lies inside the unpadded image."""
-        s = self.stride
-        h = min(int(map_size[0]), math.ceil(image_size[0] / s))
-        w = min(int(map_size[1]), math.ceil(image_size[1] / s))
-        return window_grid(h, w, device=self.device)
+    def assemble_windows(self, mask_maps: Tensor, rows: Tensor) -> Tensor:
+        """``(P, 3)`` rows ``(batch_index, y, x)`` -> ``(P, M, M)`` mask logits (the mask head's)."""
+        return self.mask_head.assemble(mask_maps, rows)
 
     # ---- assemble -> losses (training) ----------------------------------------------------------
     def losses(
@@ -310,75 +276,33 @@ class InstanceFCN(nn.Module):
 
     # ---- assemble -> proposals (inference) --------------------------------------------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
-        """Proposals per image, merged over the test scales (``TEST.AUG``) before the mask-box NMS."""
+        """Proposals per image, merged over the test scales (``TEST.AUG``) before the mask-box NMS
+        (:meth:`.inference.InstanceFCNInference.multi_scale_proposals` on this model's maps)."""
         output_sizes = [
             (int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1])))
             for x in batched_inputs
         ]
-        candidates = [[] for _ in batched_inputs]  # per image: (probs, boxes, scores) per scale
-        test = self.test_params
-        for min_size in test.test_min_sizes or (None,):
-            raw = [self._resize_for_test(x["image"], out, min_size) for x, out in zip(batched_inputs, output_sizes)]
-            images = self.preprocess_image(raw)
-            mask_maps, objectness = self.compute_maps(images)
-            for i, (image_size, out_size) in enumerate(zip(images.image_sizes, output_sizes)):
-                candidates[i].append(self.window_candidates(mask_maps, objectness, i, image_size, out_size))
+        images = [x["image"].to(self.device) for x in batched_inputs]  # resized for the scales on the device
+        proposals = self.multi_scale_proposals(images, output_sizes, self.maps_of)
+        return [{"instances": proposals_to_instances(p)} for p in proposals]
 
-        results = []
-        for cands, out_size in zip(candidates, output_sizes):
-            probs, boxes, scores = (torch.cat(parts) for parts in zip(*cands))
-            instances = window_masks_to_proposals(
-                probs,
-                boxes,
-                scores,
-                out_size,
-                mask_threshold=test.mask_thresh,
-                nms_threshold=test.nms_thresh,
-                nms_box_resolution=test.nms_box_resolution,
-                max_detections=test.detections_per_image,
-            )
-            results.append({"instances": instances})
-        return results
+    def maps_of(self, images: List[Tensor]) -> Tuple[Tensor, Tensor, List[Tuple[int, int]]]:
+        """:data:`.inference.MapsOf` of this model: ``(C, h, w)`` images normalised and padded into
+        one batch, the maps of the batch and the images' sizes before padding."""
+        batch = self.preprocess_image(images)
+        mask_maps, objectness = self.compute_maps(batch)
+        return mask_maps, objectness, batch.image_sizes
 
-    def window_candidates(
-        self,
-        mask_maps: Tensor,
-        objectness: Tensor,
-        index: int,
-        image_size: Tuple[int, int],
-        output_size: Tuple[int, int],
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """The top ``pre_nms_topk`` windows of image ``index`` by objectness, assembled.
 
-        Windows are ranked by objectness *before* assembling, so only candidates are assembled;
-        the result equals assembling every window and then keeping the same top ones.
-
-        Returns ``(P, M, M)`` mask probabilities, ``(P, 4)`` window boxes at ``output_size`` and
-        ``(P,)`` objectness probabilities (decreasing).
-        """
-        m = self.window_size
-        centres = self.window_centres(image_size, objectness.shape[-2:])
-        scores = objectness[index, centres[:, 0], centres[:, 1]].sigmoid()
-        scores, order = scores.topk(min(self.test_params.pre_nms_topk, len(scores)))
-        keep = scores > self.test_params.score_thresh
-        scores, centres = scores[keep], centres[order[keep]]
-        tl = window_top_left(centres, m)
-        rows = torch.cat([torch.full_like(tl[:, :1], index), tl], dim=1)
-        probs = self.mask_head.assemble(mask_maps, rows).sigmoid()
-        boxes = window_boxes(centres, m, self.stride)
-        # window boxes from the network's input resolution to the output resolution
-        scale = boxes.new_tensor([output_size[1] / image_size[1], output_size[0] / image_size[0]] * 2)
-        return probs, boxes * scale, scores
-
-    def _resize_for_test(self, image: Tensor, output_size: Tuple[int, int], min_size: Optional[int]) -> Tensor:
-        """The image at test scale ``min_size`` (shorter side of the original image), or as given."""
-        if min_size is None:
-            return image
-        h, w = ResizeShortestEdge.get_output_shape(output_size[0], output_size[1], min_size, self.test_params.test_max_size)
-        if (h, w) == tuple(image.shape[-2:]):
-            return image
-        image = image[None].to(self.device, torch.float32)
-        return F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+def proposals_to_instances(proposals: WindowProposals) -> Instances:
+    """:class:`.postprocessing.WindowProposals` as detectron2's ``Instances``: ``pred_masks``,
+    ``pred_boxes``, ``scores`` and ``pred_classes`` (all 0: proposals are class-agnostic)."""
+    result = Instances(tuple(proposals.image_size))
+    result.pred_masks = proposals.masks
+    result.pred_boxes = Boxes(proposals.boxes)
+    result.scores = proposals.scores
+    result.pred_classes = torch.zeros(len(proposals), dtype=torch.int64, device=proposals.scores.device)
+    return result
 
 
 def _gt_masks_and_boxes(gt: Instances, device: torch.device):

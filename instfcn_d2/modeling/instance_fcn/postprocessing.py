@@ -13,11 +13,14 @@ binary masks* (threshold 0.8), and the top N are kept. Two resolutions for those
 Only the survivors of the NMS are pasted at image size. Pasting computes what detectron2's
 ``paste_masks_in_image`` computes (bilinear upsampling of the window into its box, then
 ``>= threshold``; parts of a window outside the image are clipped away).
+
+Detectron2 free (torch and torchvision only): exported models run it after their graph. The
+meta-architecture wraps :class:`WindowProposals` into detectron2's ``Instances``.
 """
+from dataclasses import dataclass
 from typing import Iterator, Tuple
 
 import torch
-from detectron2.structures import Boxes, Instances
 from torch import Tensor
 from torchvision.ops import nms
 
@@ -30,9 +33,26 @@ __all__ = [
     "window_mask_boxes",
     "mask_box_nms",
     "window_masks_to_proposals",
+    "WindowProposals",
+    "NMS_BOX_RESOLUTIONS",
 ]
 
 NMS_BOX_RESOLUTIONS = ("window", "image")
+
+
+@dataclass
+class WindowProposals:
+    """One image's segment proposals at the output resolution, highest score first
+    (class-agnostic: detectron2's ``Instances`` of the model add ``pred_classes`` 0)."""
+
+    image_size: Tuple[int, int]  # (H, W) of the output
+    masks: Tensor  # (N, H, W) bool
+    boxes: Tensor  # (N, 4) XYXY float32, the tight boxes of the masks
+    scores: Tensor  # (N,) objectness probabilities
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
 
 # Bytes of intermediate tensors per pasting chunk (bounds memory with thousands of windows).
 _PASTE_BUDGET_BYTES = 1 << 26
@@ -188,7 +208,7 @@ def window_masks_to_proposals(
     nms_threshold: float = 0.8,
     max_detections: int = 1000,
     nms_box_resolution: str = "window",
-) -> Instances:
+) -> WindowProposals:
     """Segment proposals of one image from its candidate windows (of one or several test scales).
 
     Args:
@@ -200,9 +220,9 @@ def window_masks_to_proposals(
             are taken (see the module docstring).
 
     Returns:
-        ``Instances`` of at most ``max_detections`` proposals by decreasing score, with
-        ``pred_masks`` bool ``(N, H, W)``, ``pred_boxes`` (tight boxes of the pasted masks),
-        ``scores`` and ``pred_classes`` (all 0: proposals are class-agnostic).
+        :class:`WindowProposals`: at most ``max_detections`` proposals by decreasing score, with
+        ``masks`` bool ``(N, H, W)``, ``boxes`` ``(N, 4)`` (tight boxes of the pasted masks) and
+        ``scores`` ``(N,)``.
 
     The full ``(N, H, W)`` masks are made for the survivors of the NMS only, so memory stays
     ``O(max_detections * H * W)`` with thousands of candidate windows. A survivor whose pasted
@@ -220,9 +240,4 @@ def window_masks_to_proposals(
     nonempty = tight[:, 2] > tight[:, 0]
     if not bool(nonempty.all()):
         keep, masks, tight = keep[nonempty], masks[nonempty], tight[nonempty]
-    result = Instances((H, W))
-    result.pred_masks = masks
-    result.pred_boxes = Boxes(tight)
-    result.scores = scores[keep]
-    result.pred_classes = torch.zeros(len(keep), dtype=torch.int64, device=scores.device)
-    return result
+    return WindowProposals((H, W), masks, tight, scores[keep])

@@ -8,7 +8,8 @@ row given to :func:`instfcn_d2.layers.window_assemble`) and in image pixels it c
 ``[(x - m//2) * s, (x - m//2 + m) * s) x [(y - m//2) * s, (y - m//2 + m) * s)``, a square of side
 ``L = m * s`` (168 px for the paper's ``m = 21``, ``s = 8``) centred on ``((x + .5) s, (y + .5) s)``
 (the centre of feature pixel ``(y, x)``) for odd ``m``, on ``(x s, y s)`` for even ``m``.
-Windows may hang off the map / image: outside pixels are empty.
+Windows may hang off the map / image: outside pixels are empty. :func:`window_grid`,
+:func:`window_top_left` and :func:`window_boxes` are defined in :mod:`.windows`.
 
 Positive / negative windows (DeepMask, Pinheiro et al. NeurIPS 2015, Sec. 3.1)
 -----------------------------------------------------------------------------
@@ -38,6 +39,9 @@ import torch.nn.functional as F
 from detectron2.modeling.sampling import subsample_labels
 from detectron2.structures import BitMasks, PolygonMasks
 from torch import Tensor
+
+# the window geometry lives in the detectron2-free .windows (test time needs it); re-exported here
+from .windows import window_boxes, window_grid, window_top_left
 
 __all__ = [
     "WindowLabelParams",
@@ -73,27 +77,6 @@ class WindowLabelParams:
                 "need 1 <= positive_scale_tol <= negative_scale_tol, got "
                 f"{self.positive_scale_tol} and {self.negative_scale_tol}"
             )
-
-
-def window_grid(height: int, width: int, device=None) -> Tensor:
-    """All feature positions of a ``height x width`` grid, row-major: ``(height*width, 2)`` int64 ``(y, x)``."""
-    ys = torch.arange(height, device=device)
-    xs = torch.arange(width, device=device)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
-
-
-def window_top_left(centers_yx: Tensor, window_size: int) -> Tensor:
-    """``(P, 2)`` centre positions ``(y, x)`` -> ``(P, 2)`` top-left feature pixels ``(y - m//2, x - m//2)``."""
-    return centers_yx - window_size // 2
-
-
-def window_boxes(centers_yx: Tensor, window_size: int, stride: float) -> Tensor:
-    """Image-pixel XYXY boxes ``(P, 4)`` (float) of the windows centred on feature positions ``(P, 2)``."""
-    tl = window_top_left(centers_yx, window_size).to(torch.float32) * stride
-    side = float(window_size * stride)
-    y0, x0 = tl[:, 0], tl[:, 1]
-    return torch.stack([x0, y0, x0 + side, y0 + side], dim=1)
 
 
 def label_windows(gt_boxes: Tensor, win_boxes: Tensor, params: WindowLabelParams = WindowLabelParams()):

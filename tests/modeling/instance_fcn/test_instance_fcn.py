@@ -17,6 +17,8 @@ from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers.reference import window_assemble_reference
 from instfcn_d2.modeling.instance_fcn.heads import DeepMaskHead, InstanceSensitiveMaskHead
+from instfcn_d2.modeling.instance_fcn.inference import resize_shortest_edge_shape
+from instfcn_d2.modeling.instance_fcn.meta_arch import proposals_to_instances
 from instfcn_d2.modeling.instance_fcn.postprocessing import (
     mask_box_nms,
     mask_tight_boxes,
@@ -207,9 +209,9 @@ def test_topk_before_assembling_equals_assembling_every_window():
             assert calls == expected_calls  # only the top windows are assembled
             ref = reference(topk)
             assert len(out) == len(ref) > 0
-            assert torch.equal(out.pred_masks, ref.pred_masks)
+            assert torch.equal(out.pred_masks, ref.masks)
             assert torch.equal(out.scores, ref.scores)
-            assert torch.equal(out.pred_boxes.tensor, ref.pred_boxes.tensor)
+            assert torch.equal(out.pred_boxes.tensor, ref.boxes)
 
 
 def test_image_smaller_than_one_window():
@@ -254,6 +256,17 @@ def test_no_surviving_window_gives_empty_instances_with_all_fields():
     assert inst.pred_masks.shape == (0, 96, 96)
 
 
+def test_test_scale_sizes_equal_detectron2_resize_shortest_edge():
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    rng = np.random.default_rng(0)
+    cases = [(96, 96, 64, 400), (100, 130, 543, 1000), (130, 100, 68, 1000), (480, 640, 800, 1333), (37, 1001, 600, 1000)]
+    cases += [tuple(int(v) for v in rng.integers(10, 2000, 4)) for _ in range(500)]
+    for h, w, short, max_size in cases:
+        expected = ResizeShortestEdge.get_output_shape(h, w, short, max_size)
+        assert resize_shortest_edge_shape(h, w, short, max_size) == expected, (h, w, short, max_size)
+
+
 def test_multi_scale_test_merges_the_scales_at_original_resolution():
     model = _model("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64, 128)", "TEST.AUG.MAX_SIZE", "400")
     model.eval()
@@ -289,7 +302,9 @@ def test_window_masks_to_proposals_binarises_clips_and_suppresses():
     probs[1, 1:3, 1:3] = 0.9  # the same, 1 px to the right: box IoU 15/16 -> suppressed
     probs[2] = 0.3  # below the mask threshold everywhere: empty, dropped
     boxes = torch.tensor([[-8.0, -8.0, 24.0, 24.0], [-7.0, -8.0, 25.0, 24.0], [0.0, 0.0, 32.0, 32.0]])
-    inst = window_masks_to_proposals(probs, boxes, torch.tensor([0.7, 0.6, 0.9]), (20, 30), max_detections=10)
+    props = window_masks_to_proposals(probs, boxes, torch.tensor([0.7, 0.6, 0.9]), (20, 30), max_detections=10)
+    assert props.image_size == (20, 30) and len(props) == 1
+    inst = proposals_to_instances(props)  # as the meta-architecture returns them
     _check_proposals(inst, 20, 30, 10)
     assert len(inst) == 1 and inst.scores.tolist() == [pytest.approx(0.7)]
     # window pixels 8..23 (blocks 1..2) -> image pixels 0..15, up to the bilinear edge
@@ -345,10 +360,10 @@ def test_window_and_image_nms_boxes_agree_on_blocky_masks():
     results = [
         window_masks_to_proposals(probs, boxes, scores, (60, 60), nms_box_resolution=r) for r in ("window", "image")
     ]
-    for inst in results:
-        assert inst.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
-        assert torch.equal(inst.pred_boxes.tensor, mask_tight_boxes(inst.pred_masks))
-    assert torch.equal(results[0].pred_masks, results[1].pred_masks)
+    for props in results:
+        assert props.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+        assert torch.equal(props.boxes, mask_tight_boxes(props.masks))
+    assert torch.equal(results[0].masks, results[1].masks)
     with pytest.raises(ValueError, match="nms_box_resolution.*'pixel'"):
         window_masks_to_proposals(probs, boxes, scores, (60, 60), nms_box_resolution="pixel")
 

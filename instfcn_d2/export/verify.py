@@ -1,0 +1,74 @@
+"""An exported model's outputs against the original model's, on one image."""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..deploy import DeployedModel
+
+__all__ = ["Comparison", "compare_with_eager", "BOX_ATOL", "SCORE_ATOL", "MIN_MASK_IOU"]
+
+#: What "equal" allows. The graph may compute the maps in another order of operations
+#: (AOTInductor fuses and vectorises), which moves values by float32 rounding; everything after
+#: the graph is the same code. A mask pixel whose probability sits at the threshold may flip,
+#: hence an IoU, not bit-equality, for the masks.
+BOX_ATOL, SCORE_ATOL, MIN_MASK_IOU = 1e-2, 1e-4, 0.999
+
+
+@dataclass
+class Comparison:
+    num_eager: int
+    num_exported: int
+    max_box_diff: float
+    max_score_diff: float
+    min_mask_iou: float
+    classes_equal: bool
+    max_sem_seg_diff: Optional[float] = None
+
+    @property
+    def equal(self) -> bool:
+        return (
+            self.num_eager == self.num_exported
+            and self.classes_equal
+            and self.max_box_diff <= BOX_ATOL
+            and self.max_score_diff <= SCORE_ATOL
+            and self.min_mask_iou >= MIN_MASK_IOU
+            and (self.max_sem_seg_diff is None or self.max_sem_seg_diff <= SCORE_ATOL)
+        )
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.num_exported} detections (original {self.num_eager}), classes "
+            f"{'equal' if self.classes_equal else 'DIFFER'}, max |box diff| {self.max_box_diff:.2g} px, "
+            f"max |score diff| {self.max_score_diff:.2g}, min mask IoU {self.min_mask_iou:.6f}"
+        )
+        if self.max_sem_seg_diff is not None:
+            text += f", max |sem_seg diff| {self.max_sem_seg_diff:.2g}"
+        return text + (": equal" if self.equal else ": NOT EQUAL")
+
+
+def _mask_ious(a: Tensor, b: Tensor) -> Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    inter = (a & b).sum(1).float()
+    union = (a | b).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@torch.no_grad()
+def compare_with_eager(model: nn.Module, deployed: DeployedModel, image: Tensor, output_size: Tuple[int, int]) -> Comparison:
+    """Run ``model`` (detectron2 inputs) and ``deployed`` on ``image`` (``(3, h, w)`` at the
+    network's input resolution) with results at ``output_size``, and compare."""
+    h, w = int(output_size[0]), int(output_size[1])
+    eager = model([{"image": image, "height": h, "width": w}])[0]
+    ref = eager["instances"].to("cpu")
+    det = deployed(image, (h, w))
+    n = min(len(ref), len(det))
+    box = (ref.pred_boxes.tensor[:n] - det.boxes[:n]).abs().max().item() if n else 0.0
+    score = (ref.scores[:n] - det.scores[:n]).abs().max().item() if n else 0.0
+    iou = _mask_ious(ref.pred_masks[:n].bool(), det.masks[:n]).min().item() if n else 1.0
+    classes = bool(torch.equal(ref.pred_classes[:n], det.classes[:n]))
+    sem = None
+    if "sem_seg" in eager and det.sem_seg is not None:
+        sem = (eager["sem_seg"].cpu() - det.sem_seg).abs().max().item()
+    return Comparison(len(ref), len(det), box, score, iou, classes, sem)

@@ -1,0 +1,173 @@
+"""Exported models (instfcn_d2.export -> instfcn_d2.deploy): each format run in a fresh process
+where detectron2 cannot be imported, its outputs equal to the eager model's on images of two
+sizes; bad artefacts rejected with the file at fault; --run-eval's AP equal to --eval-only's."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from conftest import REPO_ROOT, load_tool
+from tiny_models import TINY_CHECKPOINTS, tiny_checkpoint_cfg, tiny_checkpoint_image
+
+from instfcn_d2.checkpoint import StrictDetectionCheckpointer
+from instfcn_d2.deploy import load
+from instfcn_d2.export import export_model
+
+FORMATS = ["torchscript", "exported_program", pytest.param("aoti", marks=pytest.mark.slow)]
+MODELS = ["fcis", "biseg", "instance_fcn"]
+
+# Runs in a fresh interpreter: detectron2 and fvcore made unimportable, the artefact loaded and
+# run on the saved inputs, its outputs saved.
+_RUN_WITHOUT_DETECTRON2 = r"""
+import importlib.abc, sys, torch
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("detectron2", "fvcore"):
+            raise ImportError("detectron2 is not installed here")
+sys.meta_path.insert(0, Block())
+from instfcn_d2.deploy import load
+model = load(sys.argv[1])
+inputs = torch.load(sys.argv[2])
+out = []
+for image, size in inputs:
+    d = model(image, size)
+    out.append({"boxes": d.boxes, "scores": d.scores, "classes": d.classes, "masks": d.masks, "sem_seg": d.sem_seg})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("detectron2", "fvcore"))
+assert not loaded, loaded
+torch.save(out, sys.argv[3])
+"""
+
+
+def _tiny_model(name):
+    # no cap on the detections per image: the two test images then give different counts
+    cap = "MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE" if name == "instance_fcn" else "MODEL.FCIS.DETECTIONS_PER_IMAGE"
+    cfg = tiny_checkpoint_cfg(name, "MODEL.WEIGHTS", str(TINY_CHECKPOINTS / f"{name}_model.pth"), cap, "300")
+    model = build_model(cfg)
+    StrictDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return cfg, model.eval()
+
+
+def _inputs():
+    """Two images of different sizes (the second of another detection count), outputs at other sizes."""
+    image = tiny_checkpoint_image().float()  # (3, 128, 160)
+    second = image[:, 16:112, 8:128].flip(-1).contiguous()  # (3, 96, 120)
+    return [(image, (256, 320)), (second, (96, 120))]
+
+
+def _mask_iou(a, b):
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", MODELS)
+def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt):
+    cfg, model = _tiny_model(name)
+    inputs = _inputs()
+    export_model(model, fmt, inputs[0][0], str(tmp_path / "artefact"), input_format=cfg.INPUT.FORMAT)
+    torch.save(inputs, tmp_path / "inputs.pth")
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN_WITHOUT_DETECTRON2, str(tmp_path / "artefact"), str(tmp_path / "inputs.pth"),
+         str(tmp_path / "outputs.pth")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = torch.load(tmp_path / "outputs.pth")
+    counts = []
+    with torch.no_grad():
+        for (image, (h, w)), got in zip(inputs, outputs):
+            eager = model([{"image": image, "height": h, "width": w}])[0]
+            ref = eager["instances"]
+            counts.append(len(ref))
+            assert len(got["scores"]) == len(ref) > 0
+            assert got["masks"].dtype == torch.bool and got["masks"].shape == (len(ref), h, w)
+            assert torch.equal(got["classes"], ref.pred_classes)
+            if fmt == "torchscript":  # the same kernels as eager: bit-equal
+                assert torch.equal(got["boxes"], ref.pred_boxes.tensor)
+                assert torch.equal(got["scores"], ref.scores)
+                assert torch.equal(got["masks"], ref.pred_masks)
+            else:  # torch.export / AOTInductor may reorder float ops in the graph
+                torch.testing.assert_close(got["boxes"], ref.pred_boxes.tensor, atol=1e-3, rtol=0)
+                torch.testing.assert_close(got["scores"], ref.scores, atol=1e-5, rtol=0)
+                assert _mask_iou(got["masks"], ref.pred_masks).min() >= 0.999
+            if name == "biseg":
+                assert got["sem_seg"].shape == eager["sem_seg"].shape == (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, h, w)
+                torch.testing.assert_close(got["sem_seg"], eager["sem_seg"], atol=1e-5, rtol=0)
+            else:
+                assert got["sem_seg"] is None
+    assert counts[0] != counts[1], counts  # nothing fixed to the sample image's detection count
+
+
+def test_exported_graph_is_not_specialised_to_the_sample_size(tmp_path):
+    """An exported_program takes any height and width (dynamic dimensions), not only the sample's."""
+    cfg, model = _tiny_model("fcis")
+    export_model(model, "exported_program", tiny_checkpoint_image().float(), str(tmp_path))
+    deployed = load(str(tmp_path))
+    for h, w in ((64, 200), (161, 97)):
+        outputs, padded = deployed.run_graph(torch.rand(3, h, w) * 255)
+        assert padded == (h, w)
+        assert outputs[-1].shape[-2:] == outputs[-2].shape[-2:] and outputs[-1].shape[-2] == -(-h // 16)
+
+
+def test_load_names_the_missing_or_broken_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="deploy.json"):
+        load(str(tmp_path))
+    cfg, model = _tiny_model("fcis")
+    export_model(model, "torchscript", tiny_checkpoint_image().float(), str(tmp_path))
+    meta = json.loads((tmp_path / "deploy.json").read_text())
+    (tmp_path / "model.ts").unlink()
+    with pytest.raises(FileNotFoundError, match="model.ts"):
+        load(str(tmp_path))
+    del meta["pipeline"]
+    (tmp_path / "deploy.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="pipeline"):
+        load(str(tmp_path))
+
+
+def test_export_refuses_a_wrong_format_and_a_model_without_a_graph(tmp_path):
+    cfg, model = _tiny_model("fcis")
+    with pytest.raises(ValueError, match="--format 'onnx'"):
+        export_model(model, "onnx", tiny_checkpoint_image().float(), str(tmp_path))
+    with pytest.raises(ValueError, match="no graph for Linear"):
+        from instfcn_d2.export import dense_graph_for
+
+        dense_graph_for(torch.nn.Linear(2, 2))
+
+
+def test_deployed_model_rejects_an_image_of_the_wrong_shape(tmp_path):
+    cfg, model = _tiny_model("fcis")
+    export_model(model, "torchscript", tiny_checkpoint_image().float(), str(tmp_path))
+    with pytest.raises(ValueError, match=r"expected one image \(C=3, H, W\)"):
+        load(str(tmp_path))(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.slow
+def test_export_tool_run_eval_reproduces_eval_only(tmp_path, monkeypatch):
+    """tools/export_model.py --run-eval evaluates the exported BiSeg with train_net's evaluators and
+    reproduces the eager model's AP (and mean IU) on the built-in dataset."""
+    tool = load_tool("export_model")
+    from instfcn_d2.engine import Trainer
+
+    cfg, model = _tiny_model("biseg")
+    cfg.defrost()
+    cfg.DATASETS.TEST = ("instfcn_shapes_val",)
+    cfg.OUTPUT_DIR = str(tmp_path / "eager")
+    cfg.freeze()
+    eager = Trainer.test(cfg, model)
+    opts = [str(x) for x in tiny_cfg_opts("biseg")] + ["DATASETS.TEST", "('instfcn_shapes_val',)"]
+    assert tool.main(["--config-file", str(REPO_ROOT / "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"), "--format",
+                      "exported_program", "--output", str(tmp_path / "export"), "--opts", *opts]) == 0
+    exported = tool.evaluate_exported(cfg, load(str(tmp_path / "export")), str(tmp_path / "export"))
+    for task in ("segm", "bbox"):
+        assert abs(exported["instfcn_shapes_val"][task]["AP"] - eager[task]["AP"]) <= 0.1, task
+    assert abs(exported["instfcn_shapes_val"]["sem_seg"]["mIoU"] - eager["sem_seg"]["mIoU"]) <= 0.1
+
+
+def tiny_cfg_opts(name):
+    from tiny_models import TINY_CHECKPOINT_MODELS, TINY_TRUNK
+
+    return TINY_TRUNK + TINY_CHECKPOINT_MODELS[name][1] + ["MODEL.WEIGHTS", str(TINY_CHECKPOINTS / f"{name}_model.pth")]
