@@ -104,7 +104,11 @@ def export_model(
         if fmt == "exported_program":
             torch.export.save(program, path)
         else:
-            torch._inductor.aoti_compile_and_package(program, package_path=path)
+            # Inductor's default converts the convolutions to channels-last; on an AVX2 CPU (2
+            # threads, FCIS R18 maps of a 608 x 800 image) oneDNN then took 0.82 s against 0.63 s
+            # for eager's contiguous layout, and 0.61 s with the layout kept (layout_optimization off)
+            with torch._inductor.config.patch(layout_optimization=False):
+                torch._inductor.aoti_compile_and_package(program, package_path=path)
     logger.info("exported %s graph of %s in %.1f s: %s", fmt, type(model).__name__, time.perf_counter() - start, path)
     kind = {"FCISGraph": "FCIS", "BiSegGraph": "BiSeg", "InstanceFCNGraph": "InstanceFCN"}[type(graph).__name__]
     write_metadata(
