@@ -1,0 +1,40 @@
+"""tools/export_model.py's command line: its flags, and the errors a user gets for bad input."""
+import pytest
+
+from conftest import REPO_ROOT, load_tool
+
+CONFIG = str(REPO_ROOT / "configs/shapes/fcis_R18_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return load_tool("export_model")
+
+
+def test_help_lists_the_flags(tool, capsys):
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--config-file", "--format", "--output", "--sample-image", "--run-eval", "--opts"):
+        assert flag in out
+    for fmt in ("torchscript", "exported_program", "aoti"):
+        assert fmt in out
+
+
+def test_an_unknown_format_is_refused(tool, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--config-file", CONFIG, "--format", "onnx", "--output", str(tmp_path)])
+    assert e.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
+
+
+def test_empty_weights_are_refused_before_anything_is_written(tool, tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit, match="MODEL.WEIGHTS is empty"):
+        tool.main(["--config-file", CONFIG, "--output", str(out)])
+    assert not out.exists()
+
+
+def test_a_missing_sample_image_is_named(tool, tmp_path):
+    with pytest.raises(SystemExit, match="--sample-image .*nowhere.png not found"):
+        tool.main(["--config-file", CONFIG, "--output", str(tmp_path), "--sample-image", str(tmp_path / "nowhere.png")])
