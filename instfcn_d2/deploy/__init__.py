@@ -9,14 +9,15 @@ Needs torch, torchvision (its NMS) and this package's compiled ops, not detectro
     det.boxes, det.scores, det.classes, det.masks      # the model's test input (ResizeShortestEdge)
 
 An artefact is a graph (image -> dense maps, :mod:`instfcn_d2.export.graphs`) plus the model's own
-post-processing, which runs here in Python (:mod:`.fcis`, :mod:`.instance_fcn`).
+post-processing, which runs here in Python (:mod:`.fcis`, :mod:`.instance_fcn`); Mask R-CNN adds
+two per-RoI graphs, its box and mask heads, called from that post-processing (:mod:`.mask_rcnn`).
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .artefact import FORMATS, load_graph, read_metadata
+from .artefact import FORMATS, graph_files, load_graph, read_metadata
 from .detections import Detections
 
 __all__ = ["load", "DeployedModel", "Detections", "FORMATS"]
@@ -35,7 +36,9 @@ class DeployedModel:
         self.size_divisibility = int(self.metadata["size_divisibility"])
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(-1, 1, 1)
         self.output_names = list(self.metadata["outputs"])
-        self.graph = load_graph(directory, self.metadata)
+        # name -> graph; "dense" takes the image, Mask R-CNN's "box_head" / "mask_head" pooled features
+        self.graphs = {name: load_graph(directory, self.metadata, name) for name in graph_files(self.metadata)}
+        self.graph = self.graphs["dense"]
         self.pipeline = _pipeline(self.kind, self.metadata["pipeline"])
 
     def pad(self, image: Tensor) -> Tensor:
@@ -97,7 +100,13 @@ def _pipeline(kind: str, settings: dict):
         from .instance_fcn import InstanceFCNRun
 
         return InstanceFCNRun(settings)
-    raise ValueError(f"unknown exported model kind {kind!r}; this instfcn_d2 serves FCIS, BiSeg and InstanceFCN")
+    if kind == "MaskRCNN":
+        from .mask_rcnn import MaskRCNNRun
+
+        return MaskRCNNRun(settings)
+    raise ValueError(
+        f"unknown exported model kind {kind!r}; this instfcn_d2 serves FCIS, BiSeg, InstanceFCN and MaskRCNN"
+    )
 
 
 def load(directory: str) -> DeployedModel:

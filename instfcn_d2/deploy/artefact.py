@@ -1,8 +1,9 @@
-"""An exported model on disk: one folder with the graph in one of three formats and
-``deploy.json``, which says how to feed the graph and what runs after it.
+"""An exported model on disk: one folder with the graph (Mask R-CNN: three graphs) in one of three
+formats and ``deploy.json``, which says how to feed the graph and what runs after it.
 
-``deploy.json`` keys: ``format`` (one of :data:`FORMATS`), ``graph`` (its file name), ``model``
-(``"FCIS"``, ``"BiSeg"`` or ``"InstanceFCN"``), ``input_format`` (``INPUT.FORMAT``, e.g. ``"BGR"``),
+``deploy.json`` keys: ``format`` (one of :data:`FORMATS`), ``graph`` (its file name; or ``graphs``,
+``{name: file}``, for a model carried as several graphs: Mask R-CNN's ``dense``, ``box_head`` and
+``mask_head``), ``model`` (``"FCIS"``, ``"BiSeg"``, ``"InstanceFCN"`` or ``"MaskRCNN"``), ``input_format`` (``INPUT.FORMAT``, e.g. ``"BGR"``),
 ``pixel_mean`` (the padding value), ``size_divisibility``, ``outputs`` (the graph's output names),
 ``pipeline`` (the settings of the part after the graph), ``class_names``, and the versions that
 wrote it (``instfcn_d2``, ``torch``).
@@ -15,18 +16,39 @@ from typing import Callable, List, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["FORMATS", "GRAPH_FILES", "METADATA_FILE", "read_metadata", "write_metadata", "load_graph"]
+__all__ = ["FORMATS", "GRAPH_FILES", "METADATA_FILE", "graph_file", "graph_files", "read_metadata", "write_metadata", "load_graph"]
 
 #: ``--format`` values: a traced ``torch.jit`` module, a ``torch.export`` program with dynamic
 #: height and width, and that program compiled ahead of time by AOTInductor.
 FORMATS = ("torchscript", "exported_program", "aoti")
 GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2"}
 METADATA_FILE = "deploy.json"
-_KEYS = ("format", "graph", "model", "input_format", "pixel_mean", "size_divisibility", "outputs", "pipeline")
+_KEYS = ("format", "model", "input_format", "pixel_mean", "size_divisibility", "outputs", "pipeline")
+
+
+def graph_file(fmt: str, name: str = "dense") -> str:
+    """The file name of the graph ``name`` in format ``fmt``: ``GRAPH_FILES[fmt]`` for the dense
+    graph, the same with ``name`` as stem for the others (``box_head.pt2``, ``mask_head_aoti.pt2``)."""
+    base = GRAPH_FILES[fmt]
+    return base if name == "dense" else base.replace("model", name, 1)
+
+
+def graph_files(metadata: dict) -> dict:
+    """``{name: file}`` of an artefact's graphs (``{"dense": graph}`` for single-graph models)."""
+    if "graphs" in metadata:
+        return dict(metadata["graphs"])
+    return {"dense": metadata["graph"]}
+
+
+def _missing(metadata: dict) -> list:
+    missing = [k for k in _KEYS if k not in metadata]
+    if "graph" not in metadata and "graphs" not in metadata:
+        missing.insert(1, "graph")
+    return missing
 
 
 def write_metadata(directory: str, metadata: dict) -> str:
-    missing = [k for k in _KEYS if k not in metadata]
+    missing = _missing(metadata)
     if missing:
         raise ValueError(f"deploy metadata misses {missing}")
     path = os.path.join(directory, METADATA_FILE)
@@ -43,7 +65,7 @@ def read_metadata(directory: str) -> dict:
         )
     with open(path) as f:
         metadata = json.load(f)
-    missing = [k for k in _KEYS if k not in metadata]
+    missing = _missing(metadata)
     if missing:
         raise ValueError(f"{path} misses the keys {missing}; re-export the model with tools/export_model.py")
     if metadata["format"] not in FORMATS:
@@ -57,9 +79,13 @@ def read_metadata(directory: str) -> dict:
     return metadata
 
 
-def load_graph(directory: str, metadata: dict) -> Callable[[Tensor], List[Tensor]]:
-    """The graph of an exported model as ``image (3, H, W) -> [Tensor, ...]``."""
-    path = os.path.join(directory, metadata["graph"])
+def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[[Tensor], List[Tensor]]:
+    """The graph ``name`` of an exported model as ``input -> [Tensor, ...]`` (the dense graph:
+    ``image (3, H, W)``)."""
+    files = graph_files(metadata)
+    if name not in files:
+        raise ValueError(f"{os.path.join(directory, METADATA_FILE)} names no {name!r} graph (it has {sorted(files)})")
+    path = os.path.join(directory, files[name])
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} (named by {os.path.join(directory, METADATA_FILE)}) not found")
     fmt = metadata["format"]
@@ -70,8 +96,8 @@ def load_graph(directory: str, metadata: dict) -> Callable[[Tensor], List[Tensor
     else:
         module = torch._inductor.aoti_load_package(path)
 
-    def graph(image: Tensor) -> List[Tensor]:
-        out = module(image)
+    def graph(x: Tensor) -> List[Tensor]:
+        out = module(x)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
     return graph

@@ -11,18 +11,12 @@ import pytest
 
 from conftest import REPO_ROOT, load_tool
 from tiny_coco import write_tiny_coco
+from tiny_models import TINY_TRUNK
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# 8-wide R18 with BatchNorm (as tests/modeling/test_checkpoint_compat.py), a 3-iteration schedule
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.BACKBONE.FREEZE_AT", "0",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "8",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-    "MODEL.RESNETS.NORM", "BN",
+# the tests' tiny trunk (8-wide R18 with BatchNorm), smaller images, a 3-iteration schedule
+TINY = TINY_TRUNK + [
     "INPUT.MIN_SIZE_TRAIN", "(96,)",
     "INPUT.MAX_SIZE_TRAIN", "160",
     "INPUT.MIN_SIZE_TEST", "96",
