@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Export a trained model (InstanceFCN, FCIS, BiSeg) into a folder that runs without detectron2,
-and optionally evaluate the exported model as ``train_net.py --eval-only`` evaluates the original.
+"""Export a trained model (InstanceFCN, FCIS, BiSeg, detectron2's Mask R-CNN) into a folder that runs
+without detectron2, and optionally evaluate the exported model as ``train_net.py --eval-only``
+evaluates the original.
 
 detectron2's ``tools/deploy/export_model.py`` for this project's models. The folder holds the
 model's dense part as a graph (``--format``) and ``deploy.json``; ``instfcn_d2.deploy.load(folder)``
@@ -10,6 +11,9 @@ runs it with the model's post-processing, needing only torch, torchvision and in
   exported_program  model.pt2       torch.export with dynamic height and width (32..4096 px)
   aoti              model_aoti.pt2  that program compiled ahead of time by AOTInductor (needs a C++
                                     compiler at export time only)
+
+Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features and RPN outputs),
+``box_head.*`` and ``mask_head.*`` (pooled RoI features -> per-RoI outputs).
 
 Examples (PY=.venv/bin/python)::
 
@@ -45,6 +49,7 @@ from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.deploy import FORMATS, load
+from instfcn_d2.deploy.artefact import graph_files, read_metadata
 from instfcn_d2.engine import Trainer
 from instfcn_d2.export import export_model
 from instfcn_d2.export.evaluation import DeployedModelAdapter
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
     names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None) if cfg.DATASETS.TEST else None
     start = time.perf_counter()
     path = export_model(model, args.format, images[0][0], args.output, input_format=cfg.INPUT.FORMAT, class_names=names)
-    print(f"[export_model] {args.format}: {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s)")
+    size = sum(os.path.getsize(os.path.join(args.output, f)) for f in graph_files(read_metadata(args.output)).values())
+    print(f"[export_model] {args.format}: {path} (graphs {size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s)")
     deployed = load(args.output)
     for image, original_size in images:
         report = compare_with_eager(model, deployed, image, tuple(original_size))

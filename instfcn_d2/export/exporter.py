@@ -1,5 +1,6 @@
-"""Write an exported model: the dense graph (:mod:`.graphs`) in one format and ``deploy.json``
-with the settings of the post-processing that :mod:`instfcn_d2.deploy` runs after it."""
+"""Write an exported model: the dense graph (:mod:`.graphs`; Mask R-CNN: also its per-RoI box and
+mask head graphs) in one format and ``deploy.json`` with the settings of the post-processing that
+:mod:`instfcn_d2.deploy` runs after it."""
 import logging
 import os
 import time
@@ -9,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..deploy.artefact import FORMATS, GRAPH_FILES, write_metadata
-from .graphs import DenseGraph, InstanceFCNGraph, dense_graph_for
+from ..deploy.artefact import FORMATS, graph_file, write_metadata
+from .graphs import DenseGraph, InstanceFCNGraph, MaskRCNNGraph, dense_graph_for
 
 __all__ = ["export_model", "pad_to_divisibility", "pipeline_settings", "MIN_SIDE", "MAX_SIDE"]
 
@@ -18,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 #: The image sides an ``exported_program`` / ``aoti`` artefact accepts (its dynamic dimensions).
 MIN_SIDE, MAX_SIDE = 32, 4096
+#: The most RoIs a Mask R-CNN box / mask head graph takes at once (its dynamic first dimension).
+MAX_ROIS = 1 << 16
 
 
 def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
@@ -41,6 +44,10 @@ def pipeline_settings(model: nn.Module, graph: DenseGraph) -> dict:
         from ..deploy.instance_fcn import settings_from_model
 
         return settings_from_model(model)
+    if isinstance(graph, MaskRCNNGraph):
+        from ..deploy.mask_rcnn import settings_from_model
+
+        return settings_from_model(model)
     kind = "BiSeg" if type(graph).__name__ == "BiSegGraph" else "FCIS"
     pipeline = FCISPipeline(
         reader_from_heads(model.roi_heads), rpn_params_from_detectron2(model.proposal_generator), float(model.mask_threshold)
@@ -58,6 +65,40 @@ def _dynamic_shapes(divisibility: int):
     return {"image": {1: Dim("height", min=MIN_SIDE, max=MAX_SIDE), 2: Dim("width", min=MIN_SIDE, max=MAX_SIDE)}}
 
 
+def _roi_samples(graph: MaskRCNNGraph, dense_outputs: Sequence[Tensor]) -> dict:
+    """``{name: (R, C, S, S)}`` contiguous sample inputs of the per-RoI graphs, with the channels
+    of the pooled features and the poolers' output sides. Random values: only shapes are traced."""
+    settings = pipeline_settings(graph.model, graph)
+    by_name = dict(zip(graph.output_names(), dense_outputs))
+    g = torch.Generator().manual_seed(0)
+    samples = {}
+    for name, key, features in (("box_head", "box_pooler", "box_features"), ("mask_head", "mask_pooler", "mask_features")):
+        channels = by_name[f"feature_{settings[features][0]}"].shape[1]
+        side = settings[key]["output_size"]
+        # 3 RoIs: torch.export specialises a dimension whose sample is 0 or 1
+        samples[name] = torch.randn(3, channels, side, side, generator=g)
+    return samples
+
+
+def _save_graph(module: nn.Module, sample: Tensor, dynamic_shapes, fmt: str, path: str) -> None:
+    """``module`` traced / exported on ``sample`` (contiguous, as the loader feeds it: AOTInductor
+    compiles the input strides in) and written to ``path`` in ``fmt``."""
+    sample = sample.contiguous()
+    if fmt == "torchscript":
+        traced = torch.jit.trace(module, (sample,), check_trace=False)
+        torch.jit.save(traced, path)
+        return
+    program = torch.export.export(module, (sample,), dynamic_shapes=dynamic_shapes)
+    if fmt == "exported_program":
+        torch.export.save(program, path)
+    else:
+        # Inductor's default converts the convolutions to channels-last; on an AVX2 CPU (2
+        # threads, FCIS R18 maps of a 608 x 800 image) oneDNN then took 0.82 s against 0.63 s
+        # for eager's contiguous layout, and 0.61 s with the layout kept (layout_optimization off)
+        with torch._inductor.config.patch(layout_optimization=False):
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+
+
 @torch.no_grad()
 def export_model(
     model: nn.Module,
@@ -68,7 +109,8 @@ def export_model(
     input_format: str = "BGR",
     class_names: Optional[Sequence[str]] = None,
 ) -> str:
-    """Export ``model`` (FCIS, BiSeg or InstanceFCN, built and loaded, on the CPU) into ``output_dir``.
+    """Export ``model`` (FCIS, BiSeg, InstanceFCN or detectron2's Mask R-CNN, built and loaded, on
+    the CPU) into ``output_dir``.
 
     Args:
         fmt: one of :data:`instfcn_d2.deploy.artefact.FORMATS`.
@@ -79,7 +121,7 @@ def export_model(
         class_names: recorded for the loader (the test dataset's ``thing_classes``).
 
     Returns:
-        the path of the graph file.
+        the path of the (dense) graph file.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {FORMATS}")
@@ -94,28 +136,30 @@ def export_model(
     # contiguous, as the loader hands images to the graph: AOTInductor compiles the input strides in
     image = pad_to_divisibility(sample_image.to(torch.float32), divisibility, model.pixel_mean).contiguous()
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, GRAPH_FILES[fmt])
+    path = os.path.join(output_dir, graph_file(fmt))
     start = time.perf_counter()
-    if fmt == "torchscript":
-        traced = torch.jit.trace(graph, (image,), check_trace=False)
-        torch.jit.save(traced, path)
-    else:
-        program = torch.export.export(graph, (image,), dynamic_shapes=_dynamic_shapes(divisibility))
-        if fmt == "exported_program":
-            torch.export.save(program, path)
-        else:
-            # Inductor's default converts the convolutions to channels-last; on an AVX2 CPU (2
-            # threads, FCIS R18 maps of a 608 x 800 image) oneDNN then took 0.82 s against 0.63 s
-            # for eager's contiguous layout, and 0.61 s with the layout kept (layout_optimization off)
-            with torch._inductor.config.patch(layout_optimization=False):
-                torch._inductor.aoti_compile_and_package(program, package_path=path)
-    logger.info("exported %s graph of %s in %.1f s: %s", fmt, type(model).__name__, time.perf_counter() - start, path)
-    kind = {"FCISGraph": "FCIS", "BiSegGraph": "BiSeg", "InstanceFCNGraph": "InstanceFCN"}[type(graph).__name__]
+    _save_graph(graph, image, _dynamic_shapes(divisibility), fmt, path)
+    files = {"dense": graph_file(fmt)}
+    if isinstance(graph, MaskRCNNGraph):
+        from torch.export import Dim
+
+        samples = _roi_samples(graph, graph(image))
+        for name, module in graph.roi_graphs().items():
+            module.eval()
+            files[name] = graph_file(fmt, name)
+            rois = {"pooled": {0: Dim(f"{name}_rois", min=1, max=MAX_ROIS)}}
+            _save_graph(module, samples[name], rois, fmt, os.path.join(output_dir, files[name]))
+    logger.info("exported %s graph(s) of %s in %.1f s: %s", fmt, type(model).__name__, time.perf_counter() - start, path)
+    kind = {"FCISGraph": "FCIS", "BiSegGraph": "BiSeg", "InstanceFCNGraph": "InstanceFCN", "MaskRCNNGraph": "MaskRCNN"}[
+        type(graph).__name__
+    ]
+    # one graph: the "graph" key that artefacts have always had; several: "graphs", name -> file
+    graph_key = {"graph": files["dense"]} if len(files) == 1 else {"graphs": files}
     write_metadata(
         output_dir,
         {
             "format": fmt,
-            "graph": GRAPH_FILES[fmt],
+            **graph_key,
             "model": kind,
             "input_format": input_format,
             "pixel_mean": model.pixel_mean.flatten().tolist(),

@@ -8,15 +8,30 @@ image, before anything whose size depends on the data. What follows (the RPN's t
 the per-RoI assembling, per-class NMS and mask voting, the window top-k and mask-box NMS, the
 pasting) runs after the graph in :mod:`instfcn_d2.deploy`, on the same code the models run.
 
+detectron2's Mask R-CNN has weights after the data-dependent step (its box and mask heads run on
+the RoIs the RPN and the box predictor pick), so it is three graphs: :class:`MaskRCNNGraph` (image
+-> pooled-from features and the RPN head's outputs), :class:`MaskRCNNBoxHeadGraph` and
+:class:`MaskRCNNMaskHeadGraph` (pooled features -> per-RoI outputs, the number of RoIs dynamic);
+the pooling and the selections between them run in :mod:`instfcn_d2.deploy.mask_rcnn`.
+
 Why the split: those steps pick a data-dependent number of boxes and loop over what they picked
 (mask voting runs per detected class); ``torch.export`` would need every such branch rewritten as
 tensor code, and tracing would freeze the counts of the sample image.
 """
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from torch import Tensor, nn
 
-__all__ = ["DenseGraph", "FCISGraph", "BiSegGraph", "InstanceFCNGraph", "dense_graph_for"]
+__all__ = [
+    "DenseGraph",
+    "FCISGraph",
+    "BiSegGraph",
+    "InstanceFCNGraph",
+    "MaskRCNNGraph",
+    "MaskRCNNBoxHeadGraph",
+    "MaskRCNNMaskHeadGraph",
+    "dense_graph_for",
+]
 
 
 class DenseGraph(nn.Module):
@@ -94,8 +109,91 @@ class InstanceFCNGraph(DenseGraph):
         return self.model.mask_head(features), self.model.objectness_head(features)
 
 
+class MaskRCNNGraph(FCISGraph):
+    """detectron2's Mask R-CNN, dense part: the RPN head's outputs per level (as FCIS's) and the
+    features the RoI heads pool from, ``feature_<name>`` ``(1, C, H_i, W_i)`` (FPN: ``p2`` .. ``p5``;
+    C4: ``res4``)."""
+
+    def feature_names(self) -> List[str]:
+        heads = self.model.roi_heads
+        names = list(getattr(heads, "box_in_features", heads.in_features))
+        names += [f for f in getattr(heads, "mask_in_features", ()) if f not in names]
+        return names
+
+    def output_names(self) -> List[str]:
+        rpn = [n for n in super().output_names() if n.startswith("rpn_")]
+        return rpn + [f"feature_{f}" for f in self.feature_names()]
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        features = self.model.backbone(self.normalise(image))
+        return (*self.rpn_outputs(features), *[features[f] for f in self.feature_names()])
+
+    def roi_graphs(self) -> Dict[str, nn.Module]:
+        """``{"box_head": ..., "mask_head": ...}``, the per-RoI graphs."""
+        heads = self.model.roi_heads
+        return {"box_head": MaskRCNNBoxHeadGraph(heads), "mask_head": MaskRCNNMaskHeadGraph(heads)}
+
+
+class MaskRCNNBoxHeadGraph(nn.Module):
+    """Pooled features ``(R, C, S, S)`` -> class logits ``(R, K+1)`` and box deltas ``(R, 4K)``
+    (``(R, 4)`` class-agnostic): ``box_head`` + ``box_predictor`` (FPN), ``res5``, mean, and
+    ``box_predictor`` (C4). ``R`` is dynamic (>= 1: the deployed model skips the graph for none)."""
+
+    def __init__(self, heads: nn.Module):
+        super().__init__()
+        self.res5 = getattr(heads, "res5", None)
+        self.box_head = getattr(heads, "box_head", None)
+        self.box_predictor = heads.box_predictor
+
+    def forward(self, pooled: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.res5 is not None:  # Res5ROIHeads: res5 on the pooled res4, averaged
+            x = self.res5(pooled).mean(dim=[2, 3])
+        else:
+            x = self.box_head(pooled)
+        return self.box_predictor(x)
+
+
+class MaskRCNNMaskHeadGraph(nn.Module):
+    """Pooled features ``(D, C, S', S')`` -> mask logits ``(D, K, M, M)`` (``(D, 1, M, M)``
+    class-agnostic): the mask head's layers, before ``mask_rcnn_inference`` (C4: after ``res5``)."""
+
+    def __init__(self, heads: nn.Module):
+        super().__init__()
+        self.res5 = getattr(heads, "res5", None)
+        self.mask_head = heads.mask_head
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        x = self.res5(pooled) if self.res5 is not None else pooled
+        return self.mask_head.layers(x)
+
+
+def _check_mask_rcnn(model: nn.Module) -> None:
+    """Raise ValueError for the GeneralizedRCNN variants :mod:`instfcn_d2.deploy.mask_rcnn` does not
+    reproduce."""
+    from detectron2.modeling.proposal_generator import RPN
+    from detectron2.modeling.roi_heads import Res5ROIHeads, StandardROIHeads
+    from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+    from detectron2.modeling.roi_heads.mask_head import BaseMaskRCNNHead
+
+    heads = model.roi_heads
+    what = f"export: GeneralizedRCNN with {type(heads).__name__}"
+    if type(heads) not in (StandardROIHeads, Res5ROIHeads):
+        raise ValueError(f"{what} is not exportable; exportable ROI heads: StandardROIHeads (FPN), Res5ROIHeads (C4)")
+    if type(model.proposal_generator) is not RPN:
+        raise ValueError(f"{what}: proposal generator {type(model.proposal_generator).__name__} is not exportable (RPN only)")
+    if type(heads.box_predictor) is not FastRCNNOutputLayers:
+        raise ValueError(f"{what}: box predictor {type(heads.box_predictor).__name__} is not exportable")
+    if not heads.mask_on or not isinstance(heads.mask_head, BaseMaskRCNNHead):
+        raise ValueError(f"{what}: exportable with a mask head only (MODEL.MASK_ON True, a BaseMaskRCNNHead)")
+    if getattr(heads, "keypoint_on", False):
+        raise ValueError(f"{what}: the keypoint head is not exportable")
+    if type(heads) is StandardROIHeads:
+        if heads.mask_pooler is None or heads.box_pooler is None:
+            raise ValueError(f"{what}: heads without a pooler are not exportable")
+
+
 def dense_graph_for(model: nn.Module) -> DenseGraph:
-    """The :class:`DenseGraph` of a built model (FCIS, BiSeg or InstanceFCN)."""
+    """The :class:`DenseGraph` of a built model (FCIS, BiSeg, InstanceFCN or detectron2's Mask R-CNN)."""
     from ..modeling import BiSeg, FCIS, InstanceFCN
     from ..modeling.instance_fcn.heads import InstanceSensitiveMaskHead
 
@@ -111,6 +209,12 @@ def dense_graph_for(model: nn.Module) -> DenseGraph:
                 'instance-sensitive head (MODEL.INSTANCE_FCN.MASK_HEAD "InstanceSensitive")'
             )
         return InstanceFCNGraph(model)
+    from detectron2.modeling import GeneralizedRCNN
+
+    if type(model) is GeneralizedRCNN:
+        _check_mask_rcnn(model)
+        return MaskRCNNGraph(model)
     raise ValueError(
-        f"export: no graph for {type(model).__name__}; exportable meta-architectures: FCIS, BiSeg, InstanceFCN"
+        f"export: no graph for {type(model).__name__}; exportable meta-architectures: FCIS, BiSeg, InstanceFCN, "
+        "GeneralizedRCNN (Mask R-CNN)"
     )

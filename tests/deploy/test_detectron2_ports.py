@@ -51,7 +51,7 @@ def test_modules_import_without_detectron2():
         pkg = types.ModuleType("deploy_alone")
         pkg.__path__ = [sys.argv[1]]
         sys.modules["deploy_alone"] = pkg
-        for name in ("boxes", "rpn", "postprocess"):
+        for name in ("boxes", "rpn", "postprocess", "mask_rcnn"):
             importlib.import_module("deploy_alone." + name)
         print(sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in ("detectron2", "fvcore", "instfcn_d2")))
         """

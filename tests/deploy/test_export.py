@@ -17,7 +17,20 @@ from instfcn_d2.deploy import load
 from instfcn_d2.export import export_model
 
 FORMATS = ["torchscript", "exported_program", pytest.param("aoti", marks=pytest.mark.slow)]
-MODELS = ["fcis", "biseg", "instance_fcn"]
+MODELS = ["fcis", "biseg", "instance_fcn", "mask_rcnn", "mask_rcnn_c4"]
+
+# detectron2's Mask R-CNN (the shapes config) at toy size, randomly initialised: detectron2's R18
+# needs a 64-wide res2; every proposal scored (threshold 0) and no cap, so both test images detect
+# something and their counts differ.
+TINY_MASK_RCNN = [
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "32",  # GroupNorm's 32 groups
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "TEST.DETECTIONS_PER_IMAGE", "1000",
+]
 
 # Runs in a fresh interpreter: detectron2 and fvcore made unimportable, the artefact loaded and
 # run on the saved inputs, its outputs saved.
@@ -41,7 +54,20 @@ torch.save(out, sys.argv[3])
 """
 
 
+def _tiny_mask_rcnn(config="configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", *opts):
+    from instfcn_d2.config import get_instfcn_cfg
+    from tiny_models import TINY_TRUNK
+
+    cfg = get_instfcn_cfg(str(REPO_ROOT / config), TINY_TRUNK + TINY_MASK_RCNN + list(opts))
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
 def _tiny_model(name):
+    if name == "mask_rcnn":
+        return _tiny_mask_rcnn()
+    if name == "mask_rcnn_c4":  # Res5ROIHeads: res5 in both per-RoI graphs
+        return _tiny_mask_rcnn("configs/shapes/mask_rcnn_R50_C4_GN_cpu.yaml", "MODEL.RPN.POST_NMS_TOPK_TEST", "40")
     # no cap on the detections per image: the two test images then give different counts
     cap = "MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE" if name == "instance_fcn" else "MODEL.FCIS.DETECTIONS_PER_IMAGE"
     cfg = tiny_checkpoint_cfg(name, "MODEL.WEIGHTS", str(TINY_CHECKPOINTS / f"{name}_model.pth"), cap, "300")
@@ -111,6 +137,54 @@ def test_exported_graph_is_not_specialised_to_the_sample_size(tmp_path):
         outputs, padded = deployed.run_graph(torch.rand(3, h, w) * 255)
         assert padded == (h, w)
         assert outputs[-1].shape[-2:] == outputs[-2].shape[-2:] and outputs[-1].shape[-2] == -(-h // 16)
+
+
+def test_mask_rcnn_roi_graphs_take_any_number_of_rois_and_none_are_skipped(tmp_path):
+    """The exported box / mask head graphs take any number of RoIs (dynamic first dimension) and
+    equal the eager heads; with nothing detected the mask head is not called and the result is empty."""
+    cfg, model = _tiny_mask_rcnn()
+    image = tiny_checkpoint_image().float()
+    export_model(model, "exported_program", image, str(tmp_path))
+    meta = json.loads((tmp_path / "deploy.json").read_text())
+    assert meta["graphs"] == {"dense": "model.pt2", "box_head": "box_head.pt2", "mask_head": "mask_head.pt2"}
+    assert "graph" not in meta and meta["model"] == "MaskRCNN"
+    deployed = load(str(tmp_path))
+    heads = model.roi_heads
+    with torch.no_grad():
+        for n in (1, 7):
+            pooled = torch.randn(n, 32, 7, 7)
+            logits, deltas = deployed.graphs["box_head"](pooled)
+            ref_logits, ref_deltas = heads.box_predictor(heads.box_head(pooled))
+            torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(deltas, ref_deltas, atol=1e-5, rtol=0)
+            pooled = torch.randn(n, 32, 14, 14)
+            (masks,) = deployed.graphs["mask_head"](pooled)
+            assert masks.shape == (n, cfg.MODEL.ROI_HEADS.NUM_CLASSES, 28, 28)
+            torch.testing.assert_close(masks, heads.mask_head.layers(pooled), atol=1e-5, rtol=0)
+
+    # no score passes 1.0: no detections, eager and deployed
+    heads.box_predictor.test_score_thresh = 1.0
+    meta["pipeline"]["box_predictor"]["score_thresh"] = 1.0
+    (tmp_path / "deploy.json").write_text(json.dumps(meta))
+    deployed = load(str(tmp_path))
+    deployed.graphs["mask_head"] = None  # would fail if called
+    with torch.no_grad():
+        ref = model([{"image": image, "height": 64, "width": 80}])[0]["instances"]
+    det = deployed(image, (64, 80))
+    assert len(ref) == len(det) == 0
+    assert det.boxes.shape == (0, 4) and det.masks.shape == (0, 64, 80) and det.masks.dtype == torch.bool
+
+
+def test_export_refuses_mask_rcnn_variants_it_cannot_reproduce():
+    from instfcn_d2.export import dense_graph_for
+
+    cfg, model = _tiny_mask_rcnn("configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", "MODEL.MASK_ON", "False")
+    with pytest.raises(ValueError, match="mask head only"):
+        dense_graph_for(model)
+    cfg, model = _tiny_mask_rcnn("configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", "MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                                  "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True")
+    with pytest.raises(ValueError, match="CascadeROIHeads is not exportable"):
+        dense_graph_for(model)
 
 
 def test_load_names_the_missing_or_broken_file(tmp_path):
