@@ -20,7 +20,20 @@ from torch import Tensor
 from .artefact import FORMATS, graph_files, load_graph, read_metadata
 from .detections import Detections
 
-__all__ = ["load", "DeployedModel", "Detections", "FORMATS"]
+__all__ = ["load", "DeployedModel", "Detections", "FORMATS", "pad_to_divisibility"]
+
+
+def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
+    """``(3, h, w)`` padded at the bottom / right to multiples of ``divisibility`` with
+    ``pixel_mean`` ``(3, 1, 1)``: 0 once normalised, as detectron2's ``ImageList`` pads the
+    normalised batch (the graphs normalise inside)."""
+    h, w = image.shape[-2:]
+    if divisibility <= 1 or (h % divisibility == 0 and w % divisibility == 0):
+        return image
+    H, W = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
+    out = pixel_mean.to(image).expand(image.shape[0], H, W).clone()
+    out[:, :h, :w] = image
+    return out
 
 
 class DeployedModel:
@@ -42,16 +55,8 @@ class DeployedModel:
         self.pipeline = _pipeline(self.kind, self.metadata["pipeline"])
 
     def pad(self, image: Tensor) -> Tensor:
-        """``(3, h, w)`` -> ``(3, H, W)`` padded at the bottom / right to the size divisibility with
-        the pixel mean (0 once normalised, as detectron2's ``ImageList`` pads)."""
-        d = self.size_divisibility
-        h, w = image.shape[-2:]
-        if d <= 1 or (h % d == 0 and w % d == 0):
-            return image
-        H, W = -(-h // d) * d, -(-w // d) * d
-        out = self.pixel_mean.to(image.dtype).expand(image.shape[0], H, W).clone()
-        out[:, :h, :w] = image
-        return out
+        """``(3, h, w)`` -> ``(3, H, W)`` padded to the size divisibility (:func:`pad_to_divisibility`)."""
+        return pad_to_divisibility(image, self.size_divisibility, self.pixel_mean)
 
     def run_graph(self, image: Tensor) -> Tuple[list, Tuple[int, int]]:
         """The graph's outputs on ``image`` (``(3, h, w)``), and the padded size it ran at."""
@@ -79,23 +84,11 @@ class DeployedModel:
         return self.pipeline.run(self, image, size, output_size)
 
 
-class _FCISRun:
-    def __init__(self, kind: str, settings: dict):
-        from .fcis import pipeline_from_dict
-
-        self.biseg = kind == "BiSeg"
-        self.pipeline = pipeline_from_dict(settings)
-
-    def run(self, model: DeployedModel, image: Tensor, size, output_size) -> Detections:
-        from .fcis import FCISOutputs
-
-        outputs, padded_size = model.run_graph(image)
-        return self.pipeline(FCISOutputs.from_graph(outputs, model.output_names, self.biseg), size, padded_size, output_size)
-
-
 def _pipeline(kind: str, settings: dict):
     if kind in ("FCIS", "BiSeg"):
-        return _FCISRun(kind, settings)
+        from .fcis import FCISRun
+
+        return FCISRun(kind, settings)
     if kind == "InstanceFCN":
         from .instance_fcn import InstanceFCNRun
 

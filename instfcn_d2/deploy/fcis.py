@@ -164,4 +164,18 @@ def pipeline_to_dict(p: FCISPipeline, kind: str) -> dict:
     return {"kind": kind, "reader": p.reader.to_dict(), "rpn": p.rpn.to_dict(), "mask_threshold": p.mask_threshold}
 
 
-__all__ += ["reader_from_heads", "pipeline_from_dict", "pipeline_to_dict", "semantic_probabilities"]
+class FCISRun:
+    """An exported FCIS / BiSeg: the graph on the padded image, then :class:`FCISPipeline`."""
+
+    def __init__(self, kind: str, settings: dict):
+        self.biseg = kind == "BiSeg"
+        self.pipeline = pipeline_from_dict(settings)
+
+    def run(self, model, image: Tensor, size: Tuple[int, int], output_size: Tuple[int, int]) -> Detections:
+        """``model``: the :class:`instfcn_d2.deploy.DeployedModel`; ``image`` ``(3, h, w)`` float32."""
+        outputs, padded_size = model.run_graph(image)
+        maps = FCISOutputs.from_graph(outputs, model.output_names, self.biseg)
+        return self.pipeline(maps, size, padded_size, output_size)
+
+
+__all__ += ["reader_from_heads", "pipeline_from_dict", "pipeline_to_dict", "semantic_probabilities", "FCISRun"]

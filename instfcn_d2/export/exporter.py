@@ -10,10 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
+from ..deploy import pad_to_divisibility
 from ..deploy.artefact import FORMATS, graph_file, write_metadata
 from .graphs import DenseGraph, InstanceFCNGraph, MaskRCNNGraph, dense_graph_for
 
-__all__ = ["export_model", "pad_to_divisibility", "pipeline_settings", "MIN_SIDE", "MAX_SIDE"]
+__all__ = ["export_model", "pipeline_settings", "MIN_SIDE", "MAX_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,18 +22,6 @@ logger = logging.getLogger(__name__)
 MIN_SIDE, MAX_SIDE = 32, 4096
 #: The most RoIs a Mask R-CNN box / mask head graph takes at once (its dynamic first dimension).
 MAX_ROIS = 1 << 16
-
-
-def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
-    """``(3, h, w)`` padded at the bottom / right to multiples of ``divisibility`` with
-    ``pixel_mean`` ``(3, 1, 1)`` (0 once normalised, as detectron2's ``ImageList`` pads)."""
-    h, w = image.shape[-2:]
-    if divisibility <= 1 or (h % divisibility == 0 and w % divisibility == 0):
-        return image
-    H, W = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
-    out = pixel_mean.to(image).expand(image.shape[0], H, W).clone()
-    out[:, :h, :w] = image
-    return out
 
 
 def pipeline_settings(model: nn.Module, graph: DenseGraph) -> dict:
