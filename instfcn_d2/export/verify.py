@@ -98,4 +98,13 @@ def compare_with_eager(model: nn.Module, deployed: DeployedModel, image: Tensor,
     sem = None
     if "sem_seg" in eager and det.sem_seg is not None:
         sem = (eager["sem_seg"].cpu() - det.sem_seg).abs().max().item()
-    return Comparison(len(ref), len(det), box, score, iou, classes, sem, total)
+    return Comparison(
+        num_eager=len(ref),
+        num_exported=len(det),
+        max_box_diff=box,
+        max_score_diff=score,
+        min_mask_iou=iou,
+        classes_equal=classes,
+        total_mask_iou=total,
+        max_sem_seg_diff=sem,
+    )

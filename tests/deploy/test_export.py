@@ -240,3 +240,19 @@ def tiny_cfg_opts(name):
     from tiny_models import TINY_CHECKPOINT_MODELS, TINY_TRUNK
 
     return TINY_TRUNK + TINY_CHECKPOINT_MODELS[name][1] + ["MODEL.WEIGHTS", str(TINY_CHECKPOINTS / f"{name}_model.pth")]
+
+
+@pytest.mark.parametrize("name", ["fcis", "biseg"])
+def test_compare_with_eager_reports_each_measure_in_its_field(tmp_path, name):
+    """The export tool's check: a TorchScript artefact (bit-equal) reports zero differences and
+    full mask agreement; the semantic difference only where there is a semantic output."""
+    from instfcn_d2.export.verify import compare_with_eager
+
+    cfg, model = _tiny_model(name)
+    image = tiny_checkpoint_image().float()
+    export_model(model, "torchscript", image, str(tmp_path))
+    report = compare_with_eager(model, load(str(tmp_path)), image, (200, 250))
+    assert report.equal and report.num_eager == report.num_exported > 0
+    assert report.max_box_diff == report.max_score_diff == 0.0
+    assert report.total_mask_iou == report.min_mask_iou == 1.0
+    assert (report.max_sem_seg_diff == 0.0) if name == "biseg" else report.max_sem_seg_diff is None
