@@ -399,3 +399,31 @@ def test_dilated_r18_may_be_narrower_than_imagenets():
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "res2": (1, 32, 16, 16), "res3": (1, 64, 8, 8), "res4": (1, 128, 4, 4), "res5": (1, 256, 4, 4)
     }
+
+
+# ------------------------------------------------------------------------- FPN on the dilated ResNet
+
+NARROW_FPN = [
+    "MODEL.BACKBONE.NAME", "build_resnet_dilated_fpn_backbone",
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16", "MODEL.RESNETS.RES2_OUT_CHANNELS", "16",
+    "MODEL.RESNETS.OUT_FEATURES", '["res2", "res3", "res4", "res5"]',
+    "MODEL.DILATED_RESNET.RES4_DILATION", "1", "MODEL.DILATED_RESNET.RES5_DILATION", "1",
+    "MODEL.FPN.IN_FEATURES", '["res2", "res3", "res4", "res5"]', "MODEL.FPN.OUT_CHANNELS", "24",
+]
+
+
+def test_fpn_on_a_narrow_r18_gives_p2_to_p6():
+    torch.manual_seed(0)
+    net = _backbone(*NARROW_FPN)
+    assert _shapes(net) == {f"p{i}": (24, 2**i) for i in range(2, 7)}
+    assert net.size_divisibility == 32
+    assert net.bottom_up.res2[0].conv1.weight.shape[0] == 16  # the narrow trunk, not detectron2's 64
+    out = net(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "p2": (1, 24, 16, 24), "p3": (1, 24, 8, 12), "p4": (1, 24, 4, 6), "p5": (1, 24, 2, 3), "p6": (1, 24, 1, 2)
+    }
+
+
+def test_fpn_refuses_a_dilated_trunk_and_names_the_keys():
+    with pytest.raises(ValueError, match=r"RES4_DILATION and RES5_DILATION to 1 \(got 1, 2\)"):
+        _backbone(*NARROW_FPN, "MODEL.DILATED_RESNET.RES5_DILATION", "2")
