@@ -2,7 +2,8 @@
 without annotations) trains and evaluates each model through tools/train_net.py with config keys
 only (DATASETS.COCO_JSON_*, no Python; docs/custom_dataset.md): InstanceFCN (segment-proposal AR,
 with its crop after the scale jitter over polygons and an annotation-free image), FCIS (COCO AP)
-and BiSeg (COCO AP and the mean IU against labels derived from the instances)."""
+and BiSeg (COCO AP and the mean IU against labels derived from the instances), and FCIS / BiSeg
+with the configs for custom data (configs/custom/)."""
 import json
 import re
 
@@ -57,6 +58,9 @@ MODELS = {
                       "MODEL.BISEG.FINE_CONV_NEW_DIM", "8", "MODEL.BISEG.MASK_SIZE", "0"],
     ),
 }
+# configs/custom/ (FPN trunk, maps on p2) with the same tiny heads
+MODELS["fcis_custom"] = ("configs/custom/fcis_R18_FPN_cpu.yaml", MODELS["fcis"][1])
+MODELS["biseg_custom"] = ("configs/custom/biseg_R18_FPN_cpu.yaml", MODELS["biseg"][1])
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,12 @@ def test_biseg_on_a_coco_json_trains_and_scores_the_derived_labels(coco_files, t
         "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
     ])
     assert evaluated["sem_seg"]["mIoU"] == pytest.approx(sem["mIoU"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcis_custom", "biseg_custom"])
+def test_custom_data_configs_on_a_coco_json(name, coco_files, tmp_path):
+    results = _train_and_evaluate(name, coco_files, tmp_path)
+    _check_run(tmp_path, results)
+    assert {"AP", "AP50", "AP-square", "AP-disc"} <= set(results["segm"])
+    assert ("sem_seg" in results) == (name == "biseg_custom")

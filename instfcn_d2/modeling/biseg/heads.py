@@ -117,9 +117,9 @@ class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
                     f"{sorted(input_shape)}): add it to MODEL.RESNETS.OUT_FEATURES, or set MODEL.BISEG.FUSE False"
                 )
             shape = input_shape[b.FINE_IN_FEATURE]
-            if shape.stride != 8:
-                logger.warning(
-                    "BiSeg: %s has stride %s; the paper's conv3 set is at stride 8", b.FINE_IN_FEATURE, shape.stride
+            if shape.stride != 8:  # a choice (an FPN level for small objects), not a mistake
+                logger.info(
+                    "BiSeg: fine set on %s at stride %s (the paper: conv3 at stride 8)", b.FINE_IN_FEATURE, shape.stride
                 )
             ret.update(fine_in_channels=shape.channels, fine_stride=shape.stride)
         return ret

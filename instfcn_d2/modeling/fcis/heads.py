@@ -134,8 +134,8 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
                 f"{sorted(input_shape)} (the stride-16 res5; set MODEL.RESNETS.OUT_FEATURES)"
             )
         shape = input_shape[in_features[0]]
-        if shape.stride != 16:
-            logger.warning("FCIS: %s has stride %s; the paper uses a stride-16 res5", in_features[0], shape.stride)
+        if shape.stride != 16:  # a choice (an FPN level for small objects), not a mistake
+            logger.info("FCIS: maps on %s at stride %s (the paper: res5 at stride 16)", in_features[0], shape.stride)
         ret = super().from_config(cfg)
         ret["batch_size_per_image"] = c.BATCH_SIZE_PER_IMAGE
         ret.update(

@@ -1,0 +1,74 @@
+"""configs/custom/: the starting points for a user's own data. FCIS, BiSeg and the Mask R-CNN
+baseline share one trunk (half-width R18-GN with FPN, the same RPN on p2 ... p6), FCIS's maps and
+both BiSeg sets are read on p2 (stride 4), and each config builds a model that runs."""
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from conftest import REPO_ROOT
+from instfcn_d2.config import get_instfcn_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CUSTOM = REPO_ROOT / "configs" / "custom"
+SHARED_KEYS = [
+    "MODEL.BACKBONE.NAME", "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "MODEL.RESNETS.NORM", "MODEL.RESNETS.OUT_FEATURES", "MODEL.FPN.IN_FEATURES", "MODEL.FPN.OUT_CHANNELS",
+    "MODEL.FPN.NORM", "MODEL.ANCHOR_GENERATOR.SIZES", "MODEL.RPN.IN_FEATURES", "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST",
+    "INPUT.MAX_SIZE_TEST", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR",
+]  # fmt: skip
+
+
+def _cfg(name, *opts):
+    return get_instfcn_cfg(str(CUSTOM / f"{name}.yaml"), ["MODEL.ROI_HEADS.NUM_CLASSES", "2", *opts])
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def test_fcis_biseg_and_mask_rcnn_share_the_trunk_and_the_rpn():
+    fcis, biseg, mask_rcnn = (_cfg(n) for n in ("fcis_R18_FPN_cpu", "biseg_R18_FPN_cpu", "mask_rcnn_R18_FPN_cpu"))
+    for key in SHARED_KEYS:
+        assert _get(fcis, key) == _get(biseg, key) == _get(mask_rcnn, key), key
+    assert fcis.MODEL.RESNETS.RES2_OUT_CHANNELS == 32 and fcis.MODEL.BACKBONE.NAME == "build_resnet_dilated_fpn_backbone"
+    assert list(fcis.MODEL.ROI_HEADS.IN_FEATURES) == list(biseg.MODEL.ROI_HEADS.IN_FEATURES) == ["p2"]
+    assert biseg.MODEL.BISEG.FINE_IN_FEATURE == "p2"
+
+
+@pytest.mark.parametrize("name", ["fcis_R18_FPN_cpu", "biseg_R18_FPN_cpu"])
+def test_fcis_and_biseg_read_their_maps_at_stride_4_and_detect(name):
+    torch.manual_seed(0)
+    cfg = _cfg(name, "MODEL.FCIS.SCORE_THRESH_TEST", "0.0", "MODEL.FCIS.DETECTIONS_PER_IMAGE", "5")
+    model = build_model(cfg).eval()
+    heads = model.roi_heads
+    assert heads.spatial_scale == 0.25
+    image = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        maps = model.score_maps(images, model.backbone(images.tensor))
+        (result,) = model([{"image": image, "height": 96, "width": 128}])
+    k, C = cfg.MODEL.FCIS.GROUP_SIZE, 2
+    assert maps.inside_outside.shape == (1, k * k * 2 * (C + 1), 24, 32)  # 96 x 128 at stride 4
+    assert maps.box.shape == (1, k * k * 4, 24, 32)
+    if name.startswith("biseg"):
+        assert heads.fine_spatial_scale == 0.25
+    instances = result["instances"]
+    assert len(instances) == 5 and instances.pred_masks.shape == (5, 96, 128)
+    assert torch.isfinite(instances.scores).all()
+
+
+def test_mask_rcnn_baseline_builds_on_the_same_narrow_trunk():
+    model = build_model(_cfg("mask_rcnn_R18_FPN_cpu"))
+    assert model.backbone.bottom_up.stem.conv1.weight.shape[0] == 32
+    assert type(model.roi_heads).__name__ == "StandardROIHeads"
+
+
+def test_instance_fcn_keeps_room_for_crowded_images():
+    cfg = _cfg("instance_fcn_R18_cpu")
+    assert cfg.MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.INSTANCE_FCN.PRE_NMS_TOPK_TEST >= 600
