@@ -42,6 +42,7 @@ class Row:
     meta_architecture: str
     detector: bool = True  # False: class-agnostic proposals, reported as AR@N
     auto_sizes: Tuple[str, ...] = ()  # of object_sizes.SIZE_PARTS: chosen from the training set
+    opts: Tuple[str, ...] = ()  # KEY VALUE overrides of the config: an ablation of one setting
 
 
 BASE_ROWS = [
@@ -50,17 +51,47 @@ BASE_ROWS = [
     Row("biseg", "BiSeg fused (7, 9) R18", "configs/shapes/biseg_fused_7_9_R18_cpu.yaml", "BiSeg"),
     Row("instance_fcn", "InstanceFCN R18", "configs/shapes/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False),
 ]
-#: every base row, and the detectors' variants with sizes chosen by
-#: :func:`instfcn_d2.data.object_sizes.suggest_sizes` (InstanceFCN's multi-scale input has no anchors
-#: to size): "_auto" all of them, "_auto_anchors" the anchors only, "_auto_anchors_stride" anchors and
-#: map stride at the shared input scales
+#: the detectors' variants with sizes chosen by :func:`instfcn_d2.data.object_sizes.suggest_sizes`
+#: (InstanceFCN's multi-scale input has no anchors to size): "_auto" all of them, "_auto_anchors" the
+#: anchors only, "_auto_anchors_stride" anchors and map stride at the shared input scales
 AUTO_VARIANTS = {"_auto": ("scale", "anchors", "stride"), "_auto_anchors": ("anchors",),
                  "_auto_anchors_stride": ("anchors", "stride")}
+#: the configs for small objects on custom data (configs/custom/: a half-width R18-FPN trunk for
+#: every model, FCIS's / BiSeg's maps on FPN levels) and their ablations
+FULL_WIDTH = ("MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
+SEM_3X3 = ("MODEL.BISEG.SEM_SEG_CONV_DIM", "128")
+CUSTOM_ROWS = [
+    Row("mask_rcnn_custom", "Mask R-CNN R18-FPN, half width", "configs/custom/mask_rcnn_R18_FPN_cpu.yaml",
+        "GeneralizedRCNN"),
+    Row("fcis_custom", "FCIS R18-FPN, half width, maps on p2", "configs/custom/fcis_R18_FPN_cpu.yaml", "FCIS"),
+    Row("fcis_custom_p3", "FCIS R18-FPN, half width, maps on p3", "configs/custom/fcis_R18_FPN_cpu.yaml", "FCIS",
+        opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
+    Row("fcis_custom_full_width", "FCIS R18-FPN, full width, maps on p2", "configs/custom/fcis_R18_FPN_cpu.yaml",
+        "FCIS", opts=FULL_WIDTH),
+    Row("biseg_custom", "BiSeg R18-FPN, half width, both sets on p2", "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg"),
+    Row("biseg_custom_log_prior", "BiSeg R18-FPN, half width, both sets on p2, log-space prior",
+        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=("MODEL.BISEG.PRIOR_MODE", "log")),
+    # the semantic branch with a 3x3 conv of 128 before its 1x1 predictor (the shapes configs'),
+    # and three ablations made with it
+    Row("biseg_custom_sem_3x3", "BiSeg R18-FPN, half width, both sets on p2, semantic 3x3 conv",
+        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3),
+    Row("biseg_custom_sem_3x3_p3", "BiSeg R18-FPN, semantic 3x3 conv, k1 set and semantic branch on p3",
+        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
+    Row("biseg_custom_sem_3x3_single", "BiSeg R18-FPN, semantic 3x3 conv, single set on p2 (no fusion)",
+        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.FUSE", "False")),
+    Row("biseg_custom_sem_3x3_no_prior", "BiSeg R18-FPN, semantic 3x3 conv, no prior (multi-task only)",
+        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.PRIOR_MODE", "none")),
+    Row("instance_fcn_custom", "InstanceFCN R18", "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN",
+        detector=False),
+]
+#: every row: the shipped configs, their "_auto" variants, the custom-data configs and ablations
 ROWS = BASE_ROWS + [
     dataclasses.replace(r, key=r.key + suffix, label=f"{r.label}, auto {' + '.join(parts)}", auto_sizes=parts)
     for suffix, parts in AUTO_VARIANTS.items() for r in BASE_ROWS if r.detector
-]
+] + CUSTOM_ROWS
 DEFAULT_ROWS = [r.key for r in BASE_ROWS]
+
+
 #: each model's keys for the number of detections (proposals) per image; InstanceFCN also scores
 #: more windows before its NMS, so that it can keep that many
 def detection_opts(meta_architecture: str, n: int) -> List[str]:
@@ -78,8 +109,8 @@ PROPOSAL_COLUMNS = [("proposals/AR@10", "AR@10"), ("proposals/AR@100", "AR@100")
 
 
 def row_opts(row: Row, args) -> List[str]:
-    """The command-line overrides of one row: the dataset, then the shared test settings."""
-    opts = [
+    """The command-line overrides of one row: its ablation, the dataset, then the shared test settings."""
+    opts = list(row.opts) + [
         "DATASETS.COCO_JSON_TRAIN", args.train_json, "DATASETS.COCO_IMAGE_ROOT_TRAIN", args.image_root,
         "DATASETS.COCO_JSON_TEST", args.val_json, "DATASETS.COCO_IMAGE_ROOT_TEST", args.image_root,
         "OUTPUT_DIR", os.path.join(args.output, row.key), "TEST.EVAL_PERIOD", "0",
@@ -152,12 +183,14 @@ def table(rows: List[Row], args) -> str:
             run = runs[r.key]
             lines.append(f"{r.label} (`{r.config}`), {run['iterations']} iterations in {run['training_time'] or '-'}: "
                          + ", ".join(f"{c} {cell(run['metrics'], k)}" for k, c in PROPOSAL_COLUMNS))
-    if "mask_rcnn" in runs and "segm/AP" in runs["mask_rcnn"]["metrics"]:
-        base = runs["mask_rcnn"]["metrics"]["segm/AP"]
+    for baseline in ("mask_rcnn", "mask_rcnn_custom"):  # the shipped trunk, the custom configs' trunk
+        if baseline not in runs or "segm/AP" not in runs[baseline]["metrics"]:
+            continue
+        base = runs[baseline]["metrics"]["segm/AP"]
         ratios = [f"{r.key} {runs[r.key]['metrics']['segm/AP'] / base:.2f}x" for r in detectors
-                  if r.key != "mask_rcnn" and "segm/AP" in runs[r.key]["metrics"] and base > 0]
+                  if r.meta_architecture != "GeneralizedRCNN" and "segm/AP" in runs[r.key]["metrics"] and base > 0]
         if ratios:
-            lines += ["", "Mask AP relative to Mask R-CNN: " + ", ".join(ratios)]
+            lines += ["", f"Mask AP relative to {baseline}: " + ", ".join(ratios)]
     return "\n".join(lines)
 
 

@@ -4,6 +4,10 @@
   python tools/suggest_sizes.py train.json                   # what it measured and chose, per model
   python tools/suggest_sizes.py train.json --model FCIS      # only the overrides, for a command line
 
+``--model FCIS`` / ``BiSeg``: for the dilated single-map trunk of the shapes configs (anchors on one
+map, stride by dilation); ``--model GeneralizedRCNN``: for any FPN trunk (one anchor size per
+level), which is also what the FCIS and BiSeg configs of ``configs/custom/`` need.
+
 The overrides go after ``tools/train_net.py --config-file CFG`` (see instfcn_d2/data/object_sizes.py
 for the rules). The shipped configs were tuned on objects of 12 px and more; data of smaller
 objects needs smaller anchors, larger inputs or finer maps.

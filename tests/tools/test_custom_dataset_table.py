@@ -113,3 +113,25 @@ def test_auto_rows_take_scales_anchors_and_stride_from_the_training_set(tmp_path
     biseg = dict(zip(*[iter(tool.row_opts(args.row_list[0], args))] * 2))
     assert biseg["INPUT.MIN_SIZE_TEST"] == "384" and biseg["INPUT.MIN_SIZE_TRAIN"] == "(320,352,384,)"  # shared
     assert biseg["MODEL.ANCHOR_GENERATOR.SIZES"] == "[[8,16]]" and biseg["MODEL.DILATED_RESNET.RES5_DILATION"] == "4"
+
+
+def test_custom_rows_ablate_one_setting_of_their_config_and_compare_with_both_baselines(tmp_path):
+    tool = load_tool("custom_dataset_table")
+    d = _dataset(tmp_path)
+    out = tmp_path / "out"
+    args = tool.parse_args(["--dataset-dir", str(d), "--output", str(out), "--rows",
+                            "fcis_custom,fcis_custom_p3,biseg_custom_sem_3x3_no_prior,mask_rcnn_custom"])
+    rows = {r.key: r for r in args.row_list}
+    assert rows["fcis_custom"].config == rows["fcis_custom_p3"].config == "configs/custom/fcis_R18_FPN_cpu.yaml"
+    base, p3 = tool.row_opts(rows["fcis_custom"], args), tool.row_opts(rows["fcis_custom_p3"], args)
+    assert p3[:2] == ["MODEL.ROI_HEADS.IN_FEATURES", '["p3"]'] and p3[2:] == [
+        v.replace("fcis_custom", "fcis_custom_p3") for v in base]  # the ablation first, the rest shared
+    no_prior = dict(zip(*[iter(tool.row_opts(rows["biseg_custom_sem_3x3_no_prior"], args))] * 2))
+    assert no_prior["MODEL.BISEG.PRIOR_MODE"] == "none" and no_prior["MODEL.BISEG.SEM_SEG_CONV_DIM"] == "128" and no_prior["MODEL.FCIS.DETECTIONS_PER_IMAGE"] == "300"
+    for key, ap in (("mask_rcnn", 20.0), ("mask_rcnn_custom", 40.0), ("fcis_custom", 32.0), ("biseg_custom", 36.0)):
+        _fake_run(out / key, {"segm/AP": ap})
+    args = tool.parse_args(["--dataset-dir", str(d), "--output", str(out), "--rows",
+                            "mask_rcnn,mask_rcnn_custom,fcis_custom,biseg_custom"])
+    text = tool.table(args.row_list, args)
+    assert "relative to mask_rcnn: fcis_custom 1.60x, biseg_custom 1.80x" in text
+    assert "relative to mask_rcnn_custom: fcis_custom 0.80x, biseg_custom 0.90x" in text
