@@ -64,7 +64,24 @@ def _tiny_mask_rcnn(config="configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", *opts
     return cfg, build_model(cfg).eval()
 
 
+def _tiny_custom(name):
+    """configs/custom/'s FCIS / BiSeg (FPN trunk, maps on p2) at toy size, randomly initialised."""
+    from instfcn_d2.config import get_instfcn_cfg
+    from tiny_models import TINY_CHECKPOINT_MODELS, TINY_TRUNK
+
+    path = {"fcis_custom": "configs/custom/fcis_R18_FPN_cpu.yaml", "biseg_custom": "configs/custom/biseg_R18_FPN_cpu.yaml"}[name]
+    heads = TINY_CHECKPOINT_MODELS[name.replace("_custom", "")][1]
+    # 40 RoIs: with 30 both test images happen to keep 22 detections
+    opts = TINY_TRUNK + heads + ["MODEL.FPN.OUT_CHANNELS", "16", "MODEL.FPN.NORM", "", "MODEL.RPN.POST_NMS_TOPK_TEST", "40",
+                                 "MODEL.FCIS.DETECTIONS_PER_IMAGE", "1000"]
+    cfg = get_instfcn_cfg(str(REPO_ROOT / path), opts)
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
 def _tiny_model(name):
+    if name.endswith("_custom"):
+        return _tiny_custom(name)
     if name == "mask_rcnn":
         return _tiny_mask_rcnn()
     if name == "mask_rcnn_c4":  # Res5ROIHeads: res5 in both per-RoI graphs
@@ -84,8 +101,12 @@ def _inputs():
     return [(image, (256, 320)), (second, (96, 120))]
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize(
+    "name, fmt",
+    [(n, f) for n in MODELS for f in FORMATS]
+    # configs/custom/: the pyramid's five RPN levels and maps on p2 (AOTInductor as for the others)
+    + [(n, f) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")],
+)
 def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt):
     cfg, model = _tiny_model(name)
     inputs = _inputs()
@@ -115,7 +136,7 @@ def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt):
                 torch.testing.assert_close(got["boxes"], ref.pred_boxes.tensor, atol=1e-3, rtol=0)
                 torch.testing.assert_close(got["scores"], ref.scores, atol=1e-5, rtol=0)
                 assert masks_agree(got["masks"], ref.pred_masks.bool())  # IoU >= 0.999 overall, 0.99 each
-            if name == "biseg":
+            if name.startswith("biseg"):
                 assert got["sem_seg"].shape == eager["sem_seg"].shape == (cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1, h, w)
                 torch.testing.assert_close(got["sem_seg"], eager["sem_seg"], atol=1e-5, rtol=0)
             else:
