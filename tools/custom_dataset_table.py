@@ -60,27 +60,29 @@ AUTO_VARIANTS = {"_auto": ("scale", "anchors", "stride"), "_auto_anchors": ("anc
 #: every model, FCIS's / BiSeg's maps on FPN levels) and their ablations
 FULL_WIDTH = ("MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
 SEM_3X3 = ("MODEL.BISEG.SEM_SEG_CONV_DIM", "128")
+FCIS_CUSTOM = "configs/custom/fcis_R18_FPN_cpu.yaml"
+BISEG_CUSTOM = "configs/custom/biseg_R18_FPN_cpu.yaml"
 CUSTOM_ROWS = [
     Row("mask_rcnn_custom", "Mask R-CNN R18-FPN, half width", "configs/custom/mask_rcnn_R18_FPN_cpu.yaml",
         "GeneralizedRCNN"),
-    Row("fcis_custom", "FCIS R18-FPN, half width, maps on p2", "configs/custom/fcis_R18_FPN_cpu.yaml", "FCIS"),
-    Row("fcis_custom_p3", "FCIS R18-FPN, half width, maps on p3", "configs/custom/fcis_R18_FPN_cpu.yaml", "FCIS",
+    Row("fcis_custom", "FCIS R18-FPN, half width, maps on p2", FCIS_CUSTOM, "FCIS"),
+    Row("fcis_custom_p3", "FCIS R18-FPN, half width, maps on p3", FCIS_CUSTOM, "FCIS",
         opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
-    Row("fcis_custom_full_width", "FCIS R18-FPN, full width, maps on p2", "configs/custom/fcis_R18_FPN_cpu.yaml",
+    Row("fcis_custom_full_width", "FCIS R18-FPN, full width, maps on p2", FCIS_CUSTOM,
         "FCIS", opts=FULL_WIDTH),
-    Row("biseg_custom", "BiSeg R18-FPN, half width, both sets on p2", "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg"),
+    Row("biseg_custom", "BiSeg R18-FPN, half width, both sets on p2", BISEG_CUSTOM, "BiSeg"),
     Row("biseg_custom_log_prior", "BiSeg R18-FPN, half width, both sets on p2, log-space prior",
-        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=("MODEL.BISEG.PRIOR_MODE", "log")),
+        BISEG_CUSTOM, "BiSeg", opts=("MODEL.BISEG.PRIOR_MODE", "log")),
     # the semantic branch with a 3x3 conv of 128 before its 1x1 predictor (the shapes configs'),
     # and three ablations made with it
     Row("biseg_custom_sem_3x3", "BiSeg R18-FPN, half width, both sets on p2, semantic 3x3 conv",
-        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3),
+        BISEG_CUSTOM, "BiSeg", opts=SEM_3X3),
     Row("biseg_custom_sem_3x3_p3", "BiSeg R18-FPN, semantic 3x3 conv, k1 set and semantic branch on p3",
-        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
+        BISEG_CUSTOM, "BiSeg", opts=SEM_3X3 + ("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
     Row("biseg_custom_sem_3x3_single", "BiSeg R18-FPN, semantic 3x3 conv, single set on p2 (no fusion)",
-        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.FUSE", "False")),
+        BISEG_CUSTOM, "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.FUSE", "False")),
     Row("biseg_custom_sem_3x3_no_prior", "BiSeg R18-FPN, semantic 3x3 conv, no prior (multi-task only)",
-        "configs/custom/biseg_R18_FPN_cpu.yaml", "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.PRIOR_MODE", "none")),
+        BISEG_CUSTOM, "BiSeg", opts=SEM_3X3 + ("MODEL.BISEG.PRIOR_MODE", "none")),
     Row("instance_fcn_custom", "InstanceFCN R18", "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN",
         detector=False),
 ]
