@@ -39,6 +39,14 @@ def pytest_configure(config):
         atexit.register(shutil.rmtree, path, ignore_errors=True)
 
 
+def cfg_get(cfg, dotted: str):
+    """``cfg.A.B.C`` for ``"A.B.C"`` (comparing the same keys of several configs)."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
 def load_tool(name: str):
     """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
     import importlib.util

@@ -3,7 +3,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cfg_get
 from instfcn_d2.config import get_instfcn_cfg
 
 SHARED_KEYS = [
@@ -13,20 +13,13 @@ SHARED_KEYS = [
 ]  # fmt: skip
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 @pytest.mark.parametrize("dataset", ["shapes", "coco128"])
 @pytest.mark.parametrize("arch", ["C4", "FPN"])
 def test_mask_rcnn_baselines_match_the_fcis_schedule_and_build(dataset, arch):
     fcis = get_instfcn_cfg(str(REPO_ROOT / "configs" / dataset / "fcis_R18_cpu.yaml"))
     cfg = get_instfcn_cfg(str(REPO_ROOT / "configs" / dataset / f"mask_rcnn_R50_{arch}_GN_cpu.yaml"))
     for key in SHARED_KEYS:
-        assert _get(cfg, key) == _get(fcis, key), key
+        assert cfg_get(cfg, key) == cfg_get(fcis, key), key
     assert cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and cfg.MODEL.MASK_ON
     assert cfg.MODEL.RESNETS.DEPTH == 50
     cfg.MODEL.DEVICE = "meta"  # R50 structure without allocating its weights

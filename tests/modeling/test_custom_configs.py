@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cfg_get
 from instfcn_d2.config import get_instfcn_cfg
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,17 +25,10 @@ def _cfg(name, *opts):
     return get_instfcn_cfg(str(CUSTOM / f"{name}.yaml"), ["MODEL.ROI_HEADS.NUM_CLASSES", "2", *opts])
 
 
-def _get(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def test_fcis_biseg_and_mask_rcnn_share_the_trunk_and_the_rpn():
     fcis, biseg, mask_rcnn = (_cfg(n) for n in ("fcis_R18_FPN_cpu", "biseg_R18_FPN_cpu", "mask_rcnn_R18_FPN_cpu"))
     for key in SHARED_KEYS:
-        assert _get(fcis, key) == _get(biseg, key) == _get(mask_rcnn, key), key
+        assert cfg_get(fcis, key) == cfg_get(biseg, key) == cfg_get(mask_rcnn, key), key
     assert fcis.MODEL.RESNETS.RES2_OUT_CHANNELS == 32 and fcis.MODEL.BACKBONE.NAME == "build_resnet_dilated_fpn_backbone"
     assert list(fcis.MODEL.ROI_HEADS.IN_FEATURES) == list(biseg.MODEL.ROI_HEADS.IN_FEATURES) == ["p2"]
     assert biseg.MODEL.BISEG.FINE_IN_FEATURE == "p2"
