@@ -17,7 +17,7 @@ from instfcn_d2.deploy import load
 from instfcn_d2.export import export_model
 from instfcn_d2.export.verify import masks_agree
 
-FORMATS = ["torchscript", "exported_program", pytest.param("aoti", marks=pytest.mark.slow)]
+FORMATS = ["torchscript", "exported_program", "aoti"]
 MODELS = ["fcis", "biseg", "instance_fcn", "mask_rcnn", "mask_rcnn_c4"]
 
 # detectron2's Mask R-CNN (the shapes config) at toy size, randomly initialised: detectron2's R18
@@ -103,7 +103,8 @@ def _inputs():
 
 @pytest.mark.parametrize(
     "name, fmt",
-    [(n, f) for n in MODELS for f in FORMATS]
+    # AOTInductor compiles for minutes: slow
+    [pytest.param(n, f, marks=[pytest.mark.slow] if f == "aoti" else []) for n in MODELS for f in FORMATS]
     # configs/custom/: the pyramid's five RPN levels and maps on p2 (AOTInductor as for the others)
     + [(n, f) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")],
 )
