@@ -18,7 +18,7 @@ as the log says (instfcn_d2/data/coco_json.py, docs/custom_dataset.md).
 
 ``--budget-minutes`` first times 40 training steps of CFG on this machine (a throw-away model, not
 counted), then scales SOLVER.MAX_ITER, STEPS, CHECKPOINT_PERIOD and TEST.EVAL_PERIOD so that the
-training fills the budget (tools/time_budget.py); the fitted config is the one saved
+training fills the budget (instfcn_d2/engine/time_budget.py); the fitted config is the one saved
 in OUTPUT_DIR/config.yaml. During training a hook shortens the schedule (and logs it) if the
 machine turns out slower than measured, so the training never runs past the budget.
 
@@ -28,8 +28,6 @@ resume), which would report the metrics of a random model; ``--allow-random-weig
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
 import logging
-import os
-import sys
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -40,11 +38,9 @@ import instfcn_d2  # noqa: F401  (registers datasets and models)
 from instfcn_d2.checkpoint import StrictDetectionCheckpointer
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
-from instfcn_d2.engine import Trainer
+from instfcn_d2.engine import BudgetTrainer, Trainer, fit_schedule_to_budget, measure_seconds_per_iteration
 from instfcn_d2.engine.checks import check_num_classes
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the tools' own modules
-from time_budget import MEASURE_BUDGET_SHARE, BudgetTrainer, fit_schedule_to_budget, measure_seconds_per_iteration  # noqa: E402
+from instfcn_d2.engine.time_budget import MEASURE_BUDGET_SHARE
 
 
 def argument_parser():

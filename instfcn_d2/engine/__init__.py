@@ -1,3 +1,18 @@
+from .time_budget import (
+    BudgetReached,
+    BudgetTrainer,
+    TimeBudgetHook,
+    fit_schedule_to_budget,
+    measure_seconds_per_iteration,
+)
 from .trainer import Trainer, build_evaluators
 
-__all__ = ["Trainer", "build_evaluators"]
+__all__ = [
+    "BudgetReached",
+    "BudgetTrainer",
+    "TimeBudgetHook",
+    "Trainer",
+    "build_evaluators",
+    "fit_schedule_to_budget",
+    "measure_seconds_per_iteration",
+]

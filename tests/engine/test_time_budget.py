@@ -1,12 +1,11 @@
-"""``--budget-minutes``: the schedule scaled to a wall-clock budget (tools/time_budget.py)."""
+"""``--budget-minutes``: the schedule scaled to a wall-clock budget (instfcn_d2/engine/time_budget.py)."""
 import json
 
 import pytest
 
 from conftest import REPO_ROOT, load_tool
 from instfcn_d2.config import get_instfcn_cfg
-
-time_budget = load_tool("time_budget")
+from instfcn_d2.engine import time_budget
 BUDGET_SAFETY, fit_schedule_to_budget = time_budget.BUDGET_SAFETY, time_budget.fit_schedule_to_budget
 
 FCIS_SHAPES = str(REPO_ROOT / "configs" / "shapes" / "fcis_R18_cpu.yaml")

@@ -1,6 +1,6 @@
 """Fit a training schedule to a wall-clock budget: ``tools/train_net.py --budget-minutes N``.
 
-A tool for comparing methods under the same budget (e.g. 20 minutes of CPU training each): FCIS,
+For comparing methods under the same budget (e.g. 20 minutes of CPU training each): FCIS,
 the BiSeg ablation rows and Mask R-CNN R50 differ 5x in the cost of an iteration, so one
 ``SOLVER.MAX_ITER`` cannot serve them all, and a schedule cut short by a timer would skip the
 learning-rate steps. Instead the iteration cost is measured on this machine first (a few real
@@ -9,9 +9,9 @@ is scaled to fit: ``MAX_ITER = budget / (seconds per iteration)``, ``STEPS``, ``
 and ``TEST.EVAL_PERIOD`` by the same factor. The measurement itself is not part of the budget, and
 neither is evaluation (detectron2's "Overall training speed" line reports the training time).
 
-Nothing in detectron2 or fvcore does this (their schedules are in iterations only). It lives with
-the tools, not in the library: :class:`BudgetTrainer` ends a shortened run with an exception, which
-is an experiment's need, not a model's.
+Nothing in detectron2 or fvcore does this (their schedules are in iterations only). It belongs to
+the engine (a trainer and a hook), not to the models: :class:`BudgetTrainer` ends a shortened run
+with an exception, which is an experiment's need, not a model's.
 """
 import logging
 import math
@@ -24,7 +24,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import HookBase, hooks
 from detectron2.utils.events import EventStorage
 
-from instfcn_d2.engine import Trainer
+from .trainer import Trainer
 
 __all__ = ["measure_seconds_per_iteration", "fit_schedule_to_budget", "TimeBudgetHook", "BudgetReached", "BudgetTrainer"]
 
