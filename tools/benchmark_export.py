@@ -19,8 +19,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_common import build, device_description, find_image_dir, image_paths, load_inputs  # noqa: E402
+from instfcn_d2.benchmark import build, device_description, find_image_dir, image_paths, load_inputs
 
 MODELS = {
     "FCIS R18": "configs/coco128/fcis_R18_cpu.yaml",

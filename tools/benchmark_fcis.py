@@ -36,9 +36,7 @@ import os
 import sys
 from typing import List
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_common beside this file
-from benchmark_common import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark  # noqa: E402
+from instfcn_d2.benchmark import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark
 
 STAGES = ["trunk", "rpn", "score maps", "semantic", "assemble", "nms", "voting", "roi heads", "paste"]
 TARGET_FCIS_VS_C4 = 1.0

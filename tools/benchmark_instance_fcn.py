@@ -34,9 +34,7 @@ import os
 import sys
 from typing import List
 
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_common beside this file
-from benchmark_common import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark  # noqa: E402
+from instfcn_d2.benchmark import Result, StageTimer, fmt, model_benchmark_parser, run_model_benchmark
 
 TARGET_AFTER_TRUNK_SHARE = 0.15
 # InstanceFCN stage columns, in data-path order; "after trunk" = the last three

@@ -54,12 +54,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # run as a script from anywhere without installing the package
-
-import pycocotools.mask as mask_util  # noqa: E402
+import pycocotools.mask as mask_util
 
 HAND = "hand-written (instfcn_d2)"
 COCO = "pycocotools COCOeval"

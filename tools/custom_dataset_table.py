@@ -29,9 +29,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+from instfcn_d2.engine.run_summary import read_run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-from main_job_report import read_run  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,37 +14,13 @@ import datetime
 import json
 import os
 import platform
-import re
 import sys
+
+from instfcn_d2.engine.run_summary import read_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINES = os.path.join(REPO, "docs", "main_job_baselines.json")
 COLUMNS = [("segm/AP", "mask AP"), ("segm/AP50", "mask AP50"), ("bbox/AP", "box AP"), ("sem_seg/mIoU", "mean IU")]
-
-
-def read_run(output_dir: str) -> dict:
-    """``{"metrics": {...}, "iterations": n, "training_time": "h:mm:ss"}`` of a finished run."""
-    metrics, iterations = {}, 0
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: is {output_dir} the OUTPUT_DIR of a finished run?")
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "total_loss" in row:
-                iterations = max(iterations, int(row["iteration"]) + 1)
-            metrics.update({k: v for k, v in row.items() if k.split("/")[0] in ("segm", "bbox", "sem_seg", "proposals")})
-    training_time = None
-    log = os.path.join(output_dir, "log.txt")
-    if os.path.isfile(log):
-        with open(log) as f:
-            for line in f:
-                m = re.search(r"Overall training speed: (\d+) iterations in ([\d:]+)", line)
-                if m:
-                    training_time = m.group(2)
-    return {"metrics": metrics, "iterations": iterations, "training_time": training_time}
 
 
 def load_baselines() -> list:

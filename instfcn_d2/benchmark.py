@@ -1,7 +1,10 @@
-"""What the model benchmarks share: test images, model building, per-stage timing, the timed loop.
+"""What the benchmark tools share: test images, model building, per-stage timing, the timed loop.
 
-Used by ``tools/benchmark_instance_fcn.py`` and ``tools/benchmark_fcis.py`` (tools/ holds scripts,
-not a package: they import this file from their own folder).
+Used by ``tools/benchmark_instance_fcn.py``, ``tools/benchmark_fcis.py`` and
+``tools/benchmark_export.py`` (``from instfcn_d2.benchmark import ...``). Nothing in the package
+imports it: it is the tools' code, kept here so that they import it without path changes. Relative
+config paths and the default plot folder (``docs/``) are those of the repository that holds the
+package (an editable install, as ``dev/setup_env.sh`` makes).
 
 Stages are timed inside the real ``model(inputs)`` call, by forward hooks on modules and by
 wrapping methods / module-level functions. Stages may nest (FCIS's score maps are computed lazily
@@ -18,9 +21,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+#: The repository holding the package: relative config paths and ``docs/`` are taken from it.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # run as a script from anywhere without installing the package
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""tools/benchmark_common.py: stage times are exclusive, so nested stages never count twice."""
+"""instfcn_d2/benchmark.py (the benchmark tools' shared code): stage times are exclusive, so nested
+stages never count twice; models run interleaved."""
 import time
 
 import torch
 
-from conftest import load_tool
+from instfcn_d2 import benchmark
 
 
 class _Outer(torch.nn.Module):
@@ -21,9 +22,8 @@ class _Outer(torch.nn.Module):
 
 
 def test_nested_stages_get_exclusive_times_that_sum_to_the_total():
-    common = load_tool("benchmark_common")
     model = _Outer()
-    timer = common.StageTimer("cpu")
+    timer = benchmark.StageTimer("cpu")
     timer.hook_module(model, "outer")
     timer.wrap_attr(model, "helper", "helper")
     timer.hook_module(model.inner, "inner")
@@ -48,7 +48,6 @@ def test_nested_stages_get_exclusive_times_that_sum_to_the_total():
 def test_run_models_interleaves_images_and_skips_the_warm_up(monkeypatch):
     """Image 1 on every model, then image 2 on every model...: a machine drifting in speed during
     the run moves all models alike. The first image of each model is not timed."""
-    bc = load_tool("benchmark_common")
     calls = []
 
     class _Model(torch.nn.Module):
@@ -64,15 +63,15 @@ def test_run_models_interleaves_images_and_skips_the_warm_up(monkeypatch):
         class INPUT:
             FORMAT = "BGR"
 
-    monkeypatch.setattr(bc, "build", lambda config, opts, device: (_Cfg, _Model(config)))
+    monkeypatch.setattr(benchmark, "build", lambda config, opts, device: (_Cfg, _Model(config)))
     fake_inputs = lambda paths, fmt, short, longest: [{"path": p, "image": torch.zeros(3, 4, 5)} for p in paths]  # noqa: E731
-    monkeypatch.setattr(bc, "load_inputs", fake_inputs)
+    monkeypatch.setattr(benchmark, "load_inputs", fake_inputs)
 
     class _Args:
         device, short_side, max_size = "cpu", 4, 5
 
     specs = [("A", "a", []), ("BB", "bb", [])]
-    results = bc.run_models(specs, ["w.jpg", "1.jpg", "2.jpg"], _Args, lambda model, name, timer: None)
+    results = benchmark.run_models(specs, ["w.jpg", "1.jpg", "2.jpg"], _Args, lambda model, name, timer: None)
     assert calls == [("a", "w.jpg"), ("bb", "w.jpg"), ("a", "1.jpg"), ("bb", "1.jpg"), ("a", "2.jpg"), ("bb", "2.jpg")]
     assert [r.name for r in results] == ["A", "BB"]
     assert [len(r.totals) for r in results] == [2, 2] and results[1].detections == [2, 2]
