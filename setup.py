@@ -9,7 +9,7 @@ The extension follows detectron2's ``projects/TensorMask/setup.py``: every ``*.c
 torch must lie in the supported range (``instfcn_d2/supported.py``); set
 ``INSTFCN_D2_ALLOW_UNTESTED_TORCH=1`` to build against another one anyway.
 ``INSTFCN_D2_BUILD_EXT=0`` installs the Python package without building the extension:
-``tools/setup_env.py`` builds the extension in a separate folder and swaps it in, so that a
+``dev/setup_env.py`` builds the extension in a separate folder and swaps it in, so that a
 rebuild never leaves a half-written ``_C`` behind.
 """
 import glob
@@ -89,10 +89,10 @@ setup(
     author="instfcn-d2 developers",
     description="InstanceFCN, FCIS and BiSeg for detectron2, with native position-sensitive "
     "assembling layers",
-    packages=find_packages(exclude=("configs", "tests", "tools", "datasets", "layers")),
+    packages=find_packages(exclude=("configs", "tests", "tools", "dev", "datasets", "layers")),
     python_requires=">={}.{}".format(*SUPPORTED["PYTHON_MIN"]),
     install_requires=[
-        # torch, torchvision and detectron2 are installed by tools/setup_env.sh (torch must match
+        # torch, torchvision and detectron2 are installed by dev/setup_env.sh (torch must match
         # the user's CUDA, and detectron2 is not on the package index); list only the rest here.
         "numpy",
         "opencv-python-headless",

@@ -1,6 +1,6 @@
 """The versions of Python, torch, torchvision and detectron2 that instfcn-d2 supports.
 
-One place for the ranges: ``setup.py`` refuses a torch outside them, ``tools/setup_env.py`` installs
+One place for the ranges: ``setup.py`` refuses a torch outside them, ``dev/setup_env.py`` installs
 the newest torch / torchvision pair inside them that the machine's pip allows, and the README's
 version table lists what CI ran. This module imports nothing, so ``setup.py`` can read it before
 torch or detectron2 is importable.
@@ -47,7 +47,7 @@ def torch_problem(torch_version: str) -> str:
     return (
         f"torch {torch_version} is outside the range instfcn-d2 supports and tests "
         f"({_fmt(TORCH_MIN)} to {_fmt(TORCH_MAX)}, i.e. {TORCH_REQUIREMENT}); install a torch in that "
-        f"range (tools/setup_env.sh picks one), or set {ALLOW_UNTESTED_TORCH_ENV}=1 to build anyway"
+        f"range (dev/setup_env.sh picks one), or set {ALLOW_UNTESTED_TORCH_ENV}=1 to build anyway"
     )
 
 

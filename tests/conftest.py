@@ -3,6 +3,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -47,20 +48,26 @@ def cfg_get(cfg, dotted: str):
     return node
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` as a module (tools/ is scripts, not a package)."""
+def load_script(path) -> "types.ModuleType":
+    """Import the script at ``path`` (relative to the repository root) as a module, from its path:
+    ``tools/`` and ``dev/`` hold scripts, not packages."""
     import importlib.util
 
-    import sys
-
-    tools = str(REPO_ROOT / "tools")
-    if tools not in sys.path:  # tools import their sibling modules by name, as when run as scripts
-        sys.path.insert(0, tools)
-    path = REPO_ROOT / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"instfcn_tools_{name}", path)
+    path = REPO_ROOT / path
+    spec = importlib.util.spec_from_file_location(f"instfcn_script_{path.parent.name}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module."""
+    return load_script(f"tools/{name}.py")
+
+
+def load_dev(name: str):
+    """Import ``dev/<name>.py`` (set-up and CI scripts) as a module."""
+    return load_script(f"dev/{name}.py")
 
 
 @pytest.fixture(scope="module")

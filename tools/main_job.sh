@@ -9,7 +9,7 @@
 #   CONFIG=configs/shapes/fcis_R18_cpu.yaml tools/main_job.sh        # another model
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$ROOT/tools/setup_env.sh"
+"$ROOT/dev/setup_env.sh"
 PY=${INSTFCN_VENV:-$ROOT/.venv}/bin/python
 cd "$ROOT"
 CONFIG=${CONFIG:-configs/shapes/biseg_fused_7_9_R18_cpu.yaml}

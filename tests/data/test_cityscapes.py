@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cityscapesscripts  # noqa: E402,F401  (tools/requirements.txt: the evaluator and loader need them)
+import cityscapesscripts  # noqa: E402,F401  (dev/requirements.txt: the evaluator and loader need them)
 import shapely  # noqa: E402,F401
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

@@ -2,7 +2,7 @@
 through detectron2's ``DefaultPredictor``.
 
 Skipped (with the reason) without a CUDA GPU, or when ``instfcn_d2._C`` was built without its CUDA
-kernels. ``tools/gpu_check.sh`` runs them on a GPU machine.
+kernels. ``dev/gpu_check.sh`` runs them on a GPU machine.
 
 Models: FCIS, BiSeg (fused 7/9), InstanceFCN and detectron2's Mask R-CNN R18-FPN GN, each as its
 ``configs/shapes`` config (the real heads: k = 7, M = 21, 4 classes) with ``MODEL.DEVICE`` set.

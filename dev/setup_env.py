@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up everything instfcn-d2 needs, from nothing or on top of an environment you already have.
 
-Run through ``tools/setup_env.sh`` (the README's commands do). Standard library only: it runs with
+Run through ``dev/setup_env.sh`` (the README's commands do). Standard library only: it runs with
 the machine's ``python3`` before any environment exists. A second run only checks, in seconds.
 
 Steps, each skipped when already done:
@@ -14,8 +14,8 @@ Steps, each skipped when already done:
    pip may install (its configuration, constraints included, is respected, never overridden), or
    the torch given by ``INSTFCN_TORCH_VERSION``. A CPU-only torch beside a CUDA torchvision (the
    known broken pair) is reported before anything is built.
-3. Other dependencies: ``tools/requirements.txt`` (bounds). In an environment this script created,
-   ``tools/requirements-lock.txt`` (the versions CI tested) pins them further.
+3. Other dependencies: ``dev/requirements.txt`` (bounds). In an environment this script created,
+   ``dev/requirements-lock.txt`` (the versions CI tested) pins them further.
 4. detectron2, first route that applies:
    a. ``DETECTRON2_SRC``: a source archive (.tar.gz, .zip) or folder you give;
    b. main at the tested commit from an archive in ``INSTFCN_VENDOR_DIR`` (sha256-checked);
@@ -23,7 +23,7 @@ Steps, each skipped when already done:
    d. v0.6 from the package index's ``pb1-detectron2==0.6`` sdist (sha256-checked, pure Python).
    ``INSTFCN_D2_DETECTRON2=v0.6`` skips b and c. Main is built with its C++ ops (CUDA ops too
    when torch sees a GPU or ``INSTFCN_D2_DETECTRON2_CUDA=1``). Each version is adapted by
-   ``tools/patch_detectron2.py`` (a copy of your source is patched, never the source itself).
+   ``dev/patch_detectron2.py`` (a copy of your source is patched, never the source itself).
 5. instfcn_d2: registered in the environment (editable), and its extension ``instfcn_d2._C``
    built in a separate folder, checked, then swapped in, so that a rebuild (sources changed, torch
    changed, CPU build to CUDA build) never leaves a broken extension in place. CUDA kernels are
@@ -52,9 +52,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = runpy.run_path(str(ROOT / "instfcn_d2" / "supported.py"))
-REQUIREMENTS = ROOT / "tools" / "requirements.txt"
-LOCK = ROOT / "tools" / "requirements-lock.txt"
-PATCH_TOOL = ROOT / "tools" / "patch_detectron2.py"
+REQUIREMENTS = ROOT / "dev" / "requirements.txt"
+LOCK = ROOT / "dev" / "requirements-lock.txt"
+PATCH_TOOL = ROOT / "dev" / "patch_detectron2.py"
 PKG = ROOT / "instfcn_d2"
 EXT_STAMP = PKG / "_C.build.json"
 
@@ -195,7 +195,7 @@ def ensure_environment(venv: Path):
         maker = os.environ.get("PYTHON", "python3")
         say(f"creating venv {venv} with {maker}")
         run([maker, "-m", "venv", str(venv)])
-        (venv / CREATED_MARK).write_text("created by instfcn-d2 tools/setup_env.py\n")
+        (venv / CREATED_MARK).write_text("created by instfcn-d2 dev/setup_env.py\n")
         ours = True
     info = probe(py)
     problem = SUPPORTED["python_problem"](tuple(info["python"]))
@@ -446,7 +446,7 @@ def ensure_detectron2(py: Path, venv: Path, ours: bool, info: dict) -> dict:
                 patcher["apply"](src, version)
         except patcher["PatchError"] as e:
             raise SetupError(f"detectron2 from {route}: {e}") from None
-        say(f"detectron2 {version} from {route}; adapted by tools/patch_detectron2.py")
+        say(f"detectron2 {version} from {route}; adapted by dev/patch_detectron2.py")
         env = dict(os.environ)
         env["MAX_JOBS"] = env.get("MAX_JOBS") or str(os.cpu_count() or 1)
         cuda = version == "main" and (info.get("cuda_available") or os.environ.get("INSTFCN_D2_DETECTRON2_CUDA") == "1")

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Everything instfcn-d2 checks and measures on a GPU machine, in one run of at most 7.5 minutes.
 #
-# Run on the GPU machine from the repository root, after tools/gpu_check_prepare.sh on a machine
-# with a package index: command `bash tools/gpu_check.sh`, with the folders .whl and .gpu_images
-# carried along, and a time limit of 480 s (tools/gpu_check_prepare.sh prints the exact call).
+# Run on the GPU machine from the repository root, after dev/gpu_check_prepare.sh on a machine
+# with a package index: `bash dev/gpu_check.sh`, with the folders .whl and .gpu_images copied
+# along with the tree, under a time limit of 480 s (dev/gpu_check_prepare.sh prints the steps).
 #
 # Stages, in order of priority (each under `timeout`, none past the run's deadline,
 # GPU_CHECK_BUDGET_S = 450 s from the start; a stage that no longer fits is skipped and said so;
 # GPU_CHECK_SKIP="bench_amp bench_ifcn" skips stages by name):
 #   env          GPU, driver, Python, torch, nvcc
-#   install      the carried wheels into $GPU_CHECK_SITE (/tmp/site), put on PYTHONPATH
+#   install      the wheels of .whl into $GPU_CHECK_SITE (/tmp/site), put on PYTHONPATH
 #   build        a copy of the tree in $GPU_CHECK_WORK (/tmp/gpu_check_tree); the extension built
 #                there against this torch with its CUDA kernels (FORCE_CUDA=1,
 #                TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16, setup.py build_ext --inplace), timed
@@ -22,14 +22,14 @@
 #                GPU_CHECK_TRAIN_MINUTES (1.5; less if the deadline is near, none under 0.25);
 #                its final COCO mask AP
 #   bench_amp    the FCIS benchmark with float16 autocast around each forward
-#                (tools/gpu_check/bench_amp.py; if that fails, again with float32 post-processing)
+#                (dev/gpu_check/bench_amp.py; if that fails, again with float32 post-processing)
 #   bench_ifcn   tools/benchmark_instance_fcn.py --device cuda, shorter side 600
-# The benchmarks read the carried images (--image-dir .gpu_images).
+# The benchmarks read the images of .gpu_images (--image-dir .gpu_images).
 #
 # Output: a stage table and the key numbers on stdout (also $OUT/summary.log); the full output of
 # the stages in $OUT: build.log, tests.log, bench_layers.log, bench_fcis.log (float32 and AMP),
 # bench_ifcn.log, train.log, extras.tgz (plots, the training's config and metrics). Without $OUT
-# (not on the device machine) they go to /tmp/gpu_check_out. Exit status 1 if a stage failed.
+# set they go to /tmp/gpu_check_out. Exit status 1 if a stage failed.
 #
 # GPU_CHECK_DRY_RUN=1: the same run on a CPU machine, to prove what can be proven without a GPU.
 # No CUDA build (GPU_CHECK_DRY_RUN_CUDA_BUILD=1 compiles the CUDA kernels anyway, without running
@@ -37,7 +37,7 @@
 # for want of CUDA: proves their parsing) and then once on the CPU at a reduced size; the training
 # runs on the CPU for 0.3 minutes. Time limits are multiplied by GPU_CHECK_LIMIT_SCALE (6) and the
 # deadline is an hour. Put a Python like the GPU image's first on PATH (or set GPU_CHECK_PYTHON):
-# tools/gpu_check/mimic_env.py makes one.
+# dev/gpu_check/mimic_env.py makes one.
 #
 # Other settings: GPU_CHECK_PYTHON (python3), GPU_CHECK_WHEELS (.whl), GPU_CHECK_IMAGES
 # (.gpu_images), GPU_CHECK_SITE, GPU_CHECK_WORK, GPU_CHECK_BUDGET_S, GPU_CHECK_TRAIN_MINUTES,
@@ -179,13 +179,13 @@ copy_tree() {
     rm -rf "$WORK"
     mkdir -p "$WORK"
     if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-        # what a device call sends: tracked and untracked-not-ignored files (that still exist)
+        # the tree as git sees it: tracked and untracked-not-ignored files (that still exist)
         git -C "$ROOT" ls-files -z -co --exclude-standard | (cd "$ROOT" && "$PY" -c '
 import os, sys
 names = [n for n in sys.stdin.buffer.read().split(b"\0") if n and os.path.isfile(n)]
 sys.stdout.buffer.write(b"\0".join(names))') | tar -C "$ROOT" --null -T - -cf - | tar -C "$WORK" -xf -
     else
-        # on the device machine the tree is already only that, plus the carried folders
+        # a copy without .git (as on the GPU machine): everything but the copied folders and build outputs
         tar -C "$ROOT" --exclude=./.git --exclude=./.whl --exclude=./.gpu_images --exclude='*.so' \
             --exclude=./build --exclude=./output -cf - . | tar -C "$WORK" -xf -
     fi
@@ -298,9 +298,9 @@ else
 fi
 
 bench_amp() {  # plain autocast; if that fails, again with the post-processing in float32
-    bench amp tools/gpu_check/bench_amp.py fcis "${BF[@]:1}" --out "$PLOTS/benchmark_fcis_amp.png" && return 0
+    bench amp dev/gpu_check/bench_amp.py fcis "${BF[@]:1}" --out "$PLOTS/benchmark_fcis_amp.png" && return 0
     echo "AMP run failed; again with --fp32-postprocess"
-    bench amp tools/gpu_check/bench_amp.py fcis --fp32-postprocess "${BF[@]:1}" --out "$PLOTS/benchmark_fcis_amp.png"
+    bench amp dev/gpu_check/bench_amp.py fcis --fp32-postprocess "${BF[@]:1}" --out "$PLOTS/benchmark_fcis_amp.png"
 }
 stage bench_amp bench_fcis.log 70 35 bench_amp
 stage bench_ifcn bench_ifcn.log 60 0 bench ifcn "${BI[@]}" --out "$PLOTS/benchmark_instance_fcn.png"

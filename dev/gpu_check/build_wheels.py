@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build / download the wheels the GPU machine's image lacks, for its Python 3.12, into one folder.
 
-    python tools/gpu_check/build_wheels.py OUT_DIR     (run by tools/gpu_check_prepare.sh)
+    python dev/gpu_check/build_wheels.py OUT_DIR     (run by dev/gpu_check_prepare.sh)
 
 Run it with a Python that has torch (detectron2's setup.py imports torch even to make a wheel).
 The GPU machine reaches no package index, so everything ``import detectron2.engine,
@@ -9,7 +9,7 @@ detectron2.evaluation, instfcn_d2`` needs there besides its image (``image_packa
 as wheels:
 
 - detectron2 **v0.6**, pure Python: the package index's ``pb1-detectron2==0.6`` sdist (the name and
-  sha256 that ``tools/setup_env.py`` checks) adapted by ``tools/patch_detectron2.py``, built into a
+  sha256 that ``dev/setup_env.py`` checks) adapted by ``dev/patch_detectron2.py``, built into a
   ``py3-none-any`` wheel here. Why v0.6 and not main: the sdist has no C++ sources, so its wheel
   holds no compiled code, does not depend on the torch ABI or on this machine's compilers and
   libraries, and installs with ``--no-deps`` on any Python 3; and v0.6 + Python 3.12 + torch 2.11
@@ -20,7 +20,7 @@ as wheels:
 - wheels downloaded for CPython 3.12 manylinux x86_64: iopath, yacs, termcolor, omegaconf,
   hydra-core, pycocotools (compiled).
 
-Versions: those of ``tools/requirements-lock.txt`` (what CI tested), antlr4 4.9.3 (omegaconf 2.3's
+Versions: those of ``dev/requirements-lock.txt`` (what CI tested), antlr4 4.9.3 (omegaconf 2.3's
 pin). OUT_DIR is emptied of wheels first (pip on the GPU machine refuses two versions of one
 package). At the end every wheel's requirements are checked against the image's packages plus
 the carried ones, with the markers evaluated for CPython 3.12 on Linux x86_64.
@@ -41,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-LOCK = ROOT / "tools" / "requirements-lock.txt"
+LOCK = ROOT / "dev" / "requirements-lock.txt"
 IMAGE_PACKAGES = HERE / "image_packages.txt"
 
 SDIST_BUILT = ["fvcore", "antlr4-python3-runtime"]
@@ -100,7 +100,7 @@ def sha256(path: Path) -> str:
 
 
 def detectron2_wheel(out: Path) -> Path:
-    setup_env = runpy.run_path(str(ROOT / "tools" / "setup_env.py"))
+    setup_env = runpy.run_path(str(ROOT / "dev" / "setup_env.py"))
     spec, expected = setup_env["D2_SDIST"], setup_env["D2_SDIST_SHA256"]
     with tempfile.TemporaryDirectory(prefix="gpu_check_d2_") as tmp:
         work = Path(tmp)
@@ -112,8 +112,8 @@ def detectron2_wheel(out: Path) -> Path:
         with tarfile.open(tarball) as t:
             t.extractall(work / "src", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         (src,) = [Path(p).parent for p in glob.glob(str(work / "src" / "*" / "setup.py"))]
-        say("detectron2: adapting it with tools/patch_detectron2.py")
-        run([sys.executable, str(ROOT / "tools" / "patch_detectron2.py"), str(src)])
+        say("detectron2: adapting it with dev/patch_detectron2.py")
+        run([sys.executable, str(ROOT / "dev" / "patch_detectron2.py"), str(src)])
         say("detectron2: building a pure-Python wheel")
         env_cmd = pip() + ["wheel", "-q", "--no-deps", "--no-build-isolation", str(src), "-w", str(out)]
         run(env_cmd, cwd=str(work))

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """A model benchmark of tools/ with every timed forward under mixed precision (autocast).
 
-    python tools/gpu_check/bench_amp.py fcis         [flags of tools/benchmark_fcis.py]
-    python tools/gpu_check/bench_amp.py instance_fcn [flags of tools/benchmark_instance_fcn.py]
+    python dev/gpu_check/bench_amp.py fcis         [flags of tools/benchmark_fcis.py]
+    python dev/gpu_check/bench_amp.py instance_fcn [flags of tools/benchmark_instance_fcn.py]
 
 The tool runs unchanged, except that each ``model(inputs)`` call it times (and its warm-up) runs
 inside ``torch.autocast(device, dtype)``, entered and left around that one forward as an
@@ -19,7 +19,7 @@ resampled masks into a half-precision buffer, found by the CPU run below).
 ``--models A,B``: only the tool's models whose names start with one of these (e.g.
 ``FCIS,BiSeg``: the CPU run below skips Mask R-CNN, whose bfloat16 convolutions the CPU emulates).
 
-On the CPU (``--device cpu``, used by ``GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh`` to exercise this
+On the CPU (``--device cpu``, used by ``GPU_CHECK_DRY_RUN=1 dev/gpu_check.sh`` to exercise this
 path without a GPU) autocast runs in bfloat16, and the native assembling ops, whose CPU kernels
 are float32/float64 only, compute in float32 on the upcast inputs and return the input's dtype.
 Their argument checks stay as on CUDA (a float32 RoI tensor beside bfloat16 maps still fails), so
@@ -29,16 +29,22 @@ mean nothing.
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import os
 import sys
 
 import torch
 
-TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)  # the tools import benchmark_common by name, as when run as scripts
-
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools")
 TOOL_MODULES = {"fcis": "benchmark_fcis", "instance_fcn": "benchmark_instance_fcn"}
+
+
+def load_tool(name: str):
+    """``tools/<name>.py`` imported from its path (tools/ holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def allow_cpu_low_precision() -> None:
@@ -97,9 +103,10 @@ def main(argv=None) -> int:
         p.error("on the CPU autocast runs bfloat16 only (--amp-dtype bfloat16)")
     dtype = getattr(torch, dtype_name)
 
-    import benchmark_common
+    with contextlib.redirect_stdout(sys.stderr):  # what importing the package prints
+        from instfcn_d2 import benchmark as benchmark_common
 
-    tool = importlib.import_module(TOOL_MODULES[args.tool])
+        tool = load_tool(TOOL_MODULES[args.tool])
     if args.models:
         prefixes = tuple(m.strip() for m in args.models.split(",") if m.strip())
         all_specs = tool.model_specs
@@ -116,8 +123,6 @@ def main(argv=None) -> int:
 
     benchmark_common._timed_forward = forward_under_autocast
     if device_type == "cpu":
-        with contextlib.redirect_stdout(sys.stderr):
-            import instfcn_d2  # noqa: F401
         allow_cpu_low_precision()
     if args.fp32_postprocess:
         fp32_postprocess(device_type)

@@ -1,18 +1,18 @@
-"""tools/patch_detectron2.py: whole-line edits per detectron2 version, all checked before any write."""
+"""dev/patch_detectron2.py: whole-line edits per detectron2 version, all checked before any write."""
 import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, load_tool
+from conftest import REPO_ROOT, load_dev
 
 pytestmark = pytest.mark.smoke
 
 
 @pytest.fixture(scope="module")
 def patcher():
-    return load_tool("patch_detectron2")
+    return load_dev("patch_detectron2")
 
 
 def _tree(root: Path, version: str) -> Path:
@@ -84,7 +84,7 @@ def test_unknown_trees_are_named(patcher, tmp_path):
 
 def _vendored_main_archive():
     vendor = os.environ.get("INSTFCN_VENDOR_DIR") or str(REPO_ROOT.parent / "shared" / "vendor")
-    setup_env = load_tool("setup_env")
+    setup_env = load_dev("setup_env")
     path = Path(vendor) / setup_env.D2_ARCHIVE_NAME
     return path if path.is_file() else None
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Make a CPU stand-in for the GPU machine's Python: a venv that sees only the image's packages.
 
-    python3 tools/gpu_check/mimic_env.py BASE_VENV DEST [--packages FILE]
+    python3 dev/gpu_check/mimic_env.py BASE_VENV DEST [--packages FILE]
 
 ``BASE_VENV`` is a Python 3.12 venv holding torch 2.11 + torchvision 0.26 (and possibly more:
 detectron2, fvcore, ...). ``DEST`` becomes a venv of the same interpreter whose site-packages
 links (symlinks) the files of every distribution of ``BASE_VENV`` that the GPU image also holds
 (``image_packages.txt`` beside this file) and nothing else. A module that the carried wheels
-(``tools/gpu_check_prepare.sh``) forget is then missing in ``DEST`` as it is on the GPU machine,
-and ``GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh`` run with ``DEST/bin`` first on ``PATH`` fails
+(``dev/gpu_check_prepare.sh``) forget is then missing in ``DEST`` as it is on the GPU machine,
+and ``GPU_CHECK_DRY_RUN=1 dev/gpu_check.sh`` run with ``DEST/bin`` first on ``PATH`` fails
 here on it. Nothing in ``BASE_VENV`` is changed; ``DEST`` is replaced if it exists.
 
 Standard library only. Prints what it linked and what it left out.

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Prepare the one device call of tools/gpu_check.sh: run HERE (a machine with a package index),
-# from anywhere, before asking for the GPU machine.
+# Prepare the run of dev/gpu_check.sh on a GPU machine: run this first on a machine with a package
+# index (the GPU machine has none), from anywhere.
 #
-#   tools/gpu_check_prepare.sh
+#   dev/gpu_check_prepare.sh
 #
 # 1. .whl/: the wheels for the GPU machine's Python 3.12 that its image lacks (detectron2 v0.6
-#    pure Python, built from the package index's sdist as tools/setup_env.py's v0.6 route gets
-#    it and adapted by tools/patch_detectron2.py; fvcore, iopath, pycocotools, yacs, termcolor,
-#    omegaconf, hydra-core, antlr4-python3-runtime). tools/gpu_check/build_wheels.py says which
-#    and why, and checks that every requirement is on the image or carried.
+#    pure Python, built from the package index's sdist as dev/setup_env.py's v0.6 route gets
+#    it and adapted by dev/patch_detectron2.py; fvcore, iopath, pycocotools, yacs, termcolor,
+#    omegaconf, hydra-core, antlr4-python3-runtime). dev/gpu_check/build_wheels.py says which
+#    and why, and checks that every requirement is on the GPU image or among the wheels.
 # 2. .gpu_images/: the first GPU_CHECK_NUM_IMAGES (4) images of coco128's val2017, the ones the
 #    CPU benchmarks of docs/benchmarks.md use first (1 warm-up + 3 timed).
-# 3. Both folders are listed in .git/info/exclude (they travel as `carry`, not as the tree).
-# 4. Prints the sizes (the tree plus both folders must stay well under the 64 MiB a call may
-#    send) and the device call to make.
+# 3. Both folders are listed in .git/info/exclude (they are copied to the GPU machine beside the
+#    tree, not committed).
+# 4. Prints the sizes (the tree plus both folders must stay under 48 MiB, to keep the copy to
+#    the GPU machine small) and the command to run there.
 #
 # Environment:
 #   PYTHON                 a Python with torch (detectron2's setup.py imports it); default:
@@ -46,7 +47,7 @@ done
 
 t0=$SECONDS
 say "wheels for Python 3.12 into .whl/ (with $PY)"
-"$PY" tools/gpu_check/build_wheels.py .whl
+"$PY" dev/gpu_check/build_wheels.py .whl
 say "wheels ready in $((SECONDS - t0)) s"
 
 src=${GPU_CHECK_IMAGE_SRC:-${DETECTRON2_DATASETS:-$ROOT/datasets}/coco128/val2017}
@@ -65,7 +66,7 @@ fi
 for f in "${images[@]}"; do cp "$src/$f" .gpu_images/; done
 say "${#images[@]} images of $src copied into .gpu_images/: ${images[*]}"
 
-# What a device call sends: the tracked and untracked-not-ignored files, plus the carried folders.
+# What goes to the GPU machine: the tracked and untracked-not-ignored files, plus both folders.
 tree_bytes=$(git ls-files -z -co --exclude-standard | "$PY" -c '
 import os, sys
 names = [n for n in sys.stdin.buffer.read().split(b"\0") if n]
@@ -74,22 +75,19 @@ whl_bytes=$(du -sb .whl | cut -f1)
 img_bytes=$(du -sb .gpu_images | cut -f1)
 total=$((tree_bytes + whl_bytes + img_bytes))
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
-say "sizes: working tree $(mib "$tree_bytes"), .whl $(mib "$whl_bytes"), .gpu_images $(mib "$img_bytes"); total $(mib "$total") of the 64 MiB a call may send"
+say "sizes: working tree $(mib "$tree_bytes"), .whl $(mib "$whl_bytes"), .gpu_images $(mib "$img_bytes"); total $(mib "$total") (at most 48 MiB)"
 if (( total > 48 * 1048576 )); then
-    say "error: over 48 MiB: too close to the limit"
+    say "error: over 48 MiB: leave out what need not go to the GPU machine"
     exit 1
 fi
 
 cat <<'EOF'
 
-The device call (one call, about 8 minutes of device time; the script stops its own stages at
-7.5 minutes and prints a summary; logs come back as $OUT/*.log):
+Next, on the GPU machine, from the repository root of a copy of this tree with .whl/ and
+.gpu_images/ beside it (about 8 minutes; the script stops its own stages at 7.5 minutes):
 
-  device.run(
-    command   = "bash tools/gpu_check.sh",
-    carry     = [".whl", ".gpu_images"],
-    timeout_s = 480,
-  )
+  timeout 480 bash dev/gpu_check.sh
 
-Then read its summary (the end of output_tail) and the logs under files_at.
+Its summary ends its output (also $OUT/summary.log); the logs are in $OUT (default
+/tmp/gpu_check_out).
 EOF

@@ -1,4 +1,4 @@
-"""tools/setup_env.py: choices it makes and the guarantees of its re-runs (no build happens here,
+"""dev/setup_env.py: choices it makes and the guarantees of its re-runs (no build happens here,
 except a deliberately failing one)."""
 import json
 import os
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_tool
+from conftest import REPO_ROOT, load_dev
 
 pytestmark = pytest.mark.smoke
 
 
 @pytest.fixture(scope="module")
 def setup_env():
-    return load_tool("setup_env")
+    return load_dev("setup_env")
 
 
 def test_cpu_torch_beside_cuda_torchvision_is_reported_before_any_build(setup_env, monkeypatch):
@@ -100,7 +100,7 @@ def test_a_failed_rebuild_keeps_the_working_extension(setup_env, tmp_path, monke
 def test_a_second_run_only_checks(tmp_path):
     """The environment these tests run in is complete: setup_env.sh installs and builds nothing."""
     env = dict(os.environ, INSTFCN_VENV=sys.prefix)
-    proc = subprocess.run([str(REPO_ROOT / "tools" / "setup_env.sh")], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(REPO_ROOT / "dev" / "setup_env.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "up to date" in out and "present" in out and "ready in" in out

@@ -23,7 +23,7 @@ Behaviour that can be fixed from the project's side (DDP of a CPU model, resumin
 written by another detectron2, Cityscapes imports) is fixed in ``instfcn_d2`` instead of here.
 Running the tool twice is a no-op: the tree is stamped.
 
-Usage: python tools/patch_detectron2.py SRC_DIR   (SRC_DIR holds setup.py and detectron2/)
+Usage: python dev/patch_detectron2.py SRC_DIR   (SRC_DIR holds setup.py and detectron2/)
 """
 import argparse
 import hashlib
