@@ -13,11 +13,20 @@ to evaluate with.
   empty or dangling ``last_checkpoint``, falls back to the newest loadable ``model_*.pth`` of the
   folder, with a warning naming what was skipped.
 
-:class:`StrictDetectionCheckpointer` (``tools/train_net.py --eval-only``) adds strict loading:
-detectron2 only logs a warning and skips a parameter whose shape differs (right for fine-tuning
-from ImageNet weights, wrong for evaluating a trained model: the evaluation would silently run
-with random weights). ``strict=True`` turns shape mismatches and missing model parameters into an
-error naming the file and the parameters.
+:class:`StrictDetectionCheckpointer` adds strict loading: detectron2 only logs a warning and skips
+a parameter whose shape differs (right for fine-tuning from ImageNet weights, wrong for using a
+trained model: it would silently run with random weights). ``strict=True`` turns shape
+mismatches, model parameters missing from the checkpoint and checkpoint parameters the model
+lacks into an error naming the file and the parameters.
+
+The weights check that every tool using a trained model makes (``tools/demo.py``,
+``tools/visualize_predictions.py``, ``tools/visualize_score_maps.py``, ``tools/export_model.py``,
+``tools/train_net.py --eval-only``), in two steps:
+
+* :func:`require_trained_weights`, before anything is built: an empty ``MODEL.WEIGHTS`` (a
+  randomly initialised model, whose output means nothing) is refused unless the user asked for
+  it (``--allow-random-weights``), and a local file that does not exist is named;
+* :func:`load_trained_weights`: the strict load above.
 """
 import logging
 import os
@@ -31,7 +40,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .data.files import atomic_write
 
-__all__ = ["CheckpointMismatchError", "InstFCNCheckpointer", "NotACheckpointError", "StrictDetectionCheckpointer"]
+__all__ = [
+    "CheckpointMismatchError",
+    "InstFCNCheckpointer",
+    "MissingWeightsError",
+    "NotACheckpointError",
+    "StrictDetectionCheckpointer",
+    "load_trained_weights",
+    "require_trained_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +58,12 @@ _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class CheckpointMismatchError(ValueError):
-    pass
+    """The checkpoint does not fit the model (missing or unexpected parameters, other shapes); the
+    message names the file and the parameters."""
+
+
+class MissingWeightsError(ValueError):
+    """``MODEL.WEIGHTS`` is empty (a randomly initialised model) or names a file that does not exist."""
 
 
 class NotACheckpointError(ValueError):
@@ -219,9 +241,63 @@ class StrictDetectionCheckpointer(InstFCNCheckpointer):
                 for name, shape_ckpt, shape_model in incompatible.incorrect_shapes
             ]
             problems += [f"  {name}: missing from the checkpoint" for name in incompatible.missing_keys]
+            problems += [f"  {name}: in the checkpoint, not in the model" for name in incompatible.unexpected_keys]
             if problems:
                 raise CheckpointMismatchError(
                     f"checkpoint {self._loading} does not fit the model built from this config "
                     f"({len(problems)} parameter(s)):\n" + "\n".join(problems[:20])
                 )
         return incompatible
+
+
+# ---- the tools' weights check -------------------------------------------------------------------
+ALLOW_RANDOM_WEIGHTS_FLAG = "--allow-random-weights"
+
+
+def require_trained_weights(
+    cfg,
+    allow_random_weights: bool = False,
+    *,
+    tool: str = "",
+    example: str = "MODEL.WEIGHTS path/to/model_final.pth",
+    alternative: str = "",
+) -> bool:
+    """Check, before anything is built, that ``cfg.MODEL.WEIGHTS`` names trained weights.
+
+    * empty: a randomly initialised model, whose output means nothing. Raises
+      :class:`MissingWeightsError` (naming ``--allow-random-weights``) unless
+      ``allow_random_weights``; then logs a warning and returns ``False``;
+    * a local path that is not a file: raises :class:`MissingWeightsError` naming it (URLs and
+      ``detectron2://`` paths are checked when loaded);
+    * otherwise returns ``True``: load them with :func:`load_trained_weights`.
+
+    ``tool`` starts the messages (e.g. ``"demo.py"``); ``example`` shows how the tool takes the
+    weights (e.g. ``"--opts MODEL.WEIGHTS path/to/model_final.pth"``); ``alternative`` is another
+    way the tool has to get weights, added to the message (``train_net.py``'s ``--resume``).
+    """
+    prefix = f"{tool}: " if tool else ""
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        if allow_random_weights:
+            logger.warning(
+                f"{prefix}MODEL.WEIGHTS is empty ({ALLOW_RANDOM_WEIGHTS_FLAG}): the model is randomly "
+                "initialised, its output is meaningless"
+            )
+            return False
+        raise MissingWeightsError(
+            f"{prefix}MODEL.WEIGHTS is empty: the model would be randomly initialised and its output meaningless. "
+            f"Give the trained weights, e.g. `{example}`{alternative}; "
+            f"{ALLOW_RANDOM_WEIGHTS_FLAG} runs a random model on purpose"
+        )
+    if "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
+        raise MissingWeightsError(f"{prefix}MODEL.WEIGHTS: checkpoint not found: {weights}")
+    return True
+
+
+def load_trained_weights(model, weights: str) -> dict:
+    """Load the checkpoint ``weights`` into ``model`` strictly (:class:`StrictDetectionCheckpointer`):
+    one that does not fit the model (parameters missing from it, parameters the model lacks, other
+    shapes) raises :class:`CheckpointMismatchError`, and a file that is not a checkpoint
+    :class:`NotACheckpointError`, both naming the file. Returns what else the checkpoint holds
+    (as detectron2's ``Checkpointer.load``)."""
+    return StrictDetectionCheckpointer(model).load(os.path.expanduser(weights) if "://" not in weights else weights)

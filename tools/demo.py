@@ -152,41 +152,28 @@ def setup_cfg(args):
 
 
 def check_weights(cfg, allow_random_weights):
-    weights = cfg.MODEL.WEIGHTS
-    if not weights:
-        if allow_random_weights:
-            print("[demo] warning: no MODEL.WEIGHTS: the model is randomly initialised, its output is meaningless",
-                  flush=True)
-            return
-        raise DemoError(
-            "no MODEL.WEIGHTS given: a randomly initialised model draws meaningless masks. Give a trained "
-            "checkpoint with --opts MODEL.WEIGHTS path/to/model_final.pth (or --allow-random-weights to run anyway)"
-        )
-    if "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
-        raise DemoError(f"MODEL.WEIGHTS: checkpoint not found: {weights}")
+    """The project's weights check (``instfcn_d2.checkpoint.require_trained_weights``), as a
+    :class:`DemoError`."""
+    from instfcn_d2.checkpoint import MissingWeightsError, require_trained_weights
+
+    try:
+        require_trained_weights(cfg, allow_random_weights, example="--opts MODEL.WEIGHTS path/to/model_final.pth")
+    except MissingWeightsError as e:
+        raise DemoError(str(e)) from None
 
 
 def build_predictor(cfg):
-    """detectron2's ``DefaultPredictor`` with the checkpoint loaded strictly (detectron2's own
-    loader only warns about parameters that do not fit, leaving them random)."""
-    from detectron2.engine import DefaultPredictor
+    """detectron2's ``DefaultPredictor`` with the checkpoint loaded strictly
+    (``instfcn_d2.engine.build_predictor``; detectron2's own loader only warns about parameters
+    that do not fit, leaving them random)."""
+    from instfcn_d2.checkpoint import CheckpointMismatchError
+    from instfcn_d2.engine import build_predictor as build
 
-    from instfcn_d2.checkpoint import CheckpointMismatchError, StrictDetectionCheckpointer
-
-    weights = cfg.MODEL.WEIGHTS
-    no_weights = cfg.clone()
-    no_weights.defrost()
-    no_weights.MODEL.WEIGHTS = ""
-    no_weights.freeze()
-    predictor = DefaultPredictor(no_weights)
-    if weights:
-        try:
-            StrictDetectionCheckpointer(predictor.model).load(weights)
-        except CheckpointMismatchError as e:
-            raise DemoError(f"{e}\nMODEL.WEIGHTS must be a checkpoint of the model that --config-file and --opts "
-                            "build (the same MODEL.* settings as in training)") from None
-        predictor.cfg = cfg.clone()
-    return predictor
+    try:
+        return build(cfg)
+    except CheckpointMismatchError as e:
+        raise DemoError(f"{e}\nMODEL.WEIGHTS must be a checkpoint of the model that --config-file and --opts "
+                        "build (the same MODEL.* settings as in training)") from None
 
 
 def _num_classes(cfg):

@@ -24,6 +24,10 @@ Examples (PY=.venv/bin/python)::
       --format exported_program --output output/export/biseg_ep --run-eval \\
       --opts MODEL.WEIGHTS output/main_job/model_final.pth
 
+``MODEL.WEIGHTS`` is required
+(``--allow-random-weights`` exports a random model on purpose) and loaded strictly: a checkpoint
+that does not fit the model built from the config is an error naming the file and the parameters.
+
 ``--sample-image`` (default: the first image of the first ``DATASETS.TEST``) is read and resized
 as ``DefaultPredictor`` does (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and used to trace or
 export; a second image of another size is then run through the exported model and compared with
@@ -45,7 +49,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from instfcn_d2.checkpoint import StrictDetectionCheckpointer
+from instfcn_d2.checkpoint import MissingWeightsError, load_trained_weights, require_trained_weights
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.deploy import FORMATS, load
@@ -75,11 +79,11 @@ def setup_cfg(args):
     cfg = get_instfcn_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
     apply_coco_json_config(cfg)
     cfg.freeze()
-    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
-        raise SystemExit(
-            "export_model.py: MODEL.WEIGHTS is empty: the export would carry a randomly initialised model. "
-            "Give the trained weights (--opts MODEL.WEIGHTS path/model_final.pth), or --allow-random-weights."
-        )
+    try:
+        require_trained_weights(cfg, args.allow_random_weights, tool="export_model.py",
+                                example="--opts MODEL.WEIGHTS path/to/model_final.pth")
+    except MissingWeightsError as e:
+        raise SystemExit(str(e)) from None
     return cfg
 
 
@@ -119,7 +123,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"export_model.py: --sample-image {args.sample_image} not found")
     cfg = setup_cfg(args)
     model = build_model(cfg)
-    StrictDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:
+        load_trained_weights(model, cfg.MODEL.WEIGHTS)
     model.eval()
     images = test_images(cfg, args.sample_image)
     names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None) if cfg.DATASETS.TEST else None

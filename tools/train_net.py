@@ -23,7 +23,9 @@ in OUTPUT_DIR/config.yaml. During training a hook shortens the schedule (and log
 machine turns out slower than measured, so the training never runs past the budget.
 
 ``--eval-only`` refuses to evaluate without weights (an empty MODEL.WEIGHTS and no checkpoint to
-resume), which would report the metrics of a random model; ``--allow-random-weights`` allows it.
+resume), which would report the metrics of a random model (``--allow-random-weights`` allows it),
+and loads the weights strictly: a checkpoint that does not fit the model is an error naming the
+file and the parameters (instfcn_d2/checkpoint.py, the check every tool makes).
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
@@ -35,7 +37,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import instfcn_d2  # noqa: F401  (registers datasets and models)
-from instfcn_d2.checkpoint import StrictDetectionCheckpointer
+from instfcn_d2.checkpoint import MissingWeightsError, StrictDetectionCheckpointer, require_trained_weights
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.engine import BudgetTrainer, Trainer, fit_schedule_to_budget, measure_seconds_per_iteration
@@ -62,22 +64,22 @@ def argument_parser():
 
 def check_eval_weights(cfg, args, checkpointer) -> None:
     """``--eval-only`` needs weights: ``MODEL.WEIGHTS``, or ``--resume`` with a checkpoint in
-    OUTPUT_DIR. Without them it would evaluate a randomly initialised model and report its
-    (meaningless) metrics: exit with a message instead, unless ``--allow-random-weights``."""
-    if cfg.MODEL.WEIGHTS or (args.resume and checkpointer.has_checkpoint()):
+    OUTPUT_DIR. Otherwise the project's weights check (``require_trained_weights``): an empty
+    MODEL.WEIGHTS would evaluate a randomly initialised model and report its (meaningless) metrics,
+    so exit with a message instead, unless ``--allow-random-weights``."""
+    if args.resume and checkpointer.has_checkpoint():
         return
-    log = logging.getLogger("detectron2.train_net")
-    if getattr(args, "allow_random_weights", False):
-        log.warning("--eval-only --allow-random-weights: MODEL.WEIGHTS is empty, evaluating a randomly initialised model")
-        return
-    message = (
-        "train_net.py: --eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model. "
-        "Give the trained weights, e.g. `--eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth`, or `--resume` "
-        f"to evaluate the last checkpoint of OUTPUT_DIR ({cfg.OUTPUT_DIR}, which has none); "
-        "--allow-random-weights evaluates random weights on purpose."
-    )
-    log.error(message)
-    raise SystemExit(message)
+    try:
+        require_trained_weights(
+            cfg,
+            getattr(args, "allow_random_weights", False),
+            tool="train_net.py --eval-only",
+            example="--eval-only MODEL.WEIGHTS OUTPUT_DIR/model_final.pth",
+            alternative=f", or `--resume` to evaluate the last checkpoint of OUTPUT_DIR ({cfg.OUTPUT_DIR}, which has none)",
+        )
+    except MissingWeightsError as e:
+        logging.getLogger("detectron2.train_net").error(str(e))
+        raise SystemExit(str(e)) from None
 
 
 def setup(args):

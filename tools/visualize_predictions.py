@@ -4,7 +4,11 @@
   python tools/visualize_predictions.py --config-file CFG --output OUT/vis \
       MODEL.WEIGHTS OUT/model_final.pth
 
-Uses detectron2's ``DefaultPredictor`` and ``Visualizer`` unchanged. Writes one
+``MODEL.WEIGHTS`` is required (a random model's masks mislead; ``--allow-random-weights`` draws
+them anyway) and loaded strictly: a checkpoint that does not fit the model built from the config
+is an error naming the file and the parameters, not a warning.
+
+Uses detectron2's ``DefaultPredictor`` (with that strict load) and ``Visualizer``. Writes one
 ``<image>_pred_vs_gt.png`` per image (left: prediction, right: ground truth) and, for models that
 also predict semantic segmentation (BiSeg), ``<image>_sem_seg.png`` (left: the predicted label map,
 right: the record's label file when it has one).
@@ -16,14 +20,15 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 import instfcn_d2  # noqa: F401  (registers datasets and models)
+from instfcn_d2.checkpoint import MissingWeightsError, require_trained_weights
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.data.semantic_from_instances import semantic_from_annotations
+from instfcn_d2.engine import build_predictor
 
 
 def parse_args(argv=None):
@@ -33,14 +38,16 @@ def parse_args(argv=None):
     parser.add_argument("--num-images", type=int, default=4, help="images drawn (default: 4)")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="score of the predictions drawn (default: 0.5)")
     parser.add_argument("--output", required=True, help="folder for the PNGs")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="draw even when MODEL.WEIGHTS is empty (a randomly initialised model: meaningless masks)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs (MODEL.WEIGHTS ...)")
     return parser.parse_args(argv)
 
 
 def visualize(cfg, dataset_name, num_images, score_thresh, output_dir):
     """Returns the list of PNG paths written."""
+    predictor = build_predictor(cfg)  # before any file is written: a checkpoint that does not fit stops here
     os.makedirs(output_dir, exist_ok=True)
-    predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     records = DatasetCatalog.get(dataset_name)[:num_images]
     written = []
@@ -96,6 +103,10 @@ def main(argv=None):
     for line in apply_coco_json_config(cfg):  # DATASETS.COCO_JSON_* (e.g. in OUTPUT_DIR/config.yaml)
         print(f"[visualize] {line}", flush=True)
     cfg.freeze()
+    try:
+        require_trained_weights(cfg, args.allow_random_weights, tool="visualize_predictions.py")
+    except MissingWeightsError as e:
+        raise SystemExit(str(e)) from None
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     return visualize(cfg, dataset, args.num_images, args.score_thresh, args.output)
 

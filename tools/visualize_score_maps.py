@@ -16,6 +16,10 @@ the assembled panels equal the ops' outputs).
 
   python tools/visualize_score_maps.py --config-file configs/shapes/biseg_fused_7_9_R18_cpu.yaml \\
       --input image.png --output vis/ MODEL.WEIGHTS output/model_final.pth
+
+``MODEL.WEIGHTS`` is required (the score maps of a random model show nothing;
+``--allow-random-weights`` draws them anyway) and loaded strictly: a checkpoint that does not fit
+the model built from the config is an error naming the file and the parameters.
 """
 import argparse
 import os
@@ -28,7 +32,7 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from instfcn_d2.checkpoint import StrictDetectionCheckpointer
+from instfcn_d2.checkpoint import MissingWeightsError, load_trained_weights, require_trained_weights
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
 from instfcn_d2.modeling.biseg.semantic_prior import combine_prior
@@ -203,7 +207,8 @@ def visualize(cfg, image_paths: List[str], output_dir: str, detection: int = 0, 
     from detectron2.data import MetadataCatalog
 
     model = build_model(cfg)
-    StrictDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    if cfg.MODEL.WEIGHTS:
+        load_trained_weights(model, cfg.MODEL.WEIGHTS)
     model.eval()
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in ("InstanceFCN", "FCIS", "BiSeg"):
@@ -238,13 +243,17 @@ def main(argv=None) -> List[str]:
     parser.add_argument("--output", required=True, help="folder for the PNGs")
     parser.add_argument("--detection", type=int, default=0, help="FCIS / BiSeg: which detection (by score, default 0)")
     parser.add_argument("--windows", type=int, default=6, help="InstanceFCN: top windows drawn (default 6)")
+    parser.add_argument("--allow-random-weights", action="store_true",
+                        help="draw even when MODEL.WEIGHTS is empty (a randomly initialised model: meaningless maps)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs (MODEL.WEIGHTS ...)")
     args = parser.parse_args(argv)
     import instfcn_d2  # noqa: F401  (registers datasets and models)
 
     cfg = get_instfcn_cfg(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        parser.error("MODEL.WEIGHTS is empty: the score maps of a random model show nothing; pass MODEL.WEIGHTS path")
+    try:
+        require_trained_weights(cfg, args.allow_random_weights, tool="visualize_score_maps.py")
+    except MissingWeightsError as e:
+        parser.error(str(e))
     for path in args.input:
         if not os.path.isfile(path):
             parser.error(f"--input {path}: no such file")

@@ -5,6 +5,7 @@ from .time_budget import (
     fit_schedule_to_budget,
     measure_seconds_per_iteration,
 )
+from .predictor import build_predictor
 from .trainer import Trainer, build_evaluators
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "TimeBudgetHook",
     "Trainer",
     "build_evaluators",
+    "build_predictor",
     "fit_schedule_to_budget",
     "measure_seconds_per_iteration",
 ]

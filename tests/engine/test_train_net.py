@@ -177,7 +177,7 @@ def test_eval_only_without_weights_exits_with_a_message_unless_allowed(train_net
         train_net.main(_tool_args(train_net, "--eval-only", "MODEL.WEIGHTS", "", output_dir=tmp_path / "refused"))
     message = info.value.code
     assert isinstance(message, str)  # sys.exit(str): printed, exit status 1
-    assert "--eval-only with an empty MODEL.WEIGHTS" in message and "--allow-random-weights" in message
+    assert "--eval-only: MODEL.WEIGHTS is empty" in message and "--allow-random-weights" in message
     assert "MODEL.WEIGHTS OUTPUT_DIR/model_final.pth" in message
     assert not (tmp_path / "refused" / "inference").exists()
 

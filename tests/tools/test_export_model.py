@@ -38,3 +38,10 @@ def test_empty_weights_are_refused_before_anything_is_written(tool, tmp_path):
 def test_a_missing_sample_image_is_named(tool, tmp_path):
     with pytest.raises(SystemExit, match="--sample-image .*nowhere.png not found"):
         tool.main(["--config-file", CONFIG, "--output", str(tmp_path), "--sample-image", str(tmp_path / "nowhere.png")])
+
+
+def test_a_missing_checkpoint_is_named(tool, tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit, match=r"export_model.py: MODEL.WEIGHTS: checkpoint not found: .*nowhere\.pth"):
+        tool.main(["--config-file", CONFIG, "--output", str(out), "--opts", "MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])
+    assert not out.exists()
