@@ -18,13 +18,14 @@ Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features 
 Examples (PY=.venv/bin/python)::
 
   $PY tools/export_model.py --config-file configs/shapes/fcis_R18_cpu.yaml --format aoti \\
-      --output output/export/fcis_aoti --opts MODEL.WEIGHTS output/shapes/fcis_R18_cpu/model_final.pth
+      --output output/export/fcis_aoti MODEL.WEIGHTS output/shapes/fcis_R18_cpu/model_final.pth
   # the same, then the exported model evaluated on DATASETS.TEST (COCO AP, as --eval-only)
   $PY tools/export_model.py --config-file configs/shapes/biseg_fused_7_9_R18_cpu.yaml \\
       --format exported_program --output output/export/biseg_ep --run-eval \\
-      --opts MODEL.WEIGHTS output/main_job/model_final.pth
+      MODEL.WEIGHTS output/main_job/model_final.pth
 
-``MODEL.WEIGHTS`` is required
+Config overrides (``KEY VALUE ...``, ``MODEL.WEIGHTS`` among them) come last, after the flags, as
+in detectron2's ``export_model.py`` and ``train_net.py``. ``MODEL.WEIGHTS`` is required
 (``--allow-random-weights`` exports a random model on purpose) and loaded strictly: a checkpoint
 that does not fit the model built from the config is an error naming the file and the parameters.
 
@@ -71,17 +72,21 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-image", metavar="FILE", help="image to trace / export with (default: the first test image)")
     p.add_argument("--run-eval", action="store_true", help="evaluate the exported model on the config's DATASETS.TEST")
     p.add_argument("--allow-random-weights", action="store_true", help="export even when MODEL.WEIGHTS is empty")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    # Earlier releases took the overrides after --opts (as demo.py does): still accepted, not shown.
+    p.add_argument("--opts", dest="legacy_opts", nargs=argparse.REMAINDER, default=[], help=argparse.SUPPRESS)
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="config overrides as KEY VALUE pairs, after the flags (e.g. MODEL.WEIGHTS model_final.pth)")
     return p
 
 
 def setup_cfg(args):
-    cfg = get_instfcn_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    opts = list(args.opts) + list(getattr(args, "legacy_opts", None) or [])
+    cfg = get_instfcn_cfg(args.config_file, opts + ["MODEL.DEVICE", "cpu"])
     apply_coco_json_config(cfg)
     cfg.freeze()
     try:
         require_trained_weights(cfg, args.allow_random_weights, tool="export_model.py",
-                                example="--opts MODEL.WEIGHTS path/to/model_final.pth")
+                                example="MODEL.WEIGHTS path/to/model_final.pth")
     except MissingWeightsError as e:
         raise SystemExit(str(e)) from None
     return cfg
