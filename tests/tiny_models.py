@@ -9,7 +9,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 from conftest import REPO_ROOT
 
-from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.core.boxes import mask_tight_boxes
 
 # R18 with GroupNorm trained from scratch (no ImageNet weights in the tests):
 # every stage trainable, 64-wide res2, stride in the 3x3 conv, real pixel std.

@@ -8,32 +8,26 @@ Needs torch, torchvision (its NMS) and this package's compiled ops, not detectro
     det = model(image, output_size=(height, width))    # image: (3, h, w) in INPUT.FORMAT, resized as
     det.boxes, det.scores, det.classes, det.masks      # the model's test input (ResizeShortestEdge)
 
-An artefact is a graph (image -> dense maps, :mod:`instfcn_d2.export.graphs`) plus the model's own
-post-processing, which runs here in Python (:mod:`.fcis`, :mod:`.instance_fcn`); Mask R-CNN adds
-two per-RoI graphs, its box and mask heads, called from that post-processing (:mod:`.mask_rcnn`).
+An artefact is a graph (image -> dense maps, made by ``instfcn_d2.export``) plus the model's own
+post-processing, the same code the eager models run (:mod:`instfcn_d2.core`), here after the graph
+(:mod:`.fcis`, :mod:`.instance_fcn`); Mask R-CNN adds two per-RoI graphs, its box and mask heads,
+called from its post-processing (:mod:`.mask_rcnn`). Each pipeline receives the graphs as plain
+callables; nothing here calls back into the loaded model.
 """
-from typing import Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ..core.detections import Detections
+from ..core.postprocess import pad_to_divisibility
 from .artefact import FORMATS, graph_files, load_graph, read_metadata
-from .detections import Detections
 
-__all__ = ["load", "DeployedModel", "Detections", "FORMATS", "pad_to_divisibility"]
+__all__ = ["load", "DeployedModel", "Detections", "FORMATS", "DenseGraph", "pad_to_divisibility"]
 
-
-def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
-    """``(3, h, w)`` padded at the bottom / right to multiples of ``divisibility`` with
-    ``pixel_mean`` ``(3, 1, 1)``: 0 once normalised, as detectron2's ``ImageList`` pads the
-    normalised batch (the graphs normalise inside)."""
-    h, w = image.shape[-2:]
-    if divisibility <= 1 or (h % divisibility == 0 and w % divisibility == 0):
-        return image
-    H, W = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
-    out = pixel_mean.to(image).expand(image.shape[0], H, W).clone()
-    out[:, :h, :w] = image
-    return out
+#: ``dense(image) -> (outputs, padded_size)``: the dense graph on a ``(3, h, w)`` float32 image,
+#: padded as the model pads it: its outputs by name and the ``(H, W)`` it ran at.
+DenseGraph = Callable[[Tensor], Tuple[Dict[str, Tensor], Tuple[int, int]]]
 
 
 class DeployedModel:
@@ -52,18 +46,25 @@ class DeployedModel:
         # name -> graph; "dense" takes the image, Mask R-CNN's "box_head" / "mask_head" pooled features
         self.graphs = {name: load_graph(directory, self.metadata, name) for name in graph_files(self.metadata)}
         self.graph = self.graphs["dense"]
-        self.pipeline = _pipeline(self.kind, self.metadata["pipeline"])
+        self.pipeline = _pipeline(self.kind, self.metadata["pipeline"], self.graphs)
 
     def pad(self, image: Tensor) -> Tensor:
         """``(3, h, w)`` -> ``(3, H, W)`` padded to the size divisibility (:func:`pad_to_divisibility`)."""
         return pad_to_divisibility(image, self.size_divisibility, self.pixel_mean)
 
-    def run_graph(self, image: Tensor) -> Tuple[list, Tuple[int, int]]:
-        """The graph's outputs on ``image`` (``(3, h, w)``), and the padded size it ran at."""
+    def run_graph(self, image: Tensor) -> Tuple[Dict[str, Tensor], Tuple[int, int]]:
+        """:data:`DenseGraph` of this model: the graph's outputs on ``image`` (``(3, h, w)``) by name,
+        and the padded size it ran at."""
         # contiguous: the exported graphs were made with a contiguous image, and an AOTInductor
         # graph reads its input with those strides (a transposed HWC image would be misread)
         padded = self.pad(image).contiguous()
-        return self.graph(padded), (int(padded.shape[-2]), int(padded.shape[-1]))
+        outputs = self.graph(padded)
+        if len(outputs) != len(self.output_names):
+            raise ValueError(
+                f"{self.directory}: the graph returned {len(outputs)} tensors, its deploy.json names "
+                f"{len(self.output_names)}: {self.output_names}"
+            )
+        return dict(zip(self.output_names, outputs)), (int(padded.shape[-2]), int(padded.shape[-1]))
 
     @torch.no_grad()
     def __call__(self, image: Tensor, output_size: Optional[Tuple[int, int]] = None) -> Detections:
@@ -81,10 +82,10 @@ class DeployedModel:
         image = image.to(torch.float32)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         output_size = size if output_size is None else (int(output_size[0]), int(output_size[1]))
-        return self.pipeline.run(self, image, size, output_size)
+        return self.pipeline.run(self.run_graph, image, size, output_size)
 
 
-def _pipeline(kind: str, settings: dict):
+def _pipeline(kind: str, settings: dict, graphs: Dict[str, Callable[[Tensor], List[Tensor]]]):
     if kind in ("FCIS", "BiSeg"):
         from .fcis import FCISRun
 
@@ -96,7 +97,7 @@ def _pipeline(kind: str, settings: dict):
     if kind == "MaskRCNN":
         from .mask_rcnn import MaskRCNNRun
 
-        return MaskRCNNRun(settings)
+        return MaskRCNNRun(settings, box_head=graphs["box_head"], mask_head=graphs["mask_head"])
     raise ValueError(
         f"unknown exported model kind {kind!r}; this instfcn_d2 serves FCIS, BiSeg, InstanceFCN and MaskRCNN"
     )

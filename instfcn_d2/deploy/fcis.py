@@ -1,77 +1,36 @@
 """FCIS and BiSeg after their graph: RPN proposals, then the models' own per-RoI reading and
-test-time pipeline (:mod:`instfcn_d2.modeling.fcis.roi_reading`,
-:mod:`instfcn_d2.modeling.biseg.roi_reading`), then the pasting at the output resolution."""
-from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Tuple
+test-time pipeline (:class:`instfcn_d2.core.fcis.FCISReader`,
+:class:`instfcn_d2.core.biseg.BiSegReader`, loaded from ``deploy.json``), then the pasting at the
+output resolution."""
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..modeling.biseg.roi_reading import BiSegMaps, BiSegRoIReading
-from ..modeling.fcis.inference import FCISTestParams
-from ..modeling.fcis.roi_reading import FCISMaps, FCISRoIReading
-from .boxes import apply_deltas
-from .detections import Detections
-from .postprocess import detector_postprocess, sem_seg_postprocess
-from .rpn import RPNParams, rpn_proposals
+from ..core.biseg import BiSegMaps, BiSegReader
+from ..core.detections import Detections
+from ..core.fcis import FCISMaps, FCISReader
+from ..core.postprocess import detector_postprocess, sem_seg_postprocess
+from ..core.rpn import RPNParams, rpn_proposals
 
-__all__ = ["FCISReader", "BiSegReader", "FCISOutputs", "FCISPipeline"]
+__all__ = ["FCISOutputs", "FCISPipeline", "FCISRun", "semantic_probabilities"]
 
-
-@dataclass
-class FCISReader(FCISRoIReading):
-    """FCIS's per-RoI reading with the heads' settings (``MODEL.FCIS``), without the heads."""
-
-    num_classes: int
-    group_size: int
-    mask_size: int
-    spatial_scale: float
-    sampling_ratio: int
-    aligned: bool
-    test_candidates: str
-    test_params: FCISTestParams
-    box_weights: Tuple[float, float, float, float]
-    box_scale_clamp: float
-
-    def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        return apply_deltas(deltas, boxes, self.box_weights, self.box_scale_clamp)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FCISReader":
-        d = dict(d)
-        d["test_params"] = FCISTestParams(**d["test_params"])
-        d["box_weights"] = tuple(d["box_weights"])
-        return cls(**d)
-
-
-@dataclass
-class BiSegReader(BiSegRoIReading, FCISReader):
-    """BiSeg's per-RoI reading (``MODEL.FCIS`` + ``MODEL.BISEG``), without the heads."""
-
-    fuse: bool
-    prior_mode: str
-    fine_group_size: int
-    fine_spatial_scale: float
+KINDS = ("FCIS", "BiSeg")
 
 
 @dataclass
 class FCISOutputs:
-    """A graph's outputs (:class:`instfcn_d2.export.graphs.FCISGraph` / ``BiSegGraph``), by name."""
+    """A graph's outputs (the exporter's ``FCISGraph`` / ``BiSegGraph``), by meaning."""
 
     rpn_logits: Sequence[Tensor]  # per level (1, A, H_i, W_i)
     rpn_deltas: Sequence[Tensor]  # per level (1, A*4, H_i, W_i)
     maps: FCISMaps  # FCISMaps, or BiSegMaps for BiSeg
 
     @classmethod
-    def from_graph(cls, outputs: Sequence[Tensor], names: Sequence[str], biseg: bool) -> "FCISOutputs":
-        if len(outputs) != len(names):
-            raise ValueError(f"the graph returned {len(outputs)} tensors, its metadata names {len(names)}: {list(names)}")
-        by_name = dict(zip(names, outputs))
-        levels = sum(n.startswith("rpn_logits_") for n in names)
+    def from_graph(cls, by_name: Dict[str, Tensor], biseg: bool) -> "FCISOutputs":
+        levels = sum(n.startswith("rpn_logits_") for n in by_name)
         logits = [by_name[f"rpn_logits_{i}"] for i in range(levels)]
         deltas = [by_name[f"rpn_deltas_{i}"] for i in range(levels)]
         if biseg:
@@ -89,12 +48,16 @@ class FCISOutputs:
 
 @dataclass
 class FCISPipeline:
-    """Graph outputs of one image -> :class:`.detections.Detections`, as ``FCIS.inference`` /
+    """Graph outputs of one image -> :class:`Detections`, as ``FCIS.inference`` /
     ``BiSeg.inference`` (with ``extra_outputs``) compute them."""
 
     reader: FCISReader  # or BiSegReader
     rpn: RPNParams
     mask_threshold: float
+
+    @property
+    def kind(self) -> str:
+        return "BiSeg" if isinstance(self.reader, BiSegReader) else "FCIS"
 
     @torch.no_grad()
     def __call__(
@@ -110,12 +73,23 @@ class FCISPipeline:
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
         det = self.reader.detect(outputs.maps, rois, [len(rois)], [image_size])[0]
         boxes, scores, classes, masks = detector_postprocess(
-            det.boxes, det.scores, det.classes, det.mask_probs, image_size, output_size, self.mask_threshold
+            det.boxes, det.scores, det.classes, det.masks, image_size, output_size, self.mask_threshold
         )
         sem_seg = None
         if isinstance(outputs.maps, BiSegMaps):
             sem_seg = semantic_probabilities(outputs.maps.sem_seg_logits, image_size, padded_size, output_size)
         return Detections(output_size, boxes, scores, classes, masks.to(torch.bool), sem_seg)
+
+    def to_dict(self) -> dict:
+        """``deploy.json``'s ``pipeline``; :meth:`from_dict` reads it back."""
+        return {"kind": self.kind, "reader": self.reader.to_dict(), "rpn": self.rpn.to_dict(), "mask_threshold": self.mask_threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FCISPipeline":
+        if d.get("kind") not in KINDS:
+            raise ValueError(f"FCISPipeline: settings of a {d.get('kind')!r} model, expected one of {KINDS}")
+        reader_cls = BiSegReader if d["kind"] == "BiSeg" else FCISReader
+        return cls(reader_cls.from_dict(d["reader"]), RPNParams.from_dict(d["rpn"]), float(d["mask_threshold"]))
 
 
 def semantic_probabilities(
@@ -128,54 +102,16 @@ def semantic_probabilities(
     return sem_seg_postprocess(probs, image_size, output_size[0], output_size[1])
 
 
-def reader_from_heads(heads) -> FCISReader:
-    """The :class:`FCISReader` (or :class:`BiSegReader`) with the settings of built heads
-    (an ``FCISROIHeads`` / ``BiSegROIHeads``); reads attributes only."""
-    transform = heads.box_regression.transform
-    common = dict(
-        num_classes=heads.num_classes,
-        group_size=heads.group_size,
-        mask_size=heads.mask_size,
-        spatial_scale=heads.spatial_scale,
-        sampling_ratio=heads.sampling_ratio,
-        aligned=heads.aligned,
-        test_candidates=heads.test_candidates,
-        test_params=heads.test_params,
-        box_weights=tuple(float(w) for w in transform.weights),
-        box_scale_clamp=float(transform.scale_clamp),
-    )
-    if isinstance(heads, BiSegRoIReading):
-        return BiSegReader(
-            **common,
-            fuse=heads.fuse,
-            prior_mode=heads.prior_mode,
-            fine_group_size=heads.fine_group_size,
-            fine_spatial_scale=heads.fine_spatial_scale,
-        )
-    return FCISReader(**common)
-
-
-def pipeline_from_dict(d: dict) -> FCISPipeline:
-    reader_cls = BiSegReader if d["kind"] == "BiSeg" else FCISReader
-    return FCISPipeline(reader_cls.from_dict(d["reader"]), RPNParams.from_dict(d["rpn"]), float(d["mask_threshold"]))
-
-
-def pipeline_to_dict(p: FCISPipeline, kind: str) -> dict:
-    return {"kind": kind, "reader": p.reader.to_dict(), "rpn": p.rpn.to_dict(), "mask_threshold": p.mask_threshold}
-
-
 class FCISRun:
     """An exported FCIS / BiSeg: the graph on the padded image, then :class:`FCISPipeline`."""
 
     def __init__(self, kind: str, settings: dict):
-        self.biseg = kind == "BiSeg"
-        self.pipeline = pipeline_from_dict(settings)
+        self.pipeline = FCISPipeline.from_dict(settings)
+        if self.pipeline.kind != kind:
+            raise ValueError(f"deploy.json: the model is a {kind!r} but its pipeline settings are a {self.pipeline.kind!r}'s")
 
-    def run(self, model, image: Tensor, size: Tuple[int, int], output_size: Tuple[int, int]) -> Detections:
-        """``model``: the :class:`instfcn_d2.deploy.DeployedModel`; ``image`` ``(3, h, w)`` float32."""
-        outputs, padded_size = model.run_graph(image)
-        maps = FCISOutputs.from_graph(outputs, model.output_names, self.biseg)
-        return self.pipeline(maps, size, padded_size, output_size)
-
-
-__all__ += ["reader_from_heads", "pipeline_from_dict", "pipeline_to_dict", "semantic_probabilities", "FCISRun"]
+    def run(self, dense, image: Tensor, size: Tuple[int, int], output_size: Tuple[int, int]) -> Detections:
+        """``dense``: :data:`instfcn_d2.deploy.DenseGraph`; ``image`` ``(3, h, w)`` float32 of ``size``."""
+        by_name, padded_size = dense(image)
+        outputs = FCISOutputs.from_graph(by_name, self.pipeline.kind == "BiSeg")
+        return self.pipeline(outputs, size, padded_size, output_size)

@@ -1,5 +1,6 @@
 """detectron2's Mask R-CNN (``GeneralizedRCNN`` with ``StandardROIHeads`` on FPN, or ``Res5ROIHeads``
-on C4) after its graphs, written again because deployment runs without detectron2.
+on C4) after its graphs, written again because deployment runs without detectron2. Only deployment
+uses it (the eager Mask R-CNN is detectron2's own).
 
 An exported Mask R-CNN is three graphs (:mod:`instfcn_d2.export.graphs`):
 
@@ -9,7 +10,7 @@ An exported Mask R-CNN is three graphs (:mod:`instfcn_d2.export.graphs`):
 * ``mask_head``: pooled features ``(D, C, S', S')`` -> mask logits ``(D, K, M, M)`` (or ``(D, 1, M, M)``),
   ``D`` dynamic.
 
-Between and after them, here: the RPN proposals (:mod:`.rpn`), the RoI pooling (detectron2's
+Between and after them, here: the RPN proposals (:mod:`instfcn_d2.core.rpn`), the RoI pooling (detectron2's
 ``ROIPooler``: level assignment by box size, torchvision's ``roi_align`` per level), the box
 predictor's inference (``FastRCNNOutputLayers.inference``: softmax, class-specific box decoding,
 score threshold, per-class NMS, top-k), the class channel of the mask logits
@@ -24,10 +25,10 @@ import torchvision
 from torch import Tensor
 from torch.nn import functional as F
 
-from .boxes import apply_deltas, clip_boxes
-from .detections import Detections
-from .postprocess import detector_postprocess
-from .rpn import RPNParams, rpn_proposals
+from ..core.boxes import apply_deltas, clip_boxes
+from ..core.detections import Detections
+from ..core.postprocess import detector_postprocess
+from ..core.rpn import RPNParams, rpn_proposals
 
 __all__ = [
     "PoolerParams",
@@ -39,8 +40,6 @@ __all__ = [
     "predict_boxes_and_probs",
     "fast_rcnn_inference_single_image",
     "mask_rcnn_inference",
-    "pooler_params_from_detectron2",
-    "settings_from_model",
 ]
 
 
@@ -286,78 +285,19 @@ class MaskRCNNPipeline:
 
 class MaskRCNNRun:
     """An exported Mask R-CNN's run: the ``dense`` graph, then :class:`MaskRCNNPipeline` calling the
-    ``box_head`` and ``mask_head`` graphs (``deploy.json``'s ``pipeline``: :func:`settings_from_model`)."""
+    ``box_head`` and ``mask_head`` graphs (``deploy.json``'s ``pipeline``:
+    :meth:`MaskRCNNPipeline.to_dict`)."""
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, box_head: Graph, mask_head: Graph):
         self.pipeline = MaskRCNNPipeline.from_dict(settings)
+        self.box_head = box_head
+        self.mask_head = mask_head
 
-    def run(self, model, image: Tensor, size: Tuple[int, int], output_size: Tuple[int, int]) -> Detections:
-        """``model``: the :class:`instfcn_d2.deploy.DeployedModel` (its ``run_graph`` pads and runs
-        the dense graph, ``graphs`` holds the per-RoI ones); ``image`` ``(3, h, w)`` of ``size``."""
-        outputs, _ = model.run_graph(image)
-        names = model.output_names
-        if len(outputs) != len(names):
-            raise ValueError(f"the dense graph returned {len(outputs)} tensors, its metadata names {len(names)}: {names}")
-        by_name = dict(zip(names, outputs))
-        levels = sum(n.startswith("rpn_logits_") for n in names)
+    def run(self, dense, image: Tensor, size: Tuple[int, int], output_size: Tuple[int, int]) -> Detections:
+        """``dense``: :data:`instfcn_d2.deploy.DenseGraph`; ``image`` ``(3, h, w)`` of ``size``."""
+        by_name, _ = dense(image)
+        levels = sum(n.startswith("rpn_logits_") for n in by_name)
         features = {n[len("feature_"):]: t for n, t in by_name.items() if n.startswith("feature_")}
         logits = [by_name[f"rpn_logits_{i}"] for i in range(levels)]
         deltas = [by_name[f"rpn_deltas_{i}"] for i in range(levels)]
-        return self.pipeline(
-            features, logits, deltas, model.graphs["box_head"], model.graphs["mask_head"], size, output_size
-        )
-
-
-def pooler_params_from_detectron2(pooler) -> PoolerParams:
-    """The :class:`PoolerParams` of a detectron2 ``ROIPooler`` (attributes only).
-
-    Raises:
-        ValueError: for ``ROIPool`` / ``ROIAlignRotated`` poolers (not ported)."""
-    kinds = {type(p).__name__ for p in pooler.level_poolers}
-    if kinds != {"ROIAlign"}:
-        raise ValueError(f"export: only ROIAlign / ROIAlignV2 poolers are supported, got {sorted(kinds)}")
-    first = pooler.level_poolers[0]
-    size = tuple(int(s) for s in pooler.output_size)
-    if size[0] != size[1]:
-        raise ValueError(f"export: square pooler output expected, got {size}")
-    return PoolerParams(
-        output_size=size[0],
-        scales=tuple(float(p.spatial_scale) for p in pooler.level_poolers),
-        sampling_ratio=int(first.sampling_ratio),
-        aligned=bool(first.aligned),
-        min_level=int(pooler.min_level),
-        max_level=int(pooler.max_level),
-        canonical_box_size=int(pooler.canonical_box_size),
-        canonical_level=int(pooler.canonical_level),
-    )
-
-
-def settings_from_model(model) -> dict:
-    """``deploy.json``'s ``pipeline`` of a built detectron2 Mask R-CNN (``GeneralizedRCNN`` with
-    ``StandardROIHeads`` or ``Res5ROIHeads``); reads attributes only."""
-    from .rpn import rpn_params_from_detectron2
-
-    heads = model.roi_heads
-    predictor = heads.box_predictor
-    if type(heads).__name__ == "Res5ROIHeads":
-        box_pooler = mask_pooler = pooler_params_from_detectron2(heads.pooler)
-        box_features = mask_features = tuple(heads.in_features)
-    else:
-        box_pooler = pooler_params_from_detectron2(heads.box_pooler)
-        mask_pooler = pooler_params_from_detectron2(heads.mask_pooler)
-        box_features, mask_features = tuple(heads.box_in_features), tuple(heads.mask_in_features)
-    t = predictor.box2box_transform
-    box = BoxPredictorParams(
-        box_weights=tuple(float(w) for w in t.weights),
-        scale_clamp=float(t.scale_clamp),
-        use_sigmoid_ce=bool(getattr(predictor, "use_sigmoid_ce", False)),
-        score_thresh=float(predictor.test_score_thresh),
-        nms_thresh=float(predictor.test_nms_thresh),
-        topk_per_image=int(predictor.test_topk_per_image),
-    )
-    # GeneralizedRCNN._postprocess calls detector_postprocess with its default threshold
-    pipeline = MaskRCNNPipeline(
-        rpn_params_from_detectron2(model.proposal_generator), box_pooler, mask_pooler, box, 0.5, box_features, mask_features
-    )
-    return pipeline.to_dict()
-
+        return self.pipeline(features, logits, deltas, self.box_head, self.mask_head, size, output_size)

@@ -3,23 +3,12 @@ evaluators of ``train_net.py --eval-only`` evaluate it unchanged (``export_model
 from typing import Dict, List
 
 import torch
-from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..deploy import DeployedModel, Detections
+from ..deploy import DeployedModel
+from ..modeling.instances import detections_to_instances
 
-__all__ = ["DeployedModelAdapter", "detections_to_instances"]
-
-
-def detections_to_instances(det: Detections) -> Instances:
-    """:class:`instfcn_d2.deploy.Detections` -> ``Instances`` (``pred_boxes``, ``scores``,
-    ``pred_classes``, ``pred_masks``) at the output resolution."""
-    result = Instances(det.image_size)
-    result.pred_boxes = Boxes(det.boxes)
-    result.scores = det.scores
-    result.pred_classes = det.classes
-    result.pred_masks = det.masks
-    return result
+__all__ = ["DeployedModelAdapter"]
 
 
 class DeployedModelAdapter(nn.Module):

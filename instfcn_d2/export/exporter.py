@@ -1,6 +1,6 @@
 """Write an exported model: the dense graph (:mod:`.graphs`; Mask R-CNN: also its per-RoI box and
 mask head graphs) in one format and ``deploy.json`` with the settings of the post-processing that
-:mod:`instfcn_d2.deploy` runs after it."""
+:mod:`instfcn_d2.deploy` runs after it (:mod:`.settings`)."""
 import logging
 import os
 import time
@@ -10,11 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..deploy import pad_to_divisibility
+from ..core.postprocess import pad_to_divisibility
 from ..deploy.artefact import FORMATS, graph_file, write_metadata
-from .graphs import DenseGraph, InstanceFCNGraph, MaskRCNNGraph, dense_graph_for
+from .graphs import MaskRCNNGraph, dense_graph_for
+from .settings import mask_rcnn_pipeline, pipeline_settings
 
-__all__ = ["export_model", "pipeline_settings", "MIN_SIDE", "MAX_SIDE"]
+__all__ = ["export_model", "MIN_SIDE", "MAX_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,26 +23,6 @@ logger = logging.getLogger(__name__)
 MIN_SIDE, MAX_SIDE = 32, 4096
 #: The most RoIs a Mask R-CNN box / mask head graph takes at once (its dynamic first dimension).
 MAX_ROIS = 1 << 16
-
-
-def pipeline_settings(model: nn.Module, graph: DenseGraph) -> dict:
-    """The settings of the post-processing of ``model`` (``deploy.json``'s ``pipeline``)."""
-    from ..deploy.fcis import FCISPipeline, pipeline_to_dict, reader_from_heads
-    from ..deploy.rpn import rpn_params_from_detectron2
-
-    if isinstance(graph, InstanceFCNGraph):
-        from ..deploy.instance_fcn import settings_from_model
-
-        return settings_from_model(model)
-    if isinstance(graph, MaskRCNNGraph):
-        from ..deploy.mask_rcnn import settings_from_model
-
-        return settings_from_model(model)
-    kind = "BiSeg" if type(graph).__name__ == "BiSegGraph" else "FCIS"
-    pipeline = FCISPipeline(
-        reader_from_heads(model.roi_heads), rpn_params_from_detectron2(model.proposal_generator), float(model.mask_threshold)
-    )
-    return pipeline_to_dict(pipeline, kind)
 
 
 def _dynamic_shapes(divisibility: int):
@@ -57,13 +38,13 @@ def _dynamic_shapes(divisibility: int):
 def _roi_samples(graph: MaskRCNNGraph, dense_outputs: Sequence[Tensor]) -> dict:
     """``{name: (R, C, S, S)}`` contiguous sample inputs of the per-RoI graphs, with the channels
     of the pooled features and the poolers' output sides. Random values: only shapes are traced."""
-    settings = pipeline_settings(graph.model, graph)
+    settings = mask_rcnn_pipeline(graph.model)
     by_name = dict(zip(graph.output_names(), dense_outputs))
     g = torch.Generator().manual_seed(0)
     samples = {}
     for name, key, features in (("box_head", "box_pooler", "box_features"), ("mask_head", "mask_pooler", "mask_features")):
-        channels = by_name[f"feature_{settings[features][0]}"].shape[1]
-        side = settings[key]["output_size"]
+        channels = by_name[f"feature_{getattr(settings, features)[0]}"].shape[1]
+        side = getattr(settings, key).output_size
         # 3 RoIs: torch.export specialises a dimension whose sample is 0 or 1
         samples[name] = torch.randn(3, channels, side, side, generator=g)
     return samples
@@ -139,9 +120,6 @@ def export_model(
             rois = {"pooled": {0: Dim(f"{name}_rois", min=1, max=MAX_ROIS)}}
             _save_graph(module, samples[name], rois, fmt, os.path.join(output_dir, files[name]))
     logger.info("exported %s graph(s) of %s in %.1f s: %s", fmt, type(model).__name__, time.perf_counter() - start, path)
-    kind = {"FCISGraph": "FCIS", "BiSegGraph": "BiSeg", "InstanceFCNGraph": "InstanceFCN", "MaskRCNNGraph": "MaskRCNN"}[
-        type(graph).__name__
-    ]
     # one graph: the "graph" key that artefacts have always had; several: "graphs", name -> file
     graph_key = {"graph": files["dense"]} if len(files) == 1 else {"graphs": files}
     write_metadata(
@@ -149,12 +127,12 @@ def export_model(
         {
             "format": fmt,
             **graph_key,
-            "model": kind,
+            "model": graph.kind,
             "input_format": input_format,
             "pixel_mean": model.pixel_mean.flatten().tolist(),
             "size_divisibility": divisibility,
             "outputs": graph.output_names(),
-            "pipeline": pipeline_settings(model, graph),
+            "pipeline": pipeline_settings(model, graph.kind),
             "class_names": list(class_names or []),
             "instfcn_d2": __version__,
             "torch": torch.__version__,

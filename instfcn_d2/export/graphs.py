@@ -35,7 +35,13 @@ __all__ = [
 
 
 class DenseGraph(nn.Module):
-    """Normalisation + the model's dense part. ``forward(image (3, H, W)) -> Tuple[Tensor, ...]``."""
+    """Normalisation + the model's dense part. ``forward(image (3, H, W)) -> Tuple[Tensor, ...]``.
+
+    ``kind``: the model it carries, as ``deploy.json`` names it (and :mod:`instfcn_d2.deploy`
+    chooses the post-processing by).
+    """
+
+    kind: str = ""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -55,6 +61,8 @@ class FCISGraph(DenseGraph):
     Outputs: ``rpn_logits_i`` ``(1, A, H_i, W_i)`` and ``rpn_deltas_i`` ``(1, A*4, H_i, W_i)`` for
     each RPN level ``i``, ``inside_outside`` ``(1, k*k*2*(C+1), H, W)``, ``box`` ``(1, k*k*4, H, W)``.
     """
+
+    kind = "FCIS"
 
     def rpn_levels(self) -> int:
         return len(self.model.proposal_generator.in_features)
@@ -81,22 +89,26 @@ class BiSegGraph(FCISGraph):
     branch's ``sem_seg_logits`` ``(1, C+1, H, W)`` (label order) and the ``prior`` the heads read
     (their softmax in FCIS's class order)."""
 
+    kind = "BiSeg"
+
     def output_names(self) -> List[str]:
         names = super().output_names()
-        if self.model.roi_heads.fuse:
+        if self.model.roi_heads.reader.fuse:
             names.append("fine")
         return names + ["sem_seg_logits", "prior"]
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         features = self.model.backbone(self.normalise(image))
         maps = self.model.score_maps(None, features)  # BiSeg's score_maps reads only the features
-        fine = (maps.fine,) if self.model.roi_heads.fuse else ()
+        fine = (maps.fine,) if self.model.roi_heads.reader.fuse else ()
         return (*self.rpn_outputs(features), maps.inside_outside, maps.box, *fine, maps.sem_seg_logits, maps.prior)
 
 
 class InstanceFCNGraph(DenseGraph):
     """InstanceFCN: ``mask_maps`` ``(1, k*k, H, W)`` instance-sensitive maps and ``objectness``
     ``(1, H, W)`` window logits (run once per test scale)."""
+
+    kind = "InstanceFCN"
 
     def output_names(self) -> List[str]:
         return ["mask_maps", "objectness"]
@@ -113,6 +125,8 @@ class MaskRCNNGraph(FCISGraph):
     """detectron2's Mask R-CNN, dense part: the RPN head's outputs per level (as FCIS's) and the
     features the RoI heads pool from, ``feature_<name>`` ``(1, C, H_i, W_i)`` (FPN: ``p2`` .. ``p5``;
     C4: ``res4``)."""
+
+    kind = "MaskRCNN"
 
     def feature_names(self) -> List[str]:
         heads = self.model.roi_heads

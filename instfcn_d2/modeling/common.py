@@ -1,14 +1,13 @@
-"""What the three methods truly share: the config check every builder makes, the initialisation
-of the layers they add on a trunk, and the tight boxes of binary masks."""
+"""What the three methods truly share: the config check every builder makes and the initialisation
+of the layers they add on a trunk."""
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-if TYPE_CHECKING:  # imported lazily: exported models run this module's mask_tight_boxes without detectron2
+if TYPE_CHECKING:
     from detectron2.config import CfgNode
 
-__all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS", "mask_tight_boxes"]
+__all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS"]
 
 #: ``init_new_layers`` schemes: "normal" (the papers' and the official code's N(0, 0.01), made for
 #: an ImageNet trunk) or "msra" (detectron2's ``c2_msra_fill``, He init, for training from scratch).
@@ -39,26 +38,3 @@ def init_new_layers(module: nn.Module, init: str = "normal", std: float = 0.01) 
             else:
                 nn.init.normal_(layer.weight, std=std)
                 nn.init.zeros_(layer.bias)
-
-
-def mask_tight_boxes(masks: Tensor) -> Tensor:
-    """Tight XYXY boxes ``(P, 4)`` float32 of bool masks ``(P, H, W)`` (pixel ``i`` spans ``[i, i+1)``);
-    an empty mask gets an all-zero box.
-
-    The same boxes as detectron2's ``BitMasks.get_bounding_boxes`` (the tests use it as the oracle),
-    written again because that one loops over the masks in Python and builds its result on the CPU;
-    this runs on every voted or pasted mask at inference, on the masks' device."""
-    P, H, W = masks.shape
-    device = masks.device
-    if P == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=device)
-    x_any = masks.any(dim=1)  # (P, W)
-    y_any = masks.any(dim=2)  # (P, H)
-    xs = torch.arange(W, device=device)
-    ys = torch.arange(H, device=device)
-    x0 = torch.where(x_any, xs, W).amin(dim=1)
-    x1 = torch.where(x_any, xs + 1, 0).amax(dim=1)
-    y0 = torch.where(y_any, ys, H).amin(dim=1)
-    y1 = torch.where(y_any, ys + 1, 0).amax(dim=1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
-    return torch.where(x_any.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))

@@ -8,7 +8,7 @@ from detectron2.data import transforms as T
 from conftest import REPO_ROOT
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data import InstFCNDatasetMapper, register_synthetic_shapes
-from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.core.boxes import mask_tight_boxes
 
 CONFIG = str(REPO_ROOT / "configs" / "shapes" / "instance_fcn_R18_cpu.yaml")
 

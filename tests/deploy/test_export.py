@@ -153,7 +153,8 @@ def test_exported_graph_is_not_specialised_to_the_sample_size(tmp_path):
     for h, w in ((64, 200), (161, 97)):
         outputs, padded = deployed.run_graph(torch.rand(3, h, w) * 255)
         assert padded == (h, w)
-        assert outputs[-1].shape[-2:] == outputs[-2].shape[-2:] and outputs[-1].shape[-2] == -(-h // 16)
+        box, inside_outside = outputs["box"], outputs["inside_outside"]
+        assert box.shape[-2:] == inside_outside.shape[-2:] and box.shape[-2] == -(-h // 16)
 
 
 def test_mask_rcnn_roi_graphs_take_any_number_of_rois_and_none_are_skipped(tmp_path):

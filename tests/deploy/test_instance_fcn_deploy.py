@@ -3,9 +3,6 @@ against the eager model: the same proposals, over the multi-scale test of the sh
 images of different sizes and outputs at another resolution than the input. The test-time code
 must import without detectron2."""
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,9 +13,10 @@ from tiny_models import TINY_TRUNK, square_disc_sample
 
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.deploy import load
-from instfcn_d2.deploy.instance_fcn import InstanceFCNRun, settings_from_model
+from instfcn_d2.deploy.instance_fcn import InstanceFCNRun
+from instfcn_d2.export.settings import instance_fcn_pipeline
 from instfcn_d2.export import export_model
-from instfcn_d2.modeling.instance_fcn.inference import resize_shortest_edge_shape
+from instfcn_d2.core.instance_fcn.inference import resize_shortest_edge_shape
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +45,7 @@ def model():
     # the shapes config runs the paper's multi-scale test: the deployed model must too
     assert cfg.TEST.AUG.ENABLED and cfg.MODEL.META_ARCHITECTURE == "InstanceFCN"
     model = build_model(cfg).eval()
-    assert model.test_params.test_min_sizes == (64, 96, 128) and model.test_params.score_thresh == 0.0
+    assert model.proposer.test_params.test_min_sizes == (64, 96, 128) and model.proposer.test_params.score_thresh == 0.0
     return model
 
 
@@ -67,7 +65,7 @@ def test_deployed_proposals_equal_the_eager_model(model, fmt, tmp_path):
     export_model(model, fmt, inputs[0][0].to(torch.float32), str(tmp_path))
     deployed = load(str(tmp_path))
     assert deployed.kind == "InstanceFCN" and isinstance(deployed.pipeline, InstanceFCNRun)
-    assert deployed.pipeline.reader.test_params == model.test_params
+    assert deployed.pipeline.proposer == model.proposer
 
     graph_inputs = []
     graph = deployed.graph
@@ -90,13 +88,13 @@ def test_deployed_proposals_equal_the_eager_model(model, fmt, tmp_path):
 
 
 def test_settings_are_json_and_name_the_model(model):
-    settings = settings_from_model(model)
+    settings = instance_fcn_pipeline(model)
     assert json.loads(json.dumps(settings)) == settings
     assert settings["kind"] == "InstanceFCN"
     assert (settings["window_size"], settings["group_size"], settings["stride"]) == (11, 5, 8)
     assert settings["test_params"]["test_min_sizes"] == [64, 96, 128]
-    reader = InstanceFCNRun(settings).reader
-    assert reader.test_params == model.test_params and reader.window_size == model.window_size
+    run = InstanceFCNRun(settings)
+    assert run.proposer == model.proposer and run.group_size == 5
 
 
 def test_deepmask_head_is_refused():
@@ -104,22 +102,4 @@ def test_deepmask_head_is_refused():
             "MODEL.INSTANCE_FCN.DEEPMASK.FC_DIM", "8", "MODEL.INSTANCE_FCN.DEEPMASK.MASK_SIZE", "8"]  # fmt: skip
     deepmask = build_model(_cfg(*opts))
     with pytest.raises(ValueError, match="DeepMaskHead mask head is not exportable"):
-        settings_from_model(deepmask)
-
-
-def test_test_time_imports_without_detectron2():
-    """The deploy runner and InstanceFCN's test-time modules load with detectron2 and fvcore
-    unimportable; the package then offers the detectron2-free names only."""
-    code = textwrap.dedent(
-        """
-        import sys
-        for name in ("detectron2", "fvcore"):
-            sys.modules[name] = None  # importing them now raises ImportError
-        import instfcn_d2.deploy.instance_fcn
-        import instfcn_d2.modeling.instance_fcn as ifcn
-        assert hasattr(ifcn, "InstanceFCNInference") and not hasattr(ifcn, "InstanceFCN")
-        print(sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in ("detectron2", "fvcore")))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT))
-    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+        instance_fcn_pipeline(deepmask)

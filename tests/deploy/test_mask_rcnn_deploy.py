@@ -17,10 +17,10 @@ from instfcn_d2.deploy.mask_rcnn import (
     assign_boxes_to_levels,
     fast_rcnn_inference_single_image,
     mask_rcnn_inference,
-    pooler_params_from_detectron2,
     predict_boxes_and_probs,
     roi_pool,
 )
+from instfcn_d2.export.settings import pooler_params_from_detectron2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -40,7 +40,7 @@ def test_fcis_and_biseg_read_their_maps_at_stride_4_and_detect(name):
     cfg = _cfg(name, "MODEL.FCIS.SCORE_THRESH_TEST", "0.0", "MODEL.FCIS.DETECTIONS_PER_IMAGE", "5")
     model = build_model(cfg).eval()
     heads = model.roi_heads
-    assert heads.spatial_scale == 0.25
+    assert heads.reader.spatial_scale == 0.25
     image = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)
     with torch.no_grad():
         images = model.preprocess_image([{"image": image}])
@@ -50,7 +50,7 @@ def test_fcis_and_biseg_read_their_maps_at_stride_4_and_detect(name):
     assert maps.inside_outside.shape == (1, k * k * 2 * (C + 1), 24, 32)  # 96 x 128 at stride 4
     assert maps.box.shape == (1, k * k * 4, 24, 32)
     if name.startswith("biseg"):
-        assert heads.fine_spatial_scale == 0.25
+        assert heads.reader.fine_spatial_scale == 0.25
     instances = result["instances"]
     assert len(instances) == 5 and instances.pred_masks.shape == (5, 96, 128)
     assert torch.isfinite(instances.scores).all()

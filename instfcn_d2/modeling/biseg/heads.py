@@ -2,9 +2,10 @@
 inside/outside likelihoods.
 
 Only the per-image maps (:meth:`BiSegROIHeads.score_maps` adds the stride-8 set and the semantic
-prior: :class:`BiSegMaps`) and :meth:`BiSegROIHeads.roi_inside_outside` (and its one-class form
-:meth:`BiSegROIHeads.roi_inside_outside_of_class`, which inference uses for the masks; both in
-:mod:`.roi_reading`, which the heads inherit) change;
+prior: :class:`BiSegMaps`) and the reader the heads own (an
+:class:`instfcn_d2.core.biseg.BiSegReader`, whose ``roi_inside_outside`` and one-class form
+``roi_inside_outside_of_class``, which inference uses for the masks, return BiSeg's likelihoods)
+change;
 FCIS's class scores (max + mean + softmax), masks (softmax of inside vs outside), box regression,
 losses and inference (NMS, mask voting) run unchanged on what they return::
 
@@ -17,6 +18,7 @@ losses and inference (NMS, mask voting) run unchanged on what they return::
 ``MODEL.BISEG.FUSE False``: FCIS's set only, assembled at M. ``PRIOR_MODE "none"``: no prior.
 """
 import logging
+from dataclasses import fields
 from typing import Dict, Optional
 
 import torch.nn.functional as F
@@ -25,62 +27,54 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from torch import Tensor, nn
 
+from ...core.biseg import BiSegMaps, BiSegReader
+from ...core.fcis import FCISReader
 from ..common import init_new_layers, require_config_node
 from ..fcis.heads import FCISROIHeads
 from ..fcis.score_maps import PSScoreMaps
-from .roi_reading import BISEG_PRIOR_MODES, BiSegMaps, BiSegRoIReading
 
-__all__ = ["BiSegROIHeads", "BiSegMaps", "BISEG_PRIOR_MODES"]
+__all__ = ["BiSegROIHeads"]
 
 logger = logging.getLogger(__name__)
 
 
 @ROI_HEADS_REGISTRY.register()
-class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
+class BiSegROIHeads(FCISROIHeads):
     """FCIS's heads whose inside/outside logits are BiSeg's fused, prior-weighted likelihoods.
 
-    Attributes added to :class:`FCISROIHeads`': ``fuse``, ``prior_mode``, ``fine_in_feature``,
-    ``fine_group_size`` (k2), ``fine_spatial_scale``, ``fine_conv_new`` (the optional 1x1 conv +
-    ReLU on res3, or ``None``) and ``fine_maps`` (the stride-8 :class:`PSScoreMaps`, only with
-    ``fuse``). ``mask_size`` is BiSeg's M.
+    ``reader`` is a :class:`BiSegReader` (``fuse``, ``prior_mode``, ``fine_group_size`` k2,
+    ``fine_spatial_scale``; ``mask_size`` is BiSeg's M). Layers added to :class:`FCISROIHeads`':
+    ``fine_conv_new`` (the optional 1x1 conv + ReLU on res3, or ``None``) and ``fine_maps`` (the
+    stride-8 :class:`PSScoreMaps`, only with ``fuse``), read from ``fine_in_feature``.
     """
 
     @configurable
     def __init__(
         self,
         *,
-        fuse: bool = True,
-        prior_mode: str = "product",
+        reader: BiSegReader,
         fine_in_feature: str = "res3",
         fine_in_channels: int = 0,
-        fine_stride: int = 8,
-        fine_group_size: int = 9,
         fine_conv_new_dim: int = 0,
         **kwargs,
     ):
         """
         Args:
-            fuse: add the stride-8 map set (``False``: FCIS's single set at ``mask_size``).
-            prior_mode: one of :data:`BISEG_PRIOR_MODES`.
-            fine_in_feature, fine_in_channels, fine_stride: the stride-8 map (res3) of the second
-                set, its channels and stride (used only with ``fuse``).
-            fine_group_size: ``k2``.
+            reader: BiSeg's per-RoI reading and its settings.
+            fine_in_feature, fine_in_channels: the stride-8 map (res3) of the second set and its
+                channels (used only with ``reader.fuse``).
             fine_conv_new_dim: channels of a 1x1 conv + ReLU on res3 before the fine maps, as
                 FCIS's ``conv_new_1`` before its maps (initialised as ``conv_new_init``); 0: the
                 maps read res3 directly.
-            kwargs: :class:`FCISROIHeads` arguments; ``mask_size`` is BiSeg's ``M``.
+            kwargs: :class:`FCISROIHeads` arguments.
         """
-        super().__init__(**kwargs)
-        if prior_mode not in BISEG_PRIOR_MODES:
-            raise ValueError(f"MODEL.BISEG.PRIOR_MODE = {prior_mode!r}; expected one of {BISEG_PRIOR_MODES}")
-        self.fuse = fuse
-        self.prior_mode = prior_mode
+        if not isinstance(reader, BiSegReader):
+            raise TypeError(f"BiSegROIHeads: reader must be a BiSegReader, got {type(reader).__name__}")
+        super().__init__(reader=reader, **kwargs)
         self.fine_in_feature = fine_in_feature
-        self.fine_group_size = fine_group_size
-        self.fine_spatial_scale = 1.0 / fine_stride
-        if not fuse:
+        if not reader.fuse:
             return
-        M, k1, k2 = self.mask_size, self.group_size, fine_group_size
+        M, k1, k2 = reader.mask_size, reader.group_size, reader.fine_group_size
         if M % 2 or k1 > M // 2 or k2 > M:
             raise ValueError(
                 f"MODEL.BISEG.MASK_SIZE: with FUSE the likelihood side M = {M} must be even with M/2 >= k1 = {k1} "
@@ -102,14 +96,8 @@ class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
         b = cfg.MODEL.BISEG
         ret = super().from_config(cfg, input_shape)
         mask_size = b.MASK_SIZE or (2 * cfg.MODEL.FCIS.MASK_SIZE if b.FUSE else cfg.MODEL.FCIS.MASK_SIZE)
-        ret.update(
-            mask_size=mask_size,
-            fuse=b.FUSE,
-            prior_mode=b.PRIOR_MODE,
-            fine_in_feature=b.FINE_IN_FEATURE,
-            fine_group_size=b.GROUP_SIZE_FINE,
-            fine_conv_new_dim=b.FINE_CONV_NEW_DIM,
-        )
+        fine_stride = 8
+        ret.update(fine_in_feature=b.FINE_IN_FEATURE, fine_conv_new_dim=b.FINE_CONV_NEW_DIM)
         if b.FUSE:
             if b.FINE_IN_FEATURE not in input_shape:
                 raise ValueError(
@@ -121,7 +109,18 @@ class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
                 logger.info(
                     "BiSeg: fine set on %s at stride %s (the paper: conv3 at stride 8)", b.FINE_IN_FEATURE, shape.stride
                 )
-            ret.update(fine_in_channels=shape.channels, fine_stride=shape.stride)
+            ret.update(fine_in_channels=shape.channels)
+            fine_stride = shape.stride
+        # FCIS's reading settings, with BiSeg's M and its own
+        settings = {f.name: getattr(ret["reader"], f.name) for f in fields(FCISReader)}
+        settings["mask_size"] = mask_size
+        ret["reader"] = BiSegReader(
+            **settings,
+            fuse=b.FUSE,
+            prior_mode=b.PRIOR_MODE,
+            fine_group_size=b.GROUP_SIZE_FINE,
+            fine_spatial_scale=1.0 / fine_stride,
+        )
         return ret
 
     # ---- per-image maps ----------------------------------------------------------------------------
@@ -130,14 +129,14 @@ class BiSegROIHeads(BiSegRoIReading, FCISROIHeads):
     ) -> BiSegMaps:
         """FCIS's maps, the stride-8 set (``fuse``) and the semantic branch's logits and prior
         (:meth:`.meta_arch.BiSeg.score_maps` passes them; ``prior`` in FCIS's class order)."""
-        if self.prior_mode != "none" and prior is None:
+        if self.reader.prior_mode != "none" and prior is None:
             raise ValueError(
                 "BiSegROIHeads: the semantic prior is missing: run the heads under MODEL.META_ARCHITECTURE "
                 '"BiSeg" (its score_maps computes it), or set MODEL.BISEG.PRIOR_MODE "none"'
             )
         fcis = super().score_maps(features)
         fine = None
-        if self.fuse:  # from_config checked that the backbone returns FINE_IN_FEATURE
+        if self.reader.fuse:  # from_config checked that the backbone returns FINE_IN_FEATURE
             res3 = features[self.fine_in_feature]
             if self.fine_conv_new is not None:
                 res3 = F.relu(self.fine_conv_new(res3))

@@ -35,10 +35,10 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import Tensor
 
+from ...core.biseg import BiSegMaps, labels_to_fcis_order
 from ..common import require_config_node
 from ..fcis.meta_arch import FCIS
-from .heads import BiSegMaps, BiSegROIHeads
-from .roi_reading import labels_to_fcis_order
+from .heads import BiSegROIHeads
 from .semantic_prior import SemanticBranch
 
 __all__ = ["BiSeg", "labels_to_fcis_order"]

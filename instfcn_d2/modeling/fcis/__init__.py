@@ -4,26 +4,17 @@ segmentation with inside/outside position-sensitive score maps.
 Read top to bottom:
 
 - :mod:`.config`: the ``MODEL.FCIS`` keys (defaults = the paper / official code);
-- :mod:`.score_maps`: the position-sensitive map layers, their channel layout, and how assembled
-  maps read as class scores, masks and box deltas;
-- :mod:`.roi_reading`: how the maps are read per RoI (class scores, masks, box deltas) and the
-  test-time pipeline on the RPN's RoIs (shared by the heads and by exported models);
-- :mod:`.heads`: ``FCISROIHeads``: maps per image, assembled per RoI, losses and inference;
+- :mod:`.score_maps`: the 1x1 conv making the position-sensitive maps (their channel layout and
+  how assembled maps read as class scores, masks and box deltas: :mod:`instfcn_d2.core.fcis.layout`);
+- :mod:`.heads`: ``FCISROIHeads``: maps per image; per RoI, the reader they own
+  (:class:`instfcn_d2.core.fcis.FCISReader`: assembling, class scores, masks, box deltas, the
+  test-time pipeline with NMS and mask voting), the losses and inference;
 - :mod:`.losses`: the per-RoI losses and OHEM;
-- :mod:`.inference`: per-class NMS and mask voting on one image's scored candidates;
-- :mod:`.mask_voting`: the voting itself (MNC / FCIS ``mask_aggregation``);
 - :mod:`.meta_arch`: the ``FCIS`` meta-architecture (detectron2's ``GeneralizedRCNN`` + FCIS's
   heads) and its post-processing.
 """
-from ..._detectron2 import DETECTRON2_IMPORT_ERROR
-from .inference import FCISDetections, FCISTestParams, fcis_inference_single_image
-from .roi_reading import FCISMaps
+from .config import add_fcis_config
+from .heads import FCISROIHeads
+from .meta_arch import FCIS, fcis_postprocess
 
-__all__ = ["FCISMaps", "FCISDetections", "FCISTestParams", "fcis_inference_single_image"]
-
-if DETECTRON2_IMPORT_ERROR is None:  # the detectron2 parts: config keys, heads, meta-architecture
-    from .config import add_fcis_config
-    from .heads import FCISROIHeads
-    from .meta_arch import FCIS, fcis_postprocess
-
-    __all__ += ["add_fcis_config", "FCISROIHeads", "FCIS", "fcis_postprocess"]
+__all__ = ["add_fcis_config", "FCISROIHeads", "FCIS", "fcis_postprocess"]

@@ -5,17 +5,19 @@ res5 -> ``conv_new_1`` (1x1 conv 1024 + ReLU) -> inside/outside maps ``(N, k*k*2
 and class-agnostic box maps ``(N, k*k*4, H, W)`` (:class:`.score_maps.PSScoreMaps`; channel
 layout in :mod:`.score_maps`).
 
-Per RoI (parameter free, :mod:`.roi_reading`, which the heads inherit): the maps are assembled to ``(R, 2, C+1, M, M)`` inside/outside logits by
-:meth:`FCISROIHeads.roi_inside_outside`, or to the ``(R, 2, M, M)`` logits of one class by
-:meth:`FCISROIHeads.roi_inside_outside_of_class` (the two methods BiSeg overrides); everything
-after uses only those tensors: class logits (max of inside / outside, averaged; softmax over
+Per RoI (parameter free: the reader the heads own, ``self.reader``, an
+:class:`instfcn_d2.core.fcis.FCISReader`): the maps are assembled to ``(R, 2, C+1, M, M)``
+inside/outside logits by ``reader.roi_inside_outside``, or to the ``(R, 2, M, M)`` logits of one
+class by ``reader.roi_inside_outside_of_class`` (the two methods BiSeg's reader overrides);
+everything after uses only those tensors: class logits (max of inside / outside, averaged; softmax over
 ``C+1``, ``C`` = background), masks (softmax of inside vs outside), box deltas (the box maps
 assembled ``k x k`` and averaged, R-FCN).
 
 Training: detectron2's ``label_and_sample_proposals`` (or every labelled RoI with OHEM), then the
 losses of :mod:`.losses`. Inference: the RPN RoIs and their box-regressed versions are scored
-(class logits assembled in chunks of RoIs), then :mod:`.inference` (per-class NMS, mask voting,
-the top ``DETECTIONS_PER_IMAGE``) reads the masks it needs through a callable. Output
+(class logits assembled in chunks of RoIs), then :mod:`instfcn_d2.core.fcis.inference` (per-class NMS, mask voting,
+the top ``DETECTIONS_PER_IMAGE``) reads the masks it needs through a callable, all in the
+detectron2-free core that exported models run too. Output
 ``Instances`` at the network's input resolution with ``pred_masks`` ``(K, 1, M, M)`` voted
 probabilities in the box frame (pasted and binarised at ``MASK_BINARIZE_THRESH`` by the
 meta-architecture).
@@ -30,29 +32,29 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import convert_boxes_to_pooler_format
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, ROIHeads
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from ...core.fcis import FCISMaps, FCISReader, FCISTestParams
+from ...core.fcis.layout import inside_outside_class_logits
 from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node
-from .inference import FCISDetections, FCISTestParams
+from ..instances import detections_to_instances
 from .losses import BoxRegression, ohem_select, per_roi_losses
-from .roi_reading import CLASS_LOGITS_ROIS_PER_CHUNK, TEST_CANDIDATES, FCISMaps, FCISRoIReading
-from .score_maps import PSScoreMaps, inside_outside_class_logits
+from .score_maps import PSScoreMaps
 
-__all__ = ["FCISROIHeads", "FCISMaps", "TEST_CANDIDATES", "CLASS_LOGITS_ROIS_PER_CHUNK", "detections_to_instances"]
+__all__ = ["FCISROIHeads"]
 
 logger = logging.getLogger(__name__)
 
 @ROI_HEADS_REGISTRY.register()
-class FCISROIHeads(FCISRoIReading, ROIHeads):
+class FCISROIHeads(ROIHeads):
     """FCIS's position-sensitive inside/outside score maps, class scores, masks and box regression.
 
-    Attributes used by subclasses (BiSeg): ``num_classes`` (C), ``mask_size`` (M), ``group_size``
-    (k), ``spatial_scale`` (1 / the stride of the map read), ``sampling_ratio``, ``aligned``,
-    ``conv_new_init``. Everything after :meth:`roi_inside_outside` /
-    :meth:`roi_inside_outside_of_class` takes ``M`` from their output, so a subclass may
-    assemble at another size; it must override both.
+    The layers (``conv_new``, ``inside_outside_maps``, ``box_maps``) make the maps; ``reader``
+    (:class:`instfcn_d2.core.fcis.FCISReader`, no parameters) reads them per RoI, in training and
+    at test time. Attributes used by subclasses (BiSeg): ``num_classes`` (C), ``reader``,
+    ``conv_new_init``.
     """
 
     @configurable
@@ -61,67 +63,51 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
         *,
         in_feature: str,
         in_channels: int,
-        stride: int,
+        reader: FCISReader,
         conv_new_dim: int = 1024,
         conv_new_init: str = "normal",
-        group_size: int = 7,
-        mask_size: int = 21,
-        sampling_ratio: int = 0,
-        aligned: bool = True,
         ohem: bool = False,
         ohem_batch_size: int = 128,
         loss_weights: Dict[str, float] = None,
         box_regression: BoxRegression = None,
-        test_candidates: str = "rois+regressed",
-        test_params: FCISTestParams = None,
         **kwargs,
     ):
         """
         Args:
             in_feature: the ``features`` entry the maps are computed from (stride 16 res5).
-            in_channels, stride: its channels and stride.
+            in_channels: its channels.
+            reader: the per-RoI reading and its settings (``k``, ``M``, the maps' scale, the
+                sampling, the test candidates, NMS and voting; its ``num_classes`` is the heads').
             conv_new_dim: channels of ``conv_new_1``.
             conv_new_init: its initialisation, ``"normal"`` (official N(0, 0.01)) or ``"msra"``.
-            group_size, mask_size: ``k`` and ``M``.
-            sampling_ratio, aligned: ``ps_roi_assemble`` sampling.
             ohem, ohem_batch_size: online hard example mining, RoIs kept per image.
             loss_weights: ``{"loss_cls", "loss_mask", "loss_box_reg"}`` -> weight.
-            box_regression: the class-agnostic box regression (deltas and their loss).
-            test_candidates: one of :data:`TEST_CANDIDATES`.
-            test_params: NMS, voting and output settings of inference.
+            box_regression: the class-agnostic box regression's training part (its transform's
+                weights must be the reader's ``box_weights``).
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
         """
         super().__init__(**kwargs)
-        if group_size > mask_size:
-            raise ValueError(
-                f"MODEL.FCIS.GROUP_SIZE (k = {group_size}) must be <= MODEL.FCIS.MASK_SIZE (M = {mask_size})"
-            )
-        if test_candidates not in TEST_CANDIDATES:
-            raise ValueError(f"MODEL.FCIS.TEST_CANDIDATES = {test_candidates!r}; expected one of {TEST_CANDIDATES}")
+        if reader.num_classes != self.num_classes:
+            raise ValueError(f"reader.num_classes = {reader.num_classes}, the heads have {self.num_classes}")
         if conv_new_init not in NEW_LAYER_INITS:
             raise ValueError(f"MODEL.FCIS.CONV_NEW_INIT = {conv_new_init!r}; expected one of {NEW_LAYER_INITS}")
         if ohem and ohem_batch_size < 1:
             raise ValueError(f"MODEL.FCIS.OHEM_BATCH_SIZE must be >= 1 with OHEM, got {ohem_batch_size}")
+        self.box_regression = box_regression or BoxRegression(Box2BoxTransform(weights=reader.box_weights))
+        weights = tuple(float(w) for w in self.box_regression.transform.weights)
+        if weights != reader.box_weights:
+            raise ValueError(f"box regression weights {weights} differ from the reader's {reader.box_weights}")
         self.in_feature = in_feature
-        self.spatial_scale = 1.0 / stride
-        self.group_size = group_size
-        self.mask_size = mask_size
-        self.sampling_ratio = sampling_ratio
-        self.aligned = aligned
+        self.reader = reader
         self.ohem = ohem
         self.ohem_batch_size = ohem_batch_size
         self.loss_weights = {"loss_cls": 1.0, "loss_mask": 1.0, "loss_box_reg": 1.0, **(loss_weights or {})}
-        self.box_regression = box_regression or BoxRegression(Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)))
-        self.test_candidates = test_candidates
-        self.test_params = test_params or FCISTestParams(num_classes=self.num_classes)
-        if self.test_params.num_classes != self.num_classes:
-            raise ValueError(f"test_params.num_classes = {self.test_params.num_classes}, the heads have {self.num_classes}")
 
         self.conv_new = nn.Conv2d(in_channels, conv_new_dim, kernel_size=1)
         self.conv_new_init = conv_new_init  # subclasses initialise their own conv_new-like layers alike
         init_new_layers(self.conv_new, conv_new_init)
-        self.inside_outside_maps = PSScoreMaps(conv_new_dim, group_size, 2 * (self.num_classes + 1))
-        self.box_maps = PSScoreMaps(conv_new_dim, group_size, 4)
+        self.inside_outside_maps = PSScoreMaps(conv_new_dim, reader.group_size, 2 * (self.num_classes + 1))
+        self.box_maps = PSScoreMaps(conv_new_dim, reader.group_size, 4)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -138,16 +124,34 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
             logger.info("FCIS: maps on %s at stride %s (the paper: res5 at stride 16)", in_features[0], shape.stride)
         ret = super().from_config(cfg)
         ret["batch_size_per_image"] = c.BATCH_SIZE_PER_IMAGE
+        transform = Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS))
         ret.update(
             in_feature=in_features[0],
             in_channels=shape.channels,
-            stride=shape.stride,
+            reader=FCISReader(
+                num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                group_size=c.GROUP_SIZE,
+                mask_size=c.MASK_SIZE,
+                spatial_scale=1.0 / shape.stride,
+                sampling_ratio=c.POOLER_SAMPLING_RATIO,
+                aligned=c.POOLER_ALIGNED,
+                test_candidates=c.TEST_CANDIDATES,
+                test_params=FCISTestParams(
+                    num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+                    score_thresh=c.SCORE_THRESH_TEST,
+                    nms_thresh=c.NMS_THRESH_TEST,
+                    detections_per_image=c.DETECTIONS_PER_IMAGE,
+                    mask_voting=c.MASK_VOTING,
+                    mask_voting_iou=c.MASK_VOTING_IOU,
+                    mask_voting_frame=c.MASK_VOTING_FRAME,
+                    mask_voting_binarize_voters=c.MASK_VOTING_BINARIZE_VOTERS,
+                    mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
+                ),
+                box_weights=tuple(float(w) for w in transform.weights),
+                box_scale_clamp=float(transform.scale_clamp),
+            ),
             conv_new_dim=c.CONV_NEW_DIM,
             conv_new_init=c.CONV_NEW_INIT,
-            group_size=c.GROUP_SIZE,
-            mask_size=c.MASK_SIZE,
-            sampling_ratio=c.POOLER_SAMPLING_RATIO,
-            aligned=c.POOLER_ALIGNED,
             ohem=c.OHEM,
             ohem_batch_size=c.OHEM_BATCH_SIZE,
             loss_weights={
@@ -155,21 +159,7 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
                 "loss_mask": c.MASK_LOSS_WEIGHT,
                 "loss_box_reg": c.BOX_LOSS_WEIGHT,
             },
-            box_regression=BoxRegression(
-                Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS)), c.BBOX_REG_LOSS_TYPE, c.SMOOTH_L1_BETA
-            ),
-            test_candidates=c.TEST_CANDIDATES,
-            test_params=FCISTestParams(
-                num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-                score_thresh=c.SCORE_THRESH_TEST,
-                nms_thresh=c.NMS_THRESH_TEST,
-                detections_per_image=c.DETECTIONS_PER_IMAGE,
-                mask_voting=c.MASK_VOTING,
-                mask_voting_iou=c.MASK_VOTING_IOU,
-                mask_voting_frame=c.MASK_VOTING_FRAME,
-                mask_voting_binarize_voters=c.MASK_VOTING_BINARIZE_VOTERS,
-                mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
-            ),
+            box_regression=BoxRegression(transform, c.BBOX_REG_LOSS_TYPE, c.SMOOTH_L1_BETA),
         )
         return ret
 
@@ -178,10 +168,6 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
         """The batch's inside/outside and box maps, from ``features[in_feature]`` (res5)."""
         conv_new = F.relu(self.conv_new(features[self.in_feature]))  # (N, CONV_NEW_DIM, H, W)
         return FCISMaps(inside_outside=self.inside_outside_maps(conv_new), box=self.box_maps(conv_new))
-
-    # ---- per-RoI: FCISRoIReading (roi_inside_outside, roi_class_logits, roi_box_deltas, ...) ----------
-    def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        return self.box_regression.transform.apply_deltas(deltas, boxes)
 
     # ---- forward ------------------------------------------------------------------------------------------
     def forward(
@@ -227,9 +213,9 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
     def losses(self, maps: FCISMaps, proposals: List[Instances]) -> Dict[str, Tensor]:
         """Classification, mask and box losses of the sampled RoIs (or of the OHEM-selected ones)."""
         rois = self._rois(proposals)
-        inside_outside = self.roi_inside_outside(maps, rois)
+        inside_outside = self.reader.roi_inside_outside(maps, rois)
         class_logits = inside_outside_class_logits(inside_outside)
-        deltas = self.roi_box_deltas(maps, rois)
+        deltas = self.reader.roi_box_deltas(maps, rois)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         per_roi = per_roi_losses(proposals, inside_outside, class_logits, deltas, self.num_classes, self.box_regression)
 
@@ -262,23 +248,12 @@ class FCISROIHeads(FCISRoIReading, ROIHeads):
     @torch.no_grad()
     def inference(self, maps: FCISMaps, proposals: List[Instances]) -> List[Instances]:
         """Detections per image (at the network input resolution) from the RPN proposals
-        (:meth:`.roi_reading.FCISRoIReading.detect`)."""
-        detections = self.detect(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
+        (:meth:`instfcn_d2.core.fcis.FCISReader.detect`)."""
+        detections = self.reader.detect(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
         return [detections_to_instances(d) for d in detections]
 
     def inference_candidates(self, maps: FCISMaps, proposals: List[Instances]) -> Tensor:
         """``(P, 5)`` RoIs scored at test time (``test_candidates``): the proposals and / or their
         box-regressed versions clipped to their image, rows ``(batch_index, x1, y1, x2, y2)``."""
-        return self.candidates(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
-
-
-def detections_to_instances(detections: FCISDetections) -> Instances:
-    """:class:`.inference.FCISDetections` as detectron2's ``Instances``: ``pred_boxes``,
-    ``scores``, ``pred_classes`` and ``pred_masks`` ``(K, 1, M, M)`` probabilities."""
-    result = Instances(detections.image_size)
-    result.pred_boxes = Boxes(detections.boxes)
-    result.scores = detections.scores
-    result.pred_classes = detections.classes
-    result.pred_masks = detections.mask_probs
-    return result
+        return self.reader.candidates(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
 

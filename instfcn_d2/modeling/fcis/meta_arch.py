@@ -29,7 +29,8 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
 from ..common import require_config_node
-from .heads import FCISMaps, FCISROIHeads
+from ...core.fcis import FCISMaps
+from .heads import FCISROIHeads
 
 __all__ = ["FCIS", "fcis_postprocess"]
 

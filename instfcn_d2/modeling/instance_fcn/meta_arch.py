@@ -18,7 +18,8 @@ still gets proposals. Only positions whose centre lies inside the (unpadded) ima
 See :mod:`.window_labels` for the positive / negative definition.
 
 The test-time part after the maps (top windows, assembling, the multi-scale test, the mask-box
-NMS) is :class:`.inference.InstanceFCNInference`, inherited here and run by exported models too.
+NMS) is the model's ``proposer``, an :class:`instfcn_d2.core.instance_fcn.WindowProposer` that
+exported models run too; the model hands it its maps and its mask head's assembling.
 
 With ``MODEL.INSTANCE_FCN.MASK_HEAD = "DeepMask"`` the mask branch is the paper's ~DeepMask
 baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
@@ -33,18 +34,18 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ..common import init_new_layers, mask_tight_boxes, require_config_node
+from ...core.boxes import mask_tight_boxes
+from ...core.instance_fcn import ProposalTest, WindowProposer, window_boxes, window_top_left
+from ..common import init_new_layers, require_config_node
+from ..instances import detections_to_instances
 from .heads import ObjectnessHead, build_instance_fcn_mask_head
-from .inference import InstanceFCNInference, ProposalTest
-from .postprocessing import WindowProposals
 from .window_labels import WindowLabelParams, label_windows, sample_windows, window_mask_targets
-from .windows import window_boxes, window_top_left
 
-__all__ = ["InstanceFCN", "WindowTraining", "ProposalTest", "proposals_to_instances"]
+__all__ = ["InstanceFCN", "WindowTraining"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class WindowTraining:
 
 
 @META_ARCH_REGISTRY.register()
-class InstanceFCN(InstanceFCNInference, nn.Module):
+class InstanceFCN(nn.Module):
     """InstanceFCN segment proposals (``MODEL.META_ARCHITECTURE: "InstanceFCN"``).
 
     ``forward(batched_inputs)``: detectron2's list of dicts (``"image"`` CHW in ``INPUT.FORMAT``,
@@ -105,7 +106,7 @@ class InstanceFCN(InstanceFCNInference, nn.Module):
         self.window_size = window_size
         self.stride = backbone.output_shape()[in_feature].stride
         self.training_params = training
-        self.test_params = test
+        self.proposer = WindowProposer(window_size=window_size, stride=self.stride, test_params=test)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         if self.pixel_mean.shape != self.pixel_std.shape:
@@ -197,10 +198,6 @@ class InstanceFCN(InstanceFCNInference, nn.Module):
             features = self.feature_reduce(features)
         return self.mask_head(features), self.objectness_head(features)
 
-    def assemble_windows(self, mask_maps: Tensor, rows: Tensor) -> Tensor:
-        """``(P, 3)`` rows ``(batch_index, y, x)`` -> ``(P, M, M)`` mask logits (the mask head's)."""
-        return self.mask_head.assemble(mask_maps, rows)
-
     # ---- assemble -> losses (training) ----------------------------------------------------------
     def losses(
         self, mask_maps: Tensor, objectness: Tensor, image_sizes: List[Tuple[int, int]], gt_instances: List[Instances]
@@ -210,7 +207,7 @@ class InstanceFCN(InstanceFCNInference, nn.Module):
         m, train = self.window_size, self.training_params
         obj_logits, obj_targets, pos_rows, mask_targets = [], [], [], []
         for i, (gt, image_size) in enumerate(zip(gt_instances, image_sizes)):
-            centres = self.window_centres(image_size, objectness.shape[-2:])
+            centres = self.proposer.window_centres(image_size, objectness.shape[-2:], device=self.device)
             boxes = window_boxes(centres, m, self.stride)
             gt_masks, gt_boxes = _gt_masks_and_boxes(gt, self.device)
             labels, matched = label_windows(gt_boxes, boxes, train.label_params)
@@ -277,32 +274,22 @@ class InstanceFCN(InstanceFCNInference, nn.Module):
     # ---- assemble -> proposals (inference) --------------------------------------------------------
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
         """Proposals per image, merged over the test scales (``TEST.AUG``) before the mask-box NMS
-        (:meth:`.inference.InstanceFCNInference.multi_scale_proposals` on this model's maps)."""
+        (:meth:`instfcn_d2.core.instance_fcn.WindowProposer.multi_scale_proposals` on this model's
+        maps, assembled by its mask head)."""
         output_sizes = [
             (int(x.get("height", x["image"].shape[-2])), int(x.get("width", x["image"].shape[-1])))
             for x in batched_inputs
         ]
         images = [x["image"].to(self.device) for x in batched_inputs]  # resized for the scales on the device
-        proposals = self.multi_scale_proposals(images, output_sizes, self.maps_of)
-        return [{"instances": proposals_to_instances(p)} for p in proposals]
+        proposals = self.proposer.multi_scale_proposals(images, output_sizes, self.maps_of, self.mask_head.assemble)
+        return [{"instances": detections_to_instances(p)} for p in proposals]
 
     def maps_of(self, images: List[Tensor]) -> Tuple[Tensor, Tensor, List[Tuple[int, int]]]:
-        """:data:`.inference.MapsOf` of this model: ``(C, h, w)`` images normalised and padded into
+        """:data:`instfcn_d2.core.instance_fcn.inference.MapsOf` of this model: ``(C, h, w)`` images normalised and padded into
         one batch, the maps of the batch and the images' sizes before padding."""
         batch = self.preprocess_image(images)
         mask_maps, objectness = self.compute_maps(batch)
         return mask_maps, objectness, batch.image_sizes
-
-
-def proposals_to_instances(proposals: WindowProposals) -> Instances:
-    """:class:`.postprocessing.WindowProposals` as detectron2's ``Instances``: ``pred_masks``,
-    ``pred_boxes``, ``scores`` and ``pred_classes`` (all 0: proposals are class-agnostic)."""
-    result = Instances(tuple(proposals.image_size))
-    result.pred_masks = proposals.masks
-    result.pred_boxes = Boxes(proposals.boxes)
-    result.scores = proposals.scores
-    result.pred_classes = torch.zeros(len(proposals), dtype=torch.int64, device=proposals.scores.device)
-    return result
 
 
 def _gt_masks_and_boxes(gt: Instances, device: torch.device):

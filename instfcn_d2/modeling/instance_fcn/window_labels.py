@@ -9,7 +9,8 @@ row given to :func:`instfcn_d2.layers.window_assemble`) and in image pixels it c
 ``L = m * s`` (168 px for the paper's ``m = 21``, ``s = 8``) centred on ``((x + .5) s, (y + .5) s)``
 (the centre of feature pixel ``(y, x)``) for odd ``m``, on ``(x s, y s)`` for even ``m``.
 Windows may hang off the map / image: outside pixels are empty. :func:`window_grid`,
-:func:`window_top_left` and :func:`window_boxes` are defined in :mod:`.windows`.
+:func:`window_top_left` and :func:`window_boxes` are defined in
+:mod:`instfcn_d2.core.instance_fcn.windows`.
 
 Positive / negative windows (DeepMask, Pinheiro et al. NeurIPS 2015, Sec. 3.1)
 -----------------------------------------------------------------------------
@@ -41,7 +42,7 @@ from detectron2.structures import BitMasks, PolygonMasks
 from torch import Tensor
 
 # the window geometry lives in the detectron2-free .windows (test time needs it); re-exported here
-from .windows import window_boxes, window_grid, window_top_left
+from ...core.instance_fcn.windows import window_boxes, window_grid, window_top_left
 
 __all__ = [
     "WindowLabelParams",

@@ -20,13 +20,13 @@ from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
-from instfcn_d2.modeling.biseg.heads import BiSegMaps, BiSegROIHeads
-from instfcn_d2.modeling.biseg.meta_arch import labels_to_fcis_order
-from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISROIHeads
-from instfcn_d2.modeling.fcis.heads import detections_to_instances
-from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
-from instfcn_d2.modeling.fcis.score_maps import inside_outside_class_logits
-from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.core.biseg import BiSegMaps, labels_to_fcis_order
+from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISReader
+from instfcn_d2.modeling.biseg.heads import BiSegROIHeads
+from instfcn_d2.modeling.instances import detections_to_instances
+from instfcn_d2.core.fcis.inference import fcis_inference_single_image
+from instfcn_d2.core.fcis.layout import inside_outside_class_logits
+from instfcn_d2.core.boxes import mask_tight_boxes
 
 BASE = str(REPO_ROOT / "configs" / "Base-BiSeg.yaml")
 TINY = [
@@ -129,11 +129,11 @@ def test_roi_inside_outside_shapes_and_values(fuse, mode):
     model = _model("MODEL.BISEG.FUSE", str(fuse), "MODEL.BISEG.PRIOR_MODE", mode).eval()
     heads = model.roi_heads
     M = 14 if fuse else 7  # MASK_SIZE 0: 2 * FCIS.MASK_SIZE with fusion
-    assert isinstance(heads, BiSegROIHeads) and heads.mask_size == M
+    assert isinstance(heads, BiSegROIHeads) and heads.reader.mask_size == M
     with torch.no_grad():
         _, features, maps = _maps(model, [_sample(0), _sample(1)])
         assert isinstance(maps, BiSegMaps) and (maps.fine is None) == (not fuse)
-        out = heads.roi_inside_outside(maps, ROIS)
+        out = heads.reader.roi_inside_outside(maps, ROIS)
         assert out.shape == (3, 2, C + 1, M, M)
 
         # the same from the primitives: k1 set at M/2 (upsampled x2) + k2 set at M, then the prior
@@ -144,7 +144,7 @@ def test_roi_inside_outside_shapes_and_values(fuse, mode):
         else:
             likelihood = coarse
             if mode == "none":  # naive multi-task per RoI = FCIS exactly
-                assert torch.equal(out, FCISROIHeads.roi_inside_outside(heads, maps, ROIS))
+                assert torch.equal(out, FCISReader.roi_inside_outside(heads.reader, maps, ROIS))
         likelihood = likelihood.view(3, 2, C + 1, M, M)
         prior = roi_align(maps.prior, ROIS, M, 1 / 16, 0, aligned=True)
         expected_inside = {
@@ -189,17 +189,17 @@ def test_roi_inside_outside_of_class_is_the_full_slice(fuse, mode):
     model = _model("MODEL.BISEG.FUSE", str(fuse), "MODEL.BISEG.PRIOR_MODE", mode).eval()
     heads = model.roi_heads
     _spread_maps(heads)
-    M = heads.mask_size
+    M = heads.reader.mask_size
     with torch.no_grad():
         _, _, maps = _maps(model, [_sample(0), _sample(1)])
         # a sharper prior than the fresh branch's ~1/(C+1), so that a wrong prior channel shows
         maps.prior = torch.softmax(torch.randn_like(maps.sem_seg_logits) * 3, dim=1)
-        full = heads.roi_inside_outside(maps, ROIS)
+        full = heads.reader.roi_inside_outside(maps, ROIS)
         for c in range(C + 1):
-            one = heads.roi_inside_outside_of_class(maps, ROIS, c)
+            one = heads.reader.roi_inside_outside_of_class(maps, ROIS, c)
             assert one.shape == (3, 2, M, M)
             torch.testing.assert_close(one, full[:, :, c], rtol=1e-5, atol=1e-6)
-        assert heads.roi_inside_outside_of_class(maps, ROIS[:0], 0).shape == (0, 2, M, M)
+        assert heads.reader.roi_inside_outside_of_class(maps, ROIS[:0], 0).shape == (0, 2, M, M)
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1
 
 
@@ -207,7 +207,7 @@ def test_inference_equals_the_full_tensor_reference():
     """Fused maps, product prior: chunked class scores + per-class masks = the old single pass."""
     model = _model().eval()
     heads = model.roi_heads
-    assert heads.fuse and heads.prior_mode == "product"
+    assert heads.reader.fuse and heads.reader.prior_mode == "product"
     _spread_maps(heads)
     with torch.no_grad():
         images, features, maps = _maps(model, [_test_input(_sample(0)), _test_input(_sample(1))])
@@ -216,22 +216,22 @@ def test_inference_equals_the_full_tensor_reference():
         # the reference: one (P, 2, C+1, M, M) tensor of all candidates, sliced per class
         candidates = heads.inference_candidates(maps, proposals)
         assert len(candidates) > CLASS_LOGITS_ROIS_PER_CHUNK
-        inside_outside = heads.roi_inside_outside(maps, candidates)
+        inside_outside = heads.reader.roi_inside_outside(maps, candidates)
         scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
-        torch.testing.assert_close(heads.roi_class_logits(maps, candidates), inside_outside_class_logits(inside_outside))
+        torch.testing.assert_close(heads.reader.roi_class_logits(maps, candidates), inside_outside_class_logits(inside_outside))
     for i, (p, result) in enumerate(zip(proposals, ours)):
         rows = (candidates[:, 0] == i).nonzero().squeeze(1)
         io = inside_outside[rows]
         expected = detections_to_instances(
             fcis_inference_single_image(
-                candidates[rows, 1:], scores[rows], lambda idx, c: io[idx, :, c], p.image_size, heads.test_params
+                candidates[rows, 1:], scores[rows], lambda idx, c: io[idx, :, c], p.image_size, heads.reader.test_params
             )
         )
         assert len(result) == len(expected) > 0
         torch.testing.assert_close(result.pred_boxes.tensor, expected.pred_boxes.tensor)
         torch.testing.assert_close(result.scores, expected.scores)
         assert torch.equal(result.pred_classes, expected.pred_classes)
-        assert result.pred_masks.shape[-1] == heads.mask_size
+        assert result.pred_masks.shape[-1] == heads.reader.mask_size
         torch.testing.assert_close(result.pred_masks, expected.pred_masks, rtol=1e-5, atol=1e-6)
 
 
@@ -385,7 +385,7 @@ def test_heads_without_the_prior_say_where_it_comes_from():
             model.roi_heads(images, features, proposals)
         none = _model("MODEL.BISEG.PRIOR_MODE", "none").eval()
         (result,), _ = none.roi_heads(images, features, proposals)  # no prior needed
-    assert result.pred_masks.shape[-1] == none.roi_heads.mask_size
+    assert result.pred_masks.shape[-1] == none.roi_heads.reader.mask_size
 
 
 def test_config_errors_name_the_key():
@@ -435,9 +435,9 @@ def test_ablation_configs_build_and_share_the_fcis_schedule(dataset, name):
     model = build_model(cfg)
     heads = model.roi_heads
     assert type(model).__name__ == "BiSeg"
-    assert (heads.prior_mode, heads.fuse, heads.mask_size, heads.group_size) == (mode, fuse, M, 7)
+    assert (heads.reader.prior_mode, heads.reader.fuse, heads.reader.mask_size, heads.reader.group_size) == (mode, fuse, M, 7)
     if fuse:
-        assert heads.fine_group_size == k2 and heads.fine_spatial_scale == 1 / 8
+        assert heads.reader.fine_group_size == k2 and heads.reader.fine_spatial_scale == 1 / 8
 
 
 def test_voc_config_has_the_papers_settings():

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instfcn_d2.modeling.biseg.semantic_prior import SemanticBranch, combine_prior, crop_roi_prior, fuse_likelihoods
+from instfcn_d2.core.biseg.prior import combine_prior, crop_roi_prior, fuse_likelihoods
+from instfcn_d2.modeling.biseg.semantic_prior import SemanticBranch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

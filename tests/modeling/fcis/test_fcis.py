@@ -17,12 +17,14 @@ from detectron2.utils.visualizer import Visualizer
 from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
-from instfcn_d2.modeling.fcis.heads import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISROIHeads, detections_to_instances
-from instfcn_d2.modeling.fcis.roi_reading import clip_finite
-from instfcn_d2.modeling.fcis.inference import fcis_inference_single_image
+from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISReader
+from instfcn_d2.modeling.fcis.heads import FCISROIHeads
+from instfcn_d2.modeling.instances import detections_to_instances
+from instfcn_d2.core.fcis.reading import clip_finite
+from instfcn_d2.core.fcis.inference import fcis_inference_single_image
 from instfcn_d2.modeling.fcis.losses import ohem_select, per_roi_losses
 from instfcn_d2.modeling.fcis.meta_arch import FCIS, fcis_postprocess
-from instfcn_d2.modeling.fcis.score_maps import (
+from instfcn_d2.core.fcis.layout import (
     inside_outside_channel,
     inside_outside_class_logits,
     inside_outside_mask_probs,
@@ -90,11 +92,11 @@ def _tensor_reader(inside_outside):
 def _detect(heads, boxes, scores, inside_outside, image_size=(128, 128)):
     """fcis_inference_single_image with the heads' test settings; ``inside_outside`` a tensor or a callable."""
     reader = inside_outside if callable(inside_outside) else _tensor_reader(inside_outside)
-    return detections_to_instances(fcis_inference_single_image(boxes, scores, reader, image_size, heads.test_params))
+    return detections_to_instances(fcis_inference_single_image(boxes, scores, reader, image_size, heads.reader.test_params))
 
 
 def _with_test_params(heads, **changes):
-    heads.test_params = dataclasses.replace(heads.test_params, **changes)
+    heads.reader = heads.reader.replace(test_params=dataclasses.replace(heads.reader.test_params, **changes))
     return heads
 
 
@@ -106,7 +108,7 @@ def _make_constant(model, inside=None, outside=None, value=4.0):
     """Hand-made score maps: zero weights, and bias ``value`` on every cell of the inside (or
     outside) channels of the given class, 0 elsewhere; box maps all zero (deltas 0)."""
     heads = model.roi_heads
-    k2 = heads.group_size ** 2
+    k2 = heads.reader.group_size ** 2
     with torch.no_grad():
         for layer in (heads.inside_outside_maps.conv, heads.box_maps.conv):
             layer.weight.zero_()
@@ -134,7 +136,7 @@ def test_all_inside_maps_of_class_c_give_a_full_mask_and_class_c(cls):
     rois = torch.tensor([[0, 4.0, 8.0, 60.0, 50.0], [0, 30.0, 20.0, 90.0, 90.0]])
     with torch.no_grad():
         features = model.backbone(torch.zeros(1, 3, 96, 96))
-        io = model.roi_heads.roi_inside_outside(model.roi_heads.score_maps(features), rois)
+        io = model.roi_heads.reader.roi_inside_outside(model.roi_heads.score_maps(features), rois)
     assert io.shape == (2, 2, C + 1, 21, 21)
     scores = torch.softmax(inside_outside_class_logits(io), dim=1)
     assert scores.argmax(dim=1).tolist() == [cls, cls]
@@ -151,7 +153,7 @@ def test_all_outside_maps_of_class_c_give_class_c_with_an_empty_mask():
     rois = torch.tensor([[0, 10.0, 10.0, 70.0, 60.0]])
     with torch.no_grad():
         maps = model.roi_heads.score_maps(model.backbone(torch.zeros(1, 3, 96, 96)))
-        io = model.roi_heads.roi_inside_outside(maps, rois)
+        io = model.roi_heads.reader.roi_inside_outside(maps, rois)
     assert inside_outside_class_logits(io).argmax(dim=1).tolist() == [1]
     assert inside_outside_mask_probs(io[:, :, 1]).max() < 0.02
 
@@ -230,7 +232,7 @@ def test_mask_loss_targets_inside_on_the_gt_mask_of_the_gt_class():
     sample = _sample(5)
     boxes = sample["instances"].gt_boxes.tensor + torch.tensor([[-3.0, -2.0, 4.0, 3.0]])
     proposals = [_labelled_proposals(sample, boxes)]
-    M = heads.mask_size
+    M = heads.reader.mask_size
     target = sample["instances"].gt_masks.crop_and_resize(boxes, M).float()  # (2, M, M)
     io = torch.zeros(2, 2, C + 1, M, M)
     cls = proposals[0].gt_classes
@@ -284,13 +286,13 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     model = _model()
     model.eval()
     seen = []
-    original = FCISROIHeads.roi_inside_outside
+    original = FCISReader.roi_inside_outside
 
     def spy(self, maps, rois):
         seen.append(rois.clone())
         return original(self, maps, rois)
 
-    monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
+    monkeypatch.setattr(FCISReader, "roi_inside_outside", spy)
     with torch.no_grad():
         model([_test_input(_sample(0)), _test_input(_sample(1))])
     # one pass over all candidates, in chunks (the class scores; masks are assembled per class)
@@ -300,7 +302,7 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     assert set(rois[:, 0].tolist()) == {0.0, 1.0}
 
     seen.clear()
-    model.roi_heads.test_candidates = "regressed"
+    model.roi_heads.reader = model.roi_heads.reader.replace(test_candidates="regressed")
     with torch.no_grad():
         model([_test_input(_sample(0))])
     assert len(torch.cat(seen)) == 50
@@ -451,21 +453,23 @@ def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
             for r in results:
                 r["probe"] = float(maps.probe[0])
 
-    class ProbeHeads(FCISROIHeads):
-        calls = []
+    calls = []
 
+    @dataclasses.dataclass(frozen=True)
+    class ProbeReader(FCISReader):
         def roi_inside_outside(self, maps, rois):
-            self.calls.append(("all", float(maps.probe[0])))
+            calls.append(("all", float(maps.probe[0])))
             return super().roi_inside_outside(maps, rois)
 
         def roi_inside_outside_of_class(self, maps, rois, class_index):
-            self.calls.append(("class", float(maps.probe[0])))
+            calls.append(("class", float(maps.probe[0])))
             return super().roi_inside_outside_of_class(maps, rois, class_index)
 
     cfg = _cfg()
     torch.manual_seed(0)
     backbone_model = build_model(cfg)
-    heads = ProbeHeads(cfg, backbone_model.backbone.output_shape())
+    heads = FCISROIHeads(cfg, backbone_model.backbone.output_shape())
+    heads.reader = ProbeReader(**dataclasses.asdict(heads.reader) | {"test_params": heads.reader.test_params})
     model = Probe(
         backbone=backbone_model.backbone,
         proposal_generator=backbone_model.proposal_generator,
@@ -475,13 +479,13 @@ def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
     )
     losses, _ = _train_step(model, [_sample(0)])
     assert losses["loss_probe"].item() == 3.0 and "loss_mask" in losses
-    assert ProbeHeads.calls == [("all", 3.0)]
+    assert calls == [("all", 3.0)]
     model.eval()
     with torch.no_grad():
         (out,) = model([_test_input(_sample(1))])
     assert out["probe"] == 3.0 and len(out["instances"]) > 0
     # inference: the class scores (in chunks), then the masks one class at a time
-    assert {kind for kind, _ in ProbeHeads.calls} == {"all", "class"} and {v for _, v in ProbeHeads.calls} == {3.0}
+    assert {kind for kind, _ in calls} == {"all", "class"} and {v for _, v in calls} == {3.0}
 
 
 def test_heads_called_without_maps_compute_their_own():
@@ -506,9 +510,9 @@ def test_configs_load_and_build(path):
         )
         assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, c.MASK_VOTING_IOU) == (101, 300, 0.5)
     model = build_model(cfg)
-    assert isinstance(model, FCIS) and model.roi_heads.spatial_scale == 1 / 16
+    assert isinstance(model, FCIS) and model.roi_heads.reader.spatial_scale == 1 / 16
     assert model.backbone.output_shape()["res4"].stride == 16
-    assert model.roi_heads.mask_size == c.MASK_SIZE and model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    assert model.roi_heads.reader.mask_size == c.MASK_SIZE and model.roi_heads.num_classes == cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 def test_rois_rows_and_clipping_of_regressed_boxes():
@@ -598,10 +602,10 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
     """fcis_inference_single_image softmaxes the masks of the candidates that vote for some kept box only;
     the voted masks must equal mask_voting over all candidates (non-voters weigh nothing), with
     each voter binarised at MASK_BINARIZE_THRESH first (MASK_VOTING_BINARIZE_VOTERS, default) or not."""
-    from instfcn_d2.modeling.fcis.mask_voting import mask_voting
+    from instfcn_d2.core.fcis.mask_voting import mask_voting
 
     heads = _model("MODEL.FCIS.MASK_VOTING_BINARIZE_VOTERS", str(binarize_voters)).roi_heads
-    assert heads.test_params.mask_voting_binarize_voters == binarize_voters
+    assert heads.reader.test_params.mask_voting_binarize_voters == binarize_voters
     _with_test_params(heads, mask_voting_frame="kept_box")
     boxes, scores, inside_outside = _random_candidates(heads)
     result = _detect(heads, boxes, scores, inside_outside)
@@ -610,15 +614,15 @@ def test_voting_reads_only_the_voters_masks_and_equals_voting_over_every_candida
         c = int(result.pred_classes[k])
         expected = mask_voting(
             result.pred_boxes.tensor[k : k + 1], boxes, inside_outside_mask_probs(inside_outside[:, :, c]),
-            scores[:, c], iou_threshold=heads.test_params.mask_voting_iou,
-            voter_threshold=heads.test_params.mask_binarize_thresh if binarize_voters else None,
+            scores[:, c], iou_threshold=heads.reader.test_params.mask_voting_iou,
+            voter_threshold=heads.reader.test_params.mask_binarize_thresh if binarize_voters else None,
         )  # fmt: skip
         torch.testing.assert_close(result.pred_masks[k], expected, rtol=1e-5, atol=1e-6)
 
 
 def _random_candidates(heads, P=40, seed=3):
     torch.manual_seed(seed)
-    C, M = heads.num_classes, heads.mask_size
+    C, M = heads.num_classes, heads.reader.mask_size
     xy = torch.rand(P, 2) * 60
     boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
     scores = torch.softmax(torch.randn(P, C + 1) * 3, dim=1)
@@ -629,10 +633,10 @@ def test_union_frame_voting_is_the_official_mask_aggregation():
     """MASK_VOTING_FRAME "union" (default): the voters (binarised) averaged over the union of their boxes; the
     output box is the box of the voted mask binarised at MASK_BINARIZE_THRESH, the mask resampled
     into it. Same detections (NMS) as "kept_box"."""
-    from instfcn_d2.modeling.fcis.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
+    from instfcn_d2.core.fcis.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
 
     heads = _model().roi_heads
-    assert heads.test_params.mask_voting_frame == "union" and heads.test_params.mask_binarize_thresh == 0.4
+    assert heads.reader.test_params.mask_voting_frame == "union" and heads.reader.test_params.mask_binarize_thresh == 0.4
     boxes, scores, inside_outside = _random_candidates(heads)
     union = _detect(heads, boxes, scores, inside_outside)
     kept = _detect(_with_test_params(heads, mask_voting_frame="kept_box"), boxes, scores, inside_outside)
@@ -640,9 +644,9 @@ def test_union_frame_voting_is_the_official_mask_aggregation():
     for k in range(len(kept)):
         c = int(kept.pred_classes[k])
         kept_box = kept.pred_boxes.tensor[k : k + 1]
-        frame = voter_union_boxes(kept_box, boxes, heads.test_params.mask_voting_iou)
+        frame = voter_union_boxes(kept_box, boxes, heads.reader.test_params.mask_voting_iou)
         voted = mask_voting(kept_box, boxes, inside_outside_mask_probs(inside_outside[:, :, c]), scores[:, c],
-                            iou_threshold=heads.test_params.mask_voting_iou, frames=frame, voter_threshold=0.4)  # fmt: skip
+                            iou_threshold=heads.reader.test_params.mask_voting_iou, frames=frame, voter_threshold=0.4)  # fmt: skip
         tight = tight_mask_boxes(voted, frame, 0.4)
         torch.testing.assert_close(union.pred_boxes.tensor[k : k + 1], tight)
         torch.testing.assert_close(union.pred_masks[k], resample_masks_into_boxes(voted, frame, tight), rtol=1e-5, atol=1e-6)
@@ -667,7 +671,7 @@ def _reference_inference(heads, maps, proposals):
     """Inference without roi_class_logits / roi_inside_outside_of_class: one
     ``(P, 2, C+1, M, M)`` tensor for all candidates, read by fcis_inference_single_image."""
     candidates = heads.inference_candidates(maps, proposals)
-    inside_outside = heads.roi_inside_outside(maps, candidates)
+    inside_outside = heads.reader.roi_inside_outside(maps, candidates)
     scores = torch.softmax(inside_outside_class_logits(inside_outside), dim=1)
     results = []
     for i, p in enumerate(proposals):
@@ -724,14 +728,14 @@ def test_roi_inside_outside_of_class_is_the_full_assembly_sliced():
     rois = _random_rois(9)
     with torch.no_grad():
         maps = heads.score_maps(model.backbone(torch.randn(2, 3, 96, 96) * 50))
-        full = heads.roi_inside_outside(maps, rois)
+        full = heads.reader.roi_inside_outside(maps, rois)
         for c in range(C + 1):
-            one = heads.roi_inside_outside_of_class(maps, rois, c)
+            one = heads.reader.roi_inside_outside_of_class(maps, rois, c)
             assert one.shape == (9, 2, 21, 21)
             torch.testing.assert_close(one, full[:, :, c], rtol=1e-6, atol=1e-6)
-        assert heads.roi_inside_outside_of_class(maps, rois[:0], 1).shape == (0, 2, 21, 21)
+        assert heads.reader.roi_inside_outside_of_class(maps, rois[:0], 1).shape == (0, 2, 21, 21)
         with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\]"):
-            heads.roi_inside_outside_of_class(maps, rois, C + 1)
+            heads.reader.roi_inside_outside_of_class(maps, rois, C + 1)
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1  # the classes do differ
 
 
@@ -743,19 +747,19 @@ def test_roi_class_logits_chunked_equal_the_unchunked_ones(monkeypatch):
     rois = _random_rois(n)
     with torch.no_grad():
         maps = heads.score_maps(model.backbone(torch.randn(2, 3, 96, 96) * 50))
-        expected = inside_outside_class_logits(heads.roi_inside_outside(maps, rois))
+        expected = inside_outside_class_logits(heads.reader.roi_inside_outside(maps, rois))
         sizes = []
-        original = FCISROIHeads.roi_inside_outside
+        original = FCISReader.roi_inside_outside
 
         def spy(self, maps, rois):
             sizes.append(len(rois))
             return original(self, maps, rois)
 
-        monkeypatch.setattr(FCISROIHeads, "roi_inside_outside", spy)
-        logits = heads.roi_class_logits(maps, rois)
+        monkeypatch.setattr(FCISReader, "roi_inside_outside", spy)
+        logits = heads.reader.roi_class_logits(maps, rois)
         assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, CLASS_LOGITS_ROIS_PER_CHUNK, 5]
         torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
-        empty = heads.roi_class_logits(maps, rois[:0])
+        empty = heads.reader.roi_class_logits(maps, rois[:0])
     assert empty.shape == (0, C + 1)
 
 
@@ -765,7 +769,7 @@ def test_inference_reads_only_the_valid_detected_candidates_masks(voting):
     and only for classes detected; the result equals that of the full tensor."""
     heads = _model("MODEL.FCIS.MASK_VOTING", str(voting)).roi_heads
     torch.manual_seed(4)
-    P, M = 40, heads.mask_size
+    P, M = 40, heads.reader.mask_size
     xy = torch.rand(P, 2) * 60
     boxes = torch.cat([xy, xy + 20 + torch.rand(P, 2) * 40], dim=1)
     boxes[3, 2] = boxes[3, 0]  # empty, as a regressed box clipped away

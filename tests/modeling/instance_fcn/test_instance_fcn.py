@@ -17,9 +17,9 @@ from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers.reference import window_assemble_reference
 from instfcn_d2.modeling.instance_fcn.heads import DeepMaskHead, InstanceSensitiveMaskHead
-from instfcn_d2.modeling.instance_fcn.inference import resize_shortest_edge_shape
-from instfcn_d2.modeling.instance_fcn.meta_arch import proposals_to_instances
-from instfcn_d2.modeling.instance_fcn.postprocessing import (
+from instfcn_d2.core.instance_fcn.inference import resize_shortest_edge_shape
+from instfcn_d2.modeling.instances import detections_to_instances
+from instfcn_d2.core.instance_fcn.postprocessing import (
     mask_box_nms,
     mask_tight_boxes,
     paste_window_masks,
@@ -187,7 +187,7 @@ def test_topk_before_assembling_equals_assembling_every_window():
         mask_maps, objectness = model.compute_maps(images)
         m, k = model.window_size, model.mask_head.group_size
         # every window at once, by the pure-PyTorch reference: the window centred at (y, x)
-        centres = model.window_centres(images.image_sizes[0], objectness.shape[-2:])
+        centres = model.proposer.window_centres(images.image_sizes[0], objectness.shape[-2:])
         assert len(centres) == 10 * 13
         corners = torch.cat([torch.zeros_like(centres[:, :1]), centres - m // 2], dim=1)
         all_probs = window_assemble_reference(mask_maps, corners, m, k).sigmoid()
@@ -199,11 +199,11 @@ def test_topk_before_assembling_equals_assembling_every_window():
             order = all_scores.argsort(descending=True)[:topk]
             return window_masks_to_proposals(
                 all_probs[order], all_boxes[order], all_scores[order], (80, 104),
-                mask_threshold=model.test_params.mask_thresh, nms_threshold=model.test_params.nms_thresh, max_detections=200,
+                mask_threshold=model.proposer.test_params.mask_thresh, nms_threshold=model.proposer.test_params.nms_thresh, max_detections=200,
             )
 
         for topk, expected_calls in [(30, [30]), (1000, [130])]:
-            model.test_params = dataclasses.replace(model.test_params, pre_nms_topk=topk)
+            model.proposer = dataclasses.replace(model.proposer, test_params=dataclasses.replace(model.proposer.test_params, pre_nms_topk=topk))
             calls.clear()
             out = model([sample])[0]["instances"]
             assert calls == expected_calls  # only the top windows are assembled
@@ -304,7 +304,7 @@ def test_window_masks_to_proposals_binarises_clips_and_suppresses():
     boxes = torch.tensor([[-8.0, -8.0, 24.0, 24.0], [-7.0, -8.0, 25.0, 24.0], [0.0, 0.0, 32.0, 32.0]])
     props = window_masks_to_proposals(probs, boxes, torch.tensor([0.7, 0.6, 0.9]), (20, 30), max_detections=10)
     assert props.image_size == (20, 30) and len(props) == 1
-    inst = proposals_to_instances(props)  # as the meta-architecture returns them
+    inst = detections_to_instances(props)  # as the meta-architecture returns them
     _check_proposals(inst, 20, 30, 10)
     assert len(inst) == 1 and inst.scores.tolist() == [pytest.approx(0.7)]
     # window pixels 8..23 (blocks 1..2) -> image pixels 0..15, up to the bilinear edge

@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, PolygonMasks
 
-from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.core.boxes import mask_tight_boxes
 from instfcn_d2.modeling.instance_fcn.window_labels import (
     WindowLabelParams,
     label_windows,

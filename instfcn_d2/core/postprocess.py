@@ -1,7 +1,7 @@
-"""Detections and semantic maps at the output resolution: the same values as detectron2's
-``paste_masks_in_image`` (``layers/mask_ops.py``), ``detector_postprocess`` and
-``sem_seg_postprocess`` (``modeling/postprocessing.py``), written again because deployment runs
-without detectron2.
+"""Inputs padded as detectron2's ``ImageList`` pads them, and detections and semantic maps at the
+output resolution: the same values as detectron2's ``paste_masks_in_image``
+(``layers/mask_ops.py``), ``detector_postprocess`` and ``sem_seg_postprocess``
+(``modeling/postprocessing.py``), written again because this layer runs without detectron2.
 
 Operations, their order, dtypes and the chunking of the mask pasting are detectron2's, so the
 results are bit-equal to it.
@@ -15,8 +15,23 @@ from torch.nn import functional as F
 
 from .boxes import clip_boxes, nonempty
 
+__all__ = ["pad_to_divisibility", "paste_masks_in_image", "detector_postprocess", "sem_seg_postprocess"]
+
 BYTES_PER_FLOAT = 4
 GPU_MEM_LIMIT = 1024**3  # detectron2's budget per chunk of pasted masks on a GPU
+
+
+def pad_to_divisibility(image: Tensor, divisibility: int, pixel_mean: Tensor) -> Tensor:
+    """``(3, h, w)`` padded at the bottom / right to multiples of ``divisibility`` with
+    ``pixel_mean`` ``(3, 1, 1)``: 0 once normalised, as detectron2's ``ImageList`` pads the
+    normalised batch (the exported graphs normalise inside)."""
+    h, w = image.shape[-2:]
+    if divisibility <= 1 or (h % divisibility == 0 and w % divisibility == 0):
+        return image
+    H, W = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
+    out = pixel_mean.to(image).expand(image.shape[0], H, W).clone()
+    out[:, :h, :w] = image
+    return out
 
 
 def _do_paste_mask(masks: Tensor, boxes: Tensor, img_h: int, img_w: int, skip_empty: bool = True):

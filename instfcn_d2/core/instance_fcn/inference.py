@@ -2,36 +2,42 @@
 test scales (``TEST.AUG``), then merged into proposals (:mod:`.postprocessing`).
 
 Everything here is parameter free and detectron2 free: it runs on the ``(N, k*k, H, W)``
-instance-sensitive maps and ``(N, H, W)`` objectness logits of any source. The meta-architecture
-(:class:`.meta_arch.InstanceFCN`) inherits :class:`InstanceFCNInference` and hands it its own
-maps; exported models (:mod:`instfcn_d2.deploy.instance_fcn`), whose graph ends at the maps, run
-the same code after the graph, without detectron2.
+instance-sensitive maps and ``(N, H, W)`` objectness logits of any source. :class:`WindowProposer`
+is a part: frozen settings plus the functions that use them. The meta-architecture
+(``instfcn_d2.modeling.instance_fcn.InstanceFCN``) owns one and hands it its maps and its mask
+head's assembling; exported models (:mod:`instfcn_d2.deploy.instance_fcn`), whose graph ends at the
+maps, load the same settings and run the same code after the graph.
 
 - :class:`ProposalTest`: the test settings (``MODEL.INSTANCE_FCN`` and ``TEST.AUG``);
 - :func:`resize_shortest_edge_shape`: the size of one test scale (detectron2's
   ``ResizeShortestEdge.get_output_shape``);
-- :meth:`InstanceFCNInference.window_candidates`: one image's top windows at one scale;
-- :meth:`InstanceFCNInference.multi_scale_proposals`: the whole test: per scale resize, maps and
+- :meth:`WindowProposer.window_candidates`: one image's top windows at one scale;
+- :meth:`WindowProposer.multi_scale_proposals`: the whole test: per scale resize, maps and
   candidates, then the mask-box NMS over the candidates of all scales.
 """
 import math
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .postprocessing import NMS_BOX_RESOLUTIONS, WindowProposals, window_masks_to_proposals
+from ..detections import Detections
+from .postprocessing import NMS_BOX_RESOLUTIONS, window_masks_to_proposals
 from .windows import window_boxes, window_grid, window_top_left
 
-__all__ = ["ProposalTest", "InstanceFCNInference", "MapsOf", "resize_shortest_edge_shape"]
+__all__ = ["ProposalTest", "WindowProposer", "MapsOf", "AssembleWindows", "resize_shortest_edge_shape"]
 
 #: ``maps_of(images) -> (mask_maps, objectness, image_sizes)``: the maps of a list of ``(3, h, w)``
 #: float images (raw pixels in ``INPUT.FORMAT``, not normalised): ``(N, k*k, H, W)``
 #: instance-sensitive maps and ``(N, H, W)`` objectness logits of the batch, padded as the model
 #: pads, and each image's ``(h, w)`` before padding.
 MapsOf = Callable[[List[Tensor]], Tuple[Tensor, Tensor, Sequence[Tuple[int, int]]]]
+#: ``assemble_windows(mask_maps, rows) -> (P, M, M)``: mask logits of the windows whose top-left
+#: feature pixels are the ``(P, 3)`` rows ``(batch_index, y, x)``, assembled from the
+#: ``(N, k*k, H, W)`` maps (the mask head's ``assemble``; deployed: ``window_assemble``).
+AssembleWindows = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -78,31 +84,31 @@ def resize_shortest_edge_shape(height: int, width: int, short_edge_length: int, 
     return int(newh + 0.5), int(neww + 0.5)
 
 
-class InstanceFCNInference:
-    """InstanceFCN's test time on its maps, mixed into the meta-architecture and into the runner of
-    exported models.
+@dataclass(frozen=True)
+class WindowProposer:
+    """InstanceFCN's test time on its maps: the model's settings and the functions that use them."""
 
-    Needs the attributes ``window_size`` (``m``, feature pixels), ``stride`` (of the maps, image
-    pixels) and ``test_params`` (:class:`ProposalTest`), and the method :meth:`assemble_windows`.
-    """
+    window_size: int  # m, feature pixels
+    stride: int  # of the maps, image pixels
+    test_params: ProposalTest = ProposalTest()
 
-    window_size: int
-    stride: int
-    test_params: ProposalTest
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings, JSON-serialisable; :meth:`from_dict` reads them back."""
+        d = asdict(self)
+        sizes = self.test_params.test_min_sizes
+        d["test_params"]["test_min_sizes"] = None if sizes is None else list(sizes)  # JSON has no tuples
+        return d
 
-    def assemble_windows(self, mask_maps: Tensor, rows: Tensor) -> Tensor:
-        """``(P, 3)`` rows ``(batch_index, y, x)`` of window top-left feature pixels ->
-        ``(P, M, M)`` mask logits assembled from the maps (the mask head's ``assemble``)."""
-        raise NotImplementedError
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "WindowProposer":
+        test = dict(d["test_params"])
+        if test.get("test_min_sizes") is not None:
+            test["test_min_sizes"] = tuple(int(s) for s in test["test_min_sizes"])
+        return cls(window_size=int(d["window_size"]), stride=int(d["stride"]), test_params=ProposalTest(**test))
 
     def window_centres(self, image_size: Tuple[int, int], map_size: Tuple[int, int], device=None) -> Tensor:
-        """``(P, 2)`` feature positions ``(y, x)`` whose window centre lies inside the unpadded image.
-
-        ``device``: of the result; by default the ``device`` attribute where there is one (the
-        meta-architecture's), else the CPU.
-        """
-        if device is None:
-            device = getattr(self, "device", None)
+        """``(P, 2)`` feature positions ``(y, x)`` whose window centre lies inside the unpadded image,
+        on ``device``."""
         s = self.stride
         h = min(int(map_size[0]), math.ceil(image_size[0] / s))
         w = min(int(map_size[1]), math.ceil(image_size[1] / s))
@@ -115,6 +121,7 @@ class InstanceFCNInference:
         index: int,
         image_size: Tuple[int, int],
         output_size: Tuple[int, int],
+        assemble_windows: AssembleWindows,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """The top ``pre_nms_topk`` windows of image ``index`` by objectness, assembled.
 
@@ -126,6 +133,7 @@ class InstanceFCNInference:
             objectness: ``(N, H, W)`` the batch's window logits.
             image_size: ``(h, w)`` of image ``index`` at the network input, before padding.
             output_size: ``(height, width)`` of the result.
+            assemble_windows: the windows' mask logits from the maps.
 
         Returns ``(P, M, M)`` mask probabilities, ``(P, 4)`` window boxes at ``output_size`` and
         ``(P,)`` objectness probabilities (decreasing).
@@ -138,7 +146,7 @@ class InstanceFCNInference:
         scores, centres = scores[keep], centres[order[keep]]
         tl = window_top_left(centres, m)
         rows = torch.cat([torch.full_like(tl[:, :1], index), tl], dim=1)
-        probs = self.assemble_windows(mask_maps, rows).sigmoid()
+        probs = assemble_windows(mask_maps, rows).sigmoid()
         boxes = window_boxes(centres, m, self.stride)
         # window boxes from the network's input resolution to the output resolution
         scale = boxes.new_tensor([output_size[1] / image_size[1], output_size[0] / image_size[0]] * 2)
@@ -157,8 +165,12 @@ class InstanceFCNInference:
         return F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
 
     def multi_scale_proposals(
-        self, images: Sequence[Tensor], output_sizes: Sequence[Tuple[int, int]], maps_of: MapsOf
-    ) -> List[WindowProposals]:
+        self,
+        images: Sequence[Tensor],
+        output_sizes: Sequence[Tuple[int, int]],
+        maps_of: MapsOf,
+        assemble_windows: AssembleWindows,
+    ) -> List[Detections]:
         """Proposals per image, merged over the test scales (``test_min_sizes``) before the
         mask-box NMS.
 
@@ -168,6 +180,10 @@ class InstanceFCNInference:
             output_sizes: ``(height, width)`` of each result (the original image's size).
             maps_of: computes the maps of the images of one scale, as one batch
                 (the meta-architecture's trunk and branches, or an exported graph).
+            assemble_windows: the windows' mask logits from those maps.
+
+        Returns one :class:`Detections` per image at its output size: class-agnostic proposals
+        (classes 0), bool masks, the tight boxes of the masks, objectness scores, highest first.
         """
         test = self.test_params
         candidates = [[] for _ in images]  # per image: (probs, boxes, scores) per scale
@@ -175,7 +191,9 @@ class InstanceFCNInference:
             scaled = [self.resize_for_test(x, out, min_size) for x, out in zip(images, output_sizes)]
             mask_maps, objectness, image_sizes = maps_of(scaled)
             for i, (image_size, out_size) in enumerate(zip(image_sizes, output_sizes)):
-                candidates[i].append(self.window_candidates(mask_maps, objectness, i, image_size, out_size))
+                candidates[i].append(
+                    self.window_candidates(mask_maps, objectness, i, image_size, out_size, assemble_windows)
+                )
 
         results = []
         for cands, out_size in zip(candidates, output_sizes):

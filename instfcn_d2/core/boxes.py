@@ -1,13 +1,17 @@
-"""Box decoding and box checks: the same values as detectron2's ``Box2BoxTransform.apply_deltas``,
-``Boxes.clip`` and ``Boxes.nonempty``, written again because deployment runs without detectron2.
+"""Box decoding, box checks and the tight boxes of masks.
 
-The operations and their order are detectron2's, so results are bit-equal to it (tested against it
-in ``tests/deploy/test_detectron2_ports.py``).
+``apply_deltas``, ``clip_boxes`` and ``nonempty`` give the same values as detectron2's
+``Box2BoxTransform.apply_deltas``, ``Boxes.clip`` and ``Boxes.nonempty``, written again because
+this layer (the models' inference, eager and deployed) runs without detectron2. The operations and
+their order are detectron2's, so results are bit-equal to it (tested against it in
+``tests/core/test_detectron2_ports.py``).
 """
 from typing import Tuple
 
 import torch
 from torch import Tensor
+
+__all__ = ["apply_deltas", "clip_boxes", "nonempty", "mask_tight_boxes"]
 
 
 def apply_deltas(
@@ -67,3 +71,26 @@ def nonempty(boxes: Tensor, threshold: float = 0.0) -> Tensor:
     widths = boxes[:, 2] - boxes[:, 0]
     heights = boxes[:, 3] - boxes[:, 1]
     return (widths > threshold) & (heights > threshold)
+
+
+def mask_tight_boxes(masks: Tensor) -> Tensor:
+    """Tight XYXY boxes ``(P, 4)`` float32 of bool masks ``(P, H, W)`` (pixel ``i`` spans ``[i, i+1)``);
+    an empty mask gets an all-zero box.
+
+    The same boxes as detectron2's ``BitMasks.get_bounding_boxes`` (the tests use it as the oracle),
+    written again because that one loops over the masks in Python and builds its result on the CPU;
+    this runs on every voted or pasted mask at inference, on the masks' device."""
+    P, H, W = masks.shape
+    device = masks.device
+    if P == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=device)
+    x_any = masks.any(dim=1)  # (P, W)
+    y_any = masks.any(dim=2)  # (P, H)
+    xs = torch.arange(W, device=device)
+    ys = torch.arange(H, device=device)
+    x0 = torch.where(x_any, xs, W).amin(dim=1)
+    x1 = torch.where(x_any, xs + 1, 0).amax(dim=1)
+    y0 = torch.where(y_any, ys, H).amin(dim=1)
+    y1 = torch.where(y_any, ys + 1, 0).amax(dim=1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
+    return torch.where(x_any.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))

@@ -1,34 +1,39 @@
 """How FCIS reads its maps per RoI, and its test-time pipeline from RoIs to detections.
 
-Everything here is parameter free and detectron2 free: it runs on the maps of
-:class:`FCISMaps` and ``(R, 5)`` RoI rows ``(batch_index, x1, y1, x2, y2)``. The heads
-(:class:`.heads.FCISROIHeads`) inherit it, and exported models (:mod:`instfcn_d2.deploy`), whose
-graph ends at the maps, run the same code after the graph, without detectron2.
+:class:`FCISReader` is a part, not a layer: frozen settings (``MODEL.FCIS``'s per-RoI and test
+keys) plus the functions that read :class:`FCISMaps` with them. It has no parameters and needs no
+detectron2. The heads own one (``FCISROIHeads.reader``), the exporter writes it into
+``deploy.json`` (:meth:`FCISReader.to_dict`) and deployment loads it back
+(:meth:`FCISReader.from_dict`): one object, the same code, eager and deployed.
 
-- :meth:`FCISRoIReading.roi_inside_outside` / :meth:`~FCISRoIReading.roi_inside_outside_of_class`:
-  the assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class (the two
-  methods BiSeg overrides);
-- :meth:`~FCISRoIReading.roi_class_logits`, :meth:`~FCISRoIReading.roi_box_deltas`: class
-  logits (in chunks of RoIs) and R-FCN box deltas;
-- :meth:`~FCISRoIReading.detect`: test time: the RoIs and their box-regressed versions are
-  scored, then :mod:`.inference` (per-class NMS, mask voting, the top detections) per image.
+- :meth:`FCISReader.roi_inside_outside` / :meth:`~FCISReader.roi_inside_outside_of_class`: the
+  assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class (the two methods
+  BiSeg's reader overrides);
+- :meth:`~FCISReader.roi_class_logits`, :meth:`~FCISReader.roi_box_deltas`: class logits (in
+  chunks of RoIs) and R-FCN box deltas;
+- :meth:`~FCISReader.detect`: test time: the RoIs and their box-regressed versions are scored,
+  then :mod:`.inference` (per-class NMS, mask voting, the top detections) per image.
+
+RoIs are ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
 """
-from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ...deploy.boxes import clip_boxes
 from ...layers import ps_roi_assemble
-from .inference import FCISDetections, FCISTestParams, MaskLogits, fcis_inference_single_image
-from .score_maps import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
+from ..boxes import apply_deltas, clip_boxes
+from ..detections import Detections
+from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
+from .layout import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
 
-__all__ = ["FCISMaps", "FCISRoIReading", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
+__all__ = ["FCISMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
 
 #: ``MODEL.FCIS.TEST_CANDIDATES`` values.
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
-#: RoIs per :meth:`FCISRoIReading.roi_class_logits` chunk. The class logits need every class of
+#: RoIs per :meth:`FCISReader.roi_class_logits` chunk. The class logits need every class of
 #: every candidate, but assembling all 600 test candidates at once makes each intermediate
 #: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
 #: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
@@ -36,6 +41,8 @@ TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
 #: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
 #: keep the threads (or a GPU) busy.
 CLASS_LOGITS_ROIS_PER_CHUNK = 32
+#: detectron2's ``Box2BoxTransform`` default ``scale_clamp``: dw, dh at most log(1000 / 16).
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 @dataclass
@@ -47,30 +54,64 @@ class FCISMaps:
     box: Tensor  # (N, k*k*4, H, W)
 
 
-class FCISRoIReading:
-    """FCIS's per-RoI reading of :class:`FCISMaps`, mixed into the heads and into the readers of
-    exported models.
+@dataclass(frozen=True)
+class FCISReader:
+    """FCIS's per-RoI reading of :class:`FCISMaps` with the heads' settings.
 
-    Needs the attributes ``num_classes`` (C), ``group_size`` (k), ``mask_size`` (M),
-    ``spatial_scale`` (1 / the stride of the maps), ``sampling_ratio``, ``aligned``,
-    ``test_candidates`` (one of :data:`TEST_CANDIDATES`), ``test_params``
-    (:class:`.inference.FCISTestParams`) and the method :meth:`apply_box_deltas`. Everything after
-    :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_class` takes ``M`` from their output,
-    so a subclass may assemble at another size; it must override both.
+    Everything after :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_class` takes ``M``
+    from their output, so a subclass may assemble at another size; it must override both.
     """
 
-    num_classes: int
-    group_size: int
-    mask_size: int
-    spatial_scale: float
-    sampling_ratio: int
-    aligned: bool
-    test_candidates: str
-    test_params: FCISTestParams
+    num_classes: int  # C
+    group_size: int  # k
+    mask_size: int  # M
+    spatial_scale: float  # 1 / the stride of the maps
+    sampling_ratio: int = 0
+    aligned: bool = True
+    test_candidates: str = "rois+regressed"  # one of TEST_CANDIDATES
+    test_params: FCISTestParams = None  # default: FCISTestParams(num_classes)
+    box_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # MODEL.FCIS.BBOX_REG_WEIGHTS
+    box_scale_clamp: float = DEFAULT_SCALE_CLAMP
+
+    def __post_init__(self):
+        if self.test_params is None:
+            object.__setattr__(self, "test_params", FCISTestParams(num_classes=self.num_classes))
+        object.__setattr__(self, "box_weights", tuple(float(w) for w in self.box_weights))
+        if self.group_size > self.mask_size:
+            raise ValueError(
+                f"MODEL.FCIS.GROUP_SIZE (k = {self.group_size}) must be <= MODEL.FCIS.MASK_SIZE (M = {self.mask_size})"
+            )
+        if self.test_candidates not in TEST_CANDIDATES:
+            raise ValueError(f"MODEL.FCIS.TEST_CANDIDATES = {self.test_candidates!r}; expected one of {TEST_CANDIDATES}")
+        if self.test_params.num_classes != self.num_classes:
+            raise ValueError(f"test_params.num_classes = {self.test_params.num_classes}, the reader has {self.num_classes}")
+
+    def replace(self, **changes) -> "FCISReader":
+        """A copy with some settings changed (the reader is frozen)."""
+        return replace(self, **changes)
+
+    # ---- settings as JSON (deploy.json) ----------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        """The settings, JSON-serialisable; :meth:`from_dict` reads them back."""
+        d = asdict(self)
+        d["box_weights"] = list(self.box_weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "FCISReader":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown settings {unknown}; expected {sorted(known)}")
+        d = dict(d)
+        d["test_params"] = FCISTestParams(**d["test_params"])
+        d["box_weights"] = tuple(float(w) for w in d["box_weights"])
+        return cls(**d)
 
     def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        """``(R, 4)`` class-agnostic deltas applied to ``(R, 4)`` boxes (``BBOX_REG_WEIGHTS``)."""
-        raise NotImplementedError
+        """``(R, 4)`` class-agnostic deltas applied to ``(R, 4)`` boxes (``BBOX_REG_WEIGHTS``):
+        detectron2's ``Box2BoxTransform.apply_deltas``, bit-equal."""
+        return apply_deltas(deltas, boxes, self.box_weights, self.box_scale_clamp)
 
     # ---- per RoI ------------------------------------------------------------------------------------
     def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:
@@ -104,7 +145,7 @@ class FCISRoIReading:
         """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
         ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
 
-        In the layout of :mod:`.score_maps`, assembled output channel ``o`` reads the ``k*k``
+        In the layout of :mod:`.layout`, assembled output channel ``o`` reads the ``k*k``
         consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
         are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
         ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
@@ -168,7 +209,7 @@ class FCISRoIReading:
     @torch.no_grad()
     def detect(
         self, maps: FCISMaps, rois: Tensor, rois_per_image: Sequence[int], image_sizes: Sequence[Tuple[int, int]]
-    ) -> List[FCISDetections]:
+    ) -> List[Detections]:
         """Detections per image (at the network input resolution) from the RPN's RoIs
         (arguments as :meth:`candidates`)."""
         candidates = self.candidates(maps, rois, rois_per_image, image_sizes)

@@ -14,17 +14,17 @@ Only the survivors of the NMS are pasted at image size. Pasting computes what de
 ``paste_masks_in_image`` computes (bilinear upsampling of the window into its box, then
 ``>= threshold``; parts of a window outside the image are clipped away).
 
-Detectron2 free (torch and torchvision only): exported models run it after their graph. The
-meta-architecture wraps :class:`WindowProposals` into detectron2's ``Instances``.
+Detectron2 free (torch and torchvision only): the meta-architecture runs it, and exported models
+after their graph.
 """
-from dataclasses import dataclass
 from typing import Iterator, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from ..common import mask_tight_boxes
+from ..boxes import mask_tight_boxes
+from ..detections import Detections
 
 __all__ = [
     "paste_window_masks",
@@ -33,25 +33,10 @@ __all__ = [
     "window_mask_boxes",
     "mask_box_nms",
     "window_masks_to_proposals",
-    "WindowProposals",
     "NMS_BOX_RESOLUTIONS",
 ]
 
 NMS_BOX_RESOLUTIONS = ("window", "image")
-
-
-@dataclass
-class WindowProposals:
-    """One image's segment proposals at the output resolution, highest score first
-    (class-agnostic: detectron2's ``Instances`` of the model add ``pred_classes`` 0)."""
-
-    image_size: Tuple[int, int]  # (H, W) of the output
-    masks: Tensor  # (N, H, W) bool
-    boxes: Tensor  # (N, 4) XYXY float32, the tight boxes of the masks
-    scores: Tensor  # (N,) objectness probabilities
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 # Bytes of intermediate tensors per pasting chunk (bounds memory with thousands of windows).
@@ -208,7 +193,7 @@ def window_masks_to_proposals(
     nms_threshold: float = 0.8,
     max_detections: int = 1000,
     nms_box_resolution: str = "window",
-) -> WindowProposals:
+) -> Detections:
     """Segment proposals of one image from its candidate windows (of one or several test scales).
 
     Args:
@@ -220,9 +205,9 @@ def window_masks_to_proposals(
             are taken (see the module docstring).
 
     Returns:
-        :class:`WindowProposals`: at most ``max_detections`` proposals by decreasing score, with
-        ``masks`` bool ``(N, H, W)``, ``boxes`` ``(N, 4)`` (tight boxes of the pasted masks) and
-        ``scores`` ``(N,)``.
+        :class:`Detections` at ``image_size``: at most ``max_detections`` proposals by decreasing
+        score, with ``masks`` bool ``(N, H, W)``, ``boxes`` ``(N, 4)`` (tight boxes of the pasted
+        masks), ``scores`` ``(N,)`` and ``classes`` all 0 (proposals are class-agnostic).
 
     The full ``(N, H, W)`` masks are made for the survivors of the NMS only, so memory stays
     ``O(max_detections * H * W)`` with thousands of candidate windows. A survivor whose pasted
@@ -240,4 +225,5 @@ def window_masks_to_proposals(
     nonempty = tight[:, 2] > tight[:, 0]
     if not bool(nonempty.all()):
         keep, masks, tight = keep[nonempty], masks[nonempty], tight[nonempty]
-    return WindowProposals((H, W), masks, tight, scores[keep])
+    classes = torch.zeros(len(keep), dtype=torch.int64, device=scores.device)
+    return Detections((H, W), tight, scores[keep], classes, masks)

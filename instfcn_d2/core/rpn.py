@@ -1,6 +1,6 @@
 """RPN proposals from the RPN head's raw outputs: the same proposals as detectron2's ``RPN.forward``
 in eval mode (``DefaultAnchorGenerator`` anchors, ``Box2BoxTransform.apply_deltas``, then
-``find_top_rpn_proposals`` in test mode), written again because deployment runs without detectron2.
+``find_top_rpn_proposals`` in test mode), written again because this layer runs without detectron2.
 
 The head (``StandardRPNHead``) is part of the exported network; what follows it is here. Operations
 and their order are detectron2's, so boxes and logits are bit-equal to it, in the same order.
@@ -13,6 +13,8 @@ import torchvision
 from torch import Tensor
 
 from .boxes import apply_deltas, clip_boxes, nonempty
+
+__all__ = ["RPNParams", "grid_anchors", "rpn_proposals"]
 
 
 @dataclass(frozen=True)
@@ -61,34 +63,6 @@ class RPNParams:
             nms_thresh=float(d["nms_thresh"]),
             min_box_size=float(d["min_box_size"]),
         )
-
-
-def rpn_params_from_detectron2(rpn) -> RPNParams:
-    """The :class:`RPNParams` of a detectron2 ``RPN`` (``model.proposal_generator``), test-time
-    values. Reads attributes only, so this module needs no detectron2."""
-    gen = rpn.anchor_generator
-    if type(gen).__name__ != "DefaultAnchorGenerator" or getattr(gen, "box_dim", None) != 4:
-        raise ValueError(
-            f"rpn_params_from_detectron2: only DefaultAnchorGenerator (axis-aligned boxes) is "
-            f"supported, got {type(gen).__name__}"
-        )
-    # BufferList iterates its buffers in level order; tolist() of float32 gives exact python floats
-    cell_anchors = tuple(
-        tuple(tuple(float(v) for v in a) for a in buf.detach().cpu().tolist())
-        for buf in gen.cell_anchors
-    )
-    t = rpn.box2box_transform
-    return RPNParams(
-        strides=tuple(int(s) for s in gen.strides),
-        cell_anchors=cell_anchors,
-        offset=float(gen.offset),
-        box_weights=tuple(float(w) for w in t.weights),
-        scale_clamp=float(t.scale_clamp),
-        pre_nms_topk=int(rpn.pre_nms_topk[False]),
-        post_nms_topk=int(rpn.post_nms_topk[False]),
-        nms_thresh=float(rpn.nms_thresh),
-        min_box_size=float(rpn.min_box_size),
-    )
 
 
 def grid_anchors(size: Tuple[int, int], stride: int, offset: float, cell_anchors: Tensor) -> Tensor:

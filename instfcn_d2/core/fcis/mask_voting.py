@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from ..common import mask_tight_boxes
+from ..boxes import mask_tight_boxes
 
 __all__ = ["mask_voting", "voting_pairs", "resample_masks_into_boxes", "voter_union_boxes", "tight_mask_boxes"]
 

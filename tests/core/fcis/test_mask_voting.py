@@ -4,8 +4,8 @@ import torch
 from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import BitMasks
 
-from instfcn_d2.modeling.fcis.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
-from instfcn_d2.modeling.common import mask_tight_boxes
+from instfcn_d2.core.fcis.mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes
+from instfcn_d2.core.boxes import mask_tight_boxes
 
 
 def test_mask_voting_hand_computed():
@@ -89,7 +89,7 @@ def test_empty_inputs_and_kept_box_without_voters():
 
 
 def test_many_pairs_are_chunked_without_changing_the_result(monkeypatch):
-    import instfcn_d2.modeling.fcis.mask_voting as mv
+    import instfcn_d2.core.fcis.mask_voting as mv
 
     torch.manual_seed(2)
     boxes = torch.tensor([[10.0, 10.0, 50.0, 50.0]]) + torch.randn(40, 4)

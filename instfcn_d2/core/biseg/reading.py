@@ -1,6 +1,6 @@
-"""BiSeg's per-RoI likelihoods, over FCIS's reading (:mod:`..fcis.roi_reading`).
+"""BiSeg's per-RoI likelihoods, over FCIS's reading (:mod:`..fcis.reading`).
 
-Only the inside/outside logits of a RoI change (:meth:`BiSegRoIReading.roi_inside_outside` and
+Only the inside/outside logits of a RoI change (:meth:`BiSegReader.roi_inside_outside` and
 its one-class form); FCIS's class scores, masks, box regression and test-time pipeline run
 unchanged on what they return::
 
@@ -10,8 +10,8 @@ unchanged on what they return::
     BiSegMaps.prior (N, C+1, H, W), background last -> crop per RoI (R, C+1, M, M)
         -> combine with L's inside maps (MODEL.BISEG.PRIOR_MODE), outside maps unchanged
 
-``fuse False``: FCIS's set only, assembled at M. ``prior_mode "none"``: no prior. Detectron2 free,
-like FCIS's reading: the heads inherit it and exported models run it after their graph.
+``fuse False``: FCIS's set only, assembled at M. ``prior_mode "none"``: no prior. A part, like
+FCIS's reader: BiSeg's heads own one, exported models load it back from ``deploy.json``.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 
 from ...layers import ps_roi_assemble
-from ..fcis.roi_reading import FCISMaps, FCISRoIReading
-from ..fcis.score_maps import split_inside_outside
-from .semantic_prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
+from ..fcis.layout import split_inside_outside
+from ..fcis.reading import FCISMaps, FCISReader
+from .prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
 
-__all__ = ["BiSegMaps", "BiSegRoIReading", "BISEG_PRIOR_MODES", "labels_to_fcis_order"]
+__all__ = ["BiSegMaps", "BiSegReader", "BISEG_PRIOR_MODES", "labels_to_fcis_order"]
 
-#: ``MODEL.BISEG.PRIOR_MODE`` values: :data:`.semantic_prior.PRIOR_MODES` or "none".
+#: ``MODEL.BISEG.PRIOR_MODE`` values: :data:`.prior.PRIOR_MODES` or "none".
 BISEG_PRIOR_MODES = PRIOR_MODES + ("none",)
 
 
@@ -45,16 +45,20 @@ def labels_to_fcis_order(sem: Tensor) -> Tensor:
     return torch.roll(sem, shifts=-1, dims=1)
 
 
-class BiSegRoIReading(FCISRoIReading):
-    """:class:`..fcis.roi_reading.FCISRoIReading` whose inside/outside logits are BiSeg's fused,
-    prior-weighted likelihoods. Needs, besides FCIS's attributes (``mask_size`` is BiSeg's M):
-    ``fuse``, ``prior_mode`` (one of :data:`BISEG_PRIOR_MODES`), ``fine_group_size`` (k2) and
-    ``fine_spatial_scale`` (1 / the stride of the fine set)."""
+@dataclass(frozen=True)
+class BiSegReader(FCISReader):
+    """FCIS's reader whose inside/outside logits are BiSeg's fused, prior-weighted likelihoods
+    (``MODEL.FCIS`` + ``MODEL.BISEG``; ``mask_size`` is BiSeg's M)."""
 
-    fuse: bool
-    prior_mode: str
-    fine_group_size: int
-    fine_spatial_scale: float
+    fuse: bool = True
+    prior_mode: str = "product"  # one of BISEG_PRIOR_MODES
+    fine_group_size: int = 9  # k2
+    fine_spatial_scale: float = 1.0 / 8  # 1 / the stride of the fine set
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prior_mode not in BISEG_PRIOR_MODES:
+            raise ValueError(f"MODEL.BISEG.PRIOR_MODE = {self.prior_mode!r}; expected one of {BISEG_PRIOR_MODES}")
 
     def roi_inside_outside(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
         """BiSeg's likelihoods of each RoI, prior applied.

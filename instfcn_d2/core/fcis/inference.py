@@ -8,8 +8,8 @@ a :data:`MaskLogits` callable for the inside/outside logits of one class of some
 only the (candidate, class) pairs that are kept or vote are ever assembled (a ``(P, 2, C+1, M, M)``
 tensor of all 600 candidates would be 686 MB for BiSeg at C = 80, M = 42).
 
-Detectron2 free (torch and torchvision only): exported models run it after their graph. The heads
-wrap :class:`FCISDetections` into detectron2's ``Instances``.
+Detectron2 free (torch and torchvision only): the heads run it, and exported models after their
+graph.
 """
 from dataclasses import dataclass
 from typing import Callable, Tuple
@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from ..detections import Detections
+from .layout import inside_outside_mask_probs
 from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes, voting_pairs
-from .score_maps import inside_outside_mask_probs
 
 __all__ = [
     "MaskLogits",
     "FCISTestParams",
-    "FCISDetections",
     "MASK_VOTING_FRAMES",
     "fcis_inference_single_image",
     "class_masks",
@@ -40,7 +40,7 @@ MASK_VOTING_FRAMES = ("union", "kept_box")
 
 @dataclass(frozen=True)
 class FCISTestParams:
-    """The ``MODEL.FCIS`` test settings (see :mod:`.config`)."""
+    """The ``MODEL.FCIS`` test settings (``instfcn_d2.modeling.fcis.config``)."""
 
     num_classes: int
     score_thresh: float = 0.001
@@ -59,23 +59,9 @@ class FCISTestParams:
             )
 
 
-@dataclass
-class FCISDetections:
-    """One image's detections at the network input resolution, highest score first."""
-
-    image_size: Tuple[int, int]  # (H, W) of the network input
-    boxes: Tensor  # (K, 4) XYXY
-    scores: Tensor  # (K,)
-    classes: Tensor  # (K,) int64 in [0, C)
-    mask_probs: Tensor  # (K, 1, M, M) foreground probabilities in the box frame
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-
 def fcis_inference_single_image(
     boxes: Tensor, scores: Tensor, mask_logits: MaskLogits, image_size: Tuple[int, int], params: FCISTestParams
-) -> FCISDetections:
+) -> Detections:
     """Per-class NMS and mask voting over one image's candidates.
 
     Args:
@@ -85,8 +71,8 @@ def fcis_inference_single_image(
         image_size: ``(H, W)`` of the network input.
 
     Returns:
-        :class:`FCISDetections`: the boxes, scores, classes and ``(K, 1, M, M)`` foreground
-        probabilities in the box frame, highest score first.
+        :class:`Detections` at ``image_size``: the boxes, scores, classes and ``(K, 1, M, M)``
+        foreground probabilities in the box frame, highest score first.
     """
     # empty boxes (regressed boxes clipped away) give no mask and would be dropped by
     # detector_postprocess anyway; non-finite values come from diverged weights
@@ -117,12 +103,12 @@ def fcis_inference_single_image(
     if masks is None:  # no detection: M from an empty read
         masks = boxes.new_zeros((0,) + tuple(valid_mask_logits(cand, 0).shape[-2:]))
 
-    return FCISDetections(
+    return Detections(
         image_size=(int(image_size[0]), int(image_size[1])),
         boxes=kept_boxes,
         scores=det_scores,
         classes=classes,
-        mask_probs=masks[:, None],
+        masks=masks[:, None],
     )
 
 

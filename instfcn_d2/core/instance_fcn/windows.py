@@ -5,7 +5,8 @@ window *centred* on that position: its top-left feature pixel is ``(y - m//2, x 
 row given to :func:`instfcn_d2.layers.window_assemble`) and in image pixels it covers
 ``[(x - m//2) * s, (x - m//2 + m) * s) x [(y - m//2) * s, (y - m//2 + m) * s)``, a square of side
 ``L = m * s``. Windows may hang off the map / image: outside pixels are empty. See
-:mod:`.window_labels` for how training labels them and :mod:`.inference` for how test time picks them.
+``instfcn_d2.modeling.instance_fcn.window_labels`` for how training labels them and
+:mod:`.inference` for how test time picks them.
 """
 import torch
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""instfcn_d2.deploy's ports of detectron2's post-processing against detectron2 itself: box decoding,
+"""instfcn_d2.core's ports of detectron2's post-processing against detectron2 itself: box decoding,
 clipping, RPN proposals, mask pasting, detector_postprocess, sem_seg_postprocess. Bit-equal
 (``torch.equal``) everywhere on the CPU; the modules must import without detectron2."""
 import json
@@ -22,10 +22,11 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess as d2_sem_seg
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, ImageList, Instances
 
-from instfcn_d2.deploy import postprocess as deploy_postprocess
-from instfcn_d2.deploy.boxes import apply_deltas, clip_boxes, nonempty
-from instfcn_d2.deploy.postprocess import detector_postprocess, paste_masks_in_image, sem_seg_postprocess
-from instfcn_d2.deploy.rpn import RPNParams, rpn_params_from_detectron2, rpn_proposals
+from instfcn_d2.core import postprocess as deploy_postprocess
+from instfcn_d2.core.boxes import apply_deltas, clip_boxes, nonempty
+from instfcn_d2.core.postprocess import detector_postprocess, paste_masks_in_image, sem_seg_postprocess
+from instfcn_d2.core.rpn import RPNParams, rpn_proposals
+from instfcn_d2.export.settings import rpn_params_from_detectron2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,25 +41,21 @@ def _random_boxes(n, height, width, generator, max_side=80.0, outside=20.0):
     return torch.stack([cx - side[:, 0] / 2, cy - side[:, 1] / 2, cx + side[:, 0] / 2, cy + side[:, 1] / 2], dim=1)
 
 
-def test_modules_import_without_detectron2():
-    """The ports load with detectron2 and fvcore unimportable (the deploy folder alone, so the
-    package's other modules do not matter)."""
+def test_core_and_deploy_run_without_detectron2():
+    """The core and deployment import with detectron2 and fvcore unimportable, and load neither."""
     code = textwrap.dedent(
         """
-        import importlib, sys, types
+        import importlib, sys
         for name in ("detectron2", "fvcore"):
             sys.modules[name] = None  # importing them now raises ImportError
-        pkg = types.ModuleType("deploy_alone")
-        pkg.__path__ = [sys.argv[1]]
-        sys.modules["deploy_alone"] = pkg
-        for name in ("boxes", "rpn", "postprocess", "mask_rcnn"):
-            importlib.import_module("deploy_alone." + name)
-        print(sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in ("detectron2", "fvcore", "instfcn_d2")))
+        for name in ("core", "core.fcis", "core.biseg", "core.instance_fcn", "core.rpn", "core.postprocess",
+                     "deploy", "deploy.fcis", "deploy.instance_fcn", "deploy.mask_rcnn"):
+            importlib.import_module("instfcn_d2." + name)
+        print(sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in ("detectron2", "fvcore")))
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO_ROOT / "instfcn_d2" / "deploy")], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO_ROOT))
+    assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 

@@ -1,14 +1,10 @@
-"""Position-sensitive score map heads and the FCIS inside/outside channel layout (score_maps.py)."""
+"""Position-sensitive score map heads and the FCIS inside/outside channel layout (core/fcis/layout.py; the conv in modeling/fcis/score_maps.py)."""
 import pytest
 import torch
 
 from instfcn_d2.layers import ps_roi_assemble
-from instfcn_d2.modeling.fcis.score_maps import (
-    PSScoreMaps,
-    assemble_box_deltas,
-    inside_outside_channel,
-    split_inside_outside,
-)
+from instfcn_d2.core.fcis.layout import assemble_box_deltas, inside_outside_channel, split_inside_outside
+from instfcn_d2.modeling.fcis.score_maps import PSScoreMaps
 
 
 def _constant_maps(values, k, H=12, W=12):
