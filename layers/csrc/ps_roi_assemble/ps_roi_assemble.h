@@ -23,7 +23,7 @@
 //   aligned = true : RoI corners shifted by -0.5 (pixel centres), RoI size not clamped;
 //   aligned = false: no shift, RoI width/height clamped to >= 1;
 //   sampling_ratio > 0: that many samples per bin side; <= 0: adaptive, ceil(roi_size / m) but
-//   at most kMaxAdaptiveSamples = 64 (bilinear.h: bounds the work of a huge RoI);
+//   at most kMaxAdaptiveSamples = 64 (common/sampling.h: bounds the work of a huge RoI);
 //   a sample with y < -1 or y > H (or x < -1 or x > W) contributes 0; coordinates <= 0 clamp
 //   to 0; coordinates at/after the last row/column read that row/column.
 // Each bin is divided by the sample count max(grid_h * grid_w, 1).
@@ -34,6 +34,8 @@
 // float accumulation. Backward is a scatter of each bin's gradient to its bilinear taps
 // (atomics on CUDA; on the CPU each thread owns whole input planes, so there are no races and
 // the result is deterministic).
+// Both kernels take their arithmetic (RoI geometry, sampling, bilinear taps, channel of a bin)
+// from ../common/sampling.h, so the CPU tests exercise the expressions the GPU evaluates.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -7,8 +7,13 @@
 // channels, instead of recomputing coordinates and four corner weights per sample per channel.
 // Every bin of a RoI gets the same number of taps per axis (zero-padded), so the inner loops
 // have a trip count fixed per RoI; the common small counts (1..4) are compile-time constants.
+//
+// The arithmetic (RoI geometry, sample coordinates and counts, bilinear taps, the
+// position-sensitive channel of a bin) is in ../common/sampling.h, shared with the CUDA kernels;
+// this file holds only the tap tables, the loops and the parallelisation. The tables sum a bin's
+// samples per axis first (wy * (wx * v) summed by rows), the CUDA kernels corner by corner.
 #include "ps_roi_assemble/ps_roi_assemble.h"
-#include "ps_roi_assemble/bilinear.h"
+#include "common/sampling.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
@@ -31,32 +36,26 @@ struct AxisTaps {
   std::vector<T> w;
 
   void build(T origin, T bin, int64_t grid, int64_t size, int64_t m) {
-    const size_t g = static_cast<size_t>(std::max<int64_t>(grid, 0));
-    std::vector<int64_t> lo(g), hi(g), first(m, 0), count(m, 0);
-    std::vector<T> wlo(g), whi(g);
-    std::vector<char> valid(g);
+    std::vector<int64_t> first(m, 0), count(m, 0);
+    std::vector<AxisTap<T>> samples; // the bin's samples on the map, in sample order
+    samples.reserve(static_cast<size_t>(std::max<int64_t>(grid, 0)));
     std::vector<std::vector<T>> acc(m);
     for (int64_t p = 0; p < m; ++p) {
       int64_t tmin = std::numeric_limits<int64_t>::max(), tmax = -1;
-      for (int64_t i = 0; i < grid; ++i) {
-        // Same expression (and rounding) as torchvision's roi_align / ps_roi_align.
-        const T c = origin + static_cast<T>(p) * bin + static_cast<T>(i + .5f) * bin / static_cast<T>(grid);
-        valid[i] = axis_bilinear(c, size, lo[i], hi[i], wlo[i], whi[i]);
-        if (valid[i]) {
-          tmin = std::min(tmin, lo[i]);
-          tmax = std::max(tmax, hi[i]);
-        }
-      }
+      samples.clear();
+      for_each_axis_sample(origin, p, bin, grid, size, [&](const AxisTap<T>& t) {
+        samples.push_back(t);
+        tmin = std::min(tmin, t.lo);
+        tmax = std::max(tmax, t.hi);
+      });
       if (tmax < 0) {
         continue; // no valid sample: the bin is 0
       }
       std::vector<T>& a = acc[p];
       a.assign(tmax - tmin + 1, static_cast<T>(0));
-      for (int64_t i = 0; i < grid; ++i) {
-        if (valid[i]) {
-          a[lo[i] - tmin] += wlo[i];
-          a[hi[i] - tmin] += whi[i];
-        }
+      for (const AxisTap<T>& t : samples) {
+        a[t.lo - tmin] += t.wlo;
+        a[t.hi - tmin] += t.whi;
       }
       // Samples on exact integer coordinates leave zero-weight end taps: drop them.
       int64_t b = 0, e = static_cast<int64_t>(a.size());
@@ -102,7 +101,7 @@ std::vector<RoiTable<T>> build_tables(
   for (int64_t r = 0; r < R; ++r) {
     const T b = rois[r * 5];
     TORCH_CHECK(
-        b >= 0 && b < static_cast<T>(N) && static_cast<T>(static_cast<int64_t>(b)) == b,
+        roi_batch_index(b, N) >= 0 && static_cast<T>(static_cast<int64_t>(b)) == b,
         "ps_roi_assemble: rois[",
         r,
         ", 0] = ",
@@ -113,86 +112,95 @@ std::vector<RoiTable<T>> build_tables(
   }
   std::vector<RoiTable<T>> tables(R);
   const T scale = static_cast<T>(spatial_scale);
-  const T offset = aligned ? static_cast<T>(0.5) : static_cast<T>(0.0);
   at::parallel_for(0, R, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* roi = rois + r * 5;
       RoiTable<T>& t = tables[r];
-      t.batch = static_cast<int64_t>(roi[0]);
-      const T x1 = roi[1] * scale - offset;
-      const T y1 = roi[2] * scale - offset;
-      const T x2 = roi[3] * scale - offset;
-      const T y2 = roi[4] * scale - offset;
-      T roi_w = x2 - x1;
-      T roi_h = y2 - y1;
-      if (!aligned) {
-        roi_w = std::max(roi_w, static_cast<T>(1.));
-        roi_h = std::max(roi_h, static_cast<T>(1.));
-      }
-      const T bin_h = roi_h / static_cast<T>(m);
-      const T bin_w = roi_w / static_cast<T>(m);
-      const int64_t grid_h = samples_per_bin_side(roi_h, m, sampling_ratio);
-      const int64_t grid_w = samples_per_bin_side(roi_w, m, sampling_ratio);
-      t.count = static_cast<T>(std::max<int64_t>(grid_h * grid_w, 1));
-      t.y.build(y1, bin_h, grid_h, H, m);
-      t.x.build(x1, bin_w, grid_w, W, m);
+      const RoiBins<T> g = roi_bins<T>(roi, scale, m, sampling_ratio, aligned);
+      t.batch = roi_batch_index(roi[0], N);
+      t.count = g.count;
+      t.y.build(g.y1, g.bin_h, g.grid_h, H, m);
+      t.x.build(g.x1, g.bin_w, g.grid_w, W, m);
     }
   });
   return tables;
 }
 
-// First bin of each grid cell along an axis: bins [cell_start[g], cell_start[g + 1]) have
-// floor(p * k / m) == g.
-std::vector<int64_t> cell_starts(int64_t k, int64_t m) {
-  std::vector<int64_t> s(k + 1);
-  for (int64_t g = 0; g <= k; ++g) {
-    s[g] = (g * m + k - 1) / k;
-  }
-  return s;
-}
-
-// One (RoI, output channel): the m x m bins, TY x TX taps each (0: the RoI's own counts).
+// One (RoI, output channel c): the m x m bins, TY x TX taps each (0: the RoI's own counts).
+// in_n: the input of the RoI's image; cell[p] = grid_cell(p, k, m).
 template <typename T, int TY, int TX>
-void forward_bins(const T* in_c, const RoiTable<T>& t, const int64_t* cell, int64_t k, int64_t m, int64_t H, int64_t W, T* out) {
-  const int64_t ty = TY > 0 ? TY : t.y.taps, tx = TX > 0 ? TX : t.x.taps;
-  const int64_t HW = H * W;
-  const T count = t.count; // a local: stores to `out` (also T) cannot change it
-  for (int64_t ph = 0; ph < m; ++ph) {
-    const T* wy = t.y.w.data() + ph * ty;
-    const T* in_row = in_c + cell[ph] * k * HW + t.y.start[ph] * W;
-    for (int64_t pw = 0; pw < m; ++pw) {
-      const T* wx = t.x.w.data() + pw * tx;
-      const T* base = in_row + cell[pw] * HW + t.x.start[pw];
-      T acc = 0;
-      for (int64_t a = 0; a < ty; ++a) {
-        const T* row = base + a * W;
-        T s = 0;
-        for (int64_t b = 0; b < tx; ++b) {
-          s += wx[b] * row[b];
+struct ForwardBins {
+  static void run(
+      const T* in_n,
+      int64_t c,
+      const RoiTable<T>& t,
+      const int64_t* cell,
+      int64_t k,
+      int64_t m,
+      int64_t H,
+      int64_t W,
+      T* out) {
+    const int64_t ty = TY > 0 ? TY : t.y.taps, tx = TX > 0 ? TX : t.x.taps;
+    const int64_t HW = H * W;
+    const T count = t.count; // a local: stores to `out` (also T) cannot change it
+    for (int64_t ph = 0; ph < m; ++ph) {
+      const T* wy = t.y.w.data() + ph * ty;
+      const T* in_row = in_n + t.y.start[ph] * W;
+      for (int64_t pw = 0; pw < m; ++pw) {
+        const T* wx = t.x.w.data() + pw * tx;
+        const T* base = in_row + cell_channel(c, cell[ph], cell[pw], k) * HW + t.x.start[pw];
+        T acc = 0;
+        for (int64_t a = 0; a < ty; ++a) {
+          const T* row = base + a * W;
+          T s = 0;
+          for (int64_t b = 0; b < tx; ++b) {
+            s += wx[b] * row[b];
+          }
+          acc += wy[a] * s;
         }
-        acc += wy[a] * s;
+        out[ph * m + pw] = acc / count;
       }
-      out[ph * m + pw] = acc / count;
     }
   }
-}
+};
 
-// Calls F<TY, TX> with compile-time tap counts for 1..4 x 1..4, else F<0, 0> (runtime counts).
+// Scatter of the bins rows x cols of one (RoI, output channel) gradient `g` into one input
+// plane, TY x TX taps per bin (0: the RoI's own counts).
+template <typename T, int TY, int TX>
+struct BackwardBins {
+  static void run(const T* g, const RoiTable<T>& t, Span rows, Span cols, int64_t m, int64_t W, T* gplane) {
+    const int64_t ty = TY > 0 ? TY : t.y.taps, tx = TX > 0 ? TX : t.x.taps;
+    for (int64_t ph = rows.begin; ph < rows.end; ++ph) {
+      const T* wy = t.y.w.data() + ph * ty;
+      T* grow = gplane + t.y.start[ph] * W;
+      for (int64_t pw = cols.begin; pw < cols.end; ++pw) {
+        const T gv = g[ph * m + pw] / t.count;
+        const T* wx = t.x.w.data() + pw * tx;
+        T* base = grow + t.x.start[pw];
+        for (int64_t a = 0; a < ty; ++a) {
+          const T ga = gv * wy[a];
+          T* row = base + a * W;
+          for (int64_t b = 0; b < tx; ++b) {
+            row[b] += ga * wx[b];
+          }
+        }
+      }
+    }
+  }
+};
+
+// Bins<T, ty, tx>::run with compile-time tap counts for 1..4 x 1..4, else Bins<T, 0, 0>::run
+// (runtime counts).
+template <template <typename, int, int> class Bins, typename T>
+auto pick_bins(int64_t ty, int64_t tx) -> decltype(&Bins<T, 0, 0>::run) {
 #define INSTFCN_TAPS_CASE(TY, TX) \
   case (TY) * 8 + (TX):           \
-    return F<T, TY, TX>
+    return &Bins<T, TY, TX>::run
 #define INSTFCN_TAPS_ROW(TY) \
   INSTFCN_TAPS_CASE(TY, 1);  \
   INSTFCN_TAPS_CASE(TY, 2);  \
   INSTFCN_TAPS_CASE(TY, 3);  \
   INSTFCN_TAPS_CASE(TY, 4)
-
-template <typename T>
-using ForwardFn = void (*)(const T*, const RoiTable<T>&, const int64_t*, int64_t, int64_t, int64_t, int64_t, T*);
-
-template <typename T>
-ForwardFn<T> pick_forward(int64_t ty, int64_t tx) {
-#define F forward_bins
   if (ty <= 4 && tx <= 4) {
     switch (ty * 8 + tx) {
       INSTFCN_TAPS_ROW(1);
@@ -203,30 +211,27 @@ ForwardFn<T> pick_forward(int64_t ty, int64_t tx) {
         break;
     }
   }
-  return F<T, 0, 0>;
-#undef F
+#undef INSTFCN_TAPS_ROW
+#undef INSTFCN_TAPS_CASE
+  return &Bins<T, 0, 0>::run;
 }
 
+// Sizes of one call: N images of C * k * k planes of H x W; m x m bins per RoI.
+struct Sizes {
+  int64_t N, C, k, m, H, W;
+};
+
 template <typename T>
-void forward_impl(
-    const T* input,
-    const std::vector<RoiTable<T>>& tables,
-    int64_t C,
-    int64_t k,
-    int64_t m,
-    int64_t H,
-    int64_t W,
-    T* output) {
+void forward_impl(const T* input, const std::vector<RoiTable<T>>& tables, const Sizes& s, T* output) {
   const int64_t R = static_cast<int64_t>(tables.size());
-  const int64_t HW = H * W;
-  const int64_t Cin = C * k * k;
+  const int64_t C = s.C, k = s.k, m = s.m, H = s.H, W = s.W, HW = H * W, Cin = C * k * k;
   std::vector<int64_t> cell(m);
   for (int64_t p = 0; p < m; ++p) {
-    cell[p] = p * k / m;
+    cell[p] = grid_cell(p, k, m);
   }
-  std::vector<ForwardFn<T>> fns(R);
+  std::vector<decltype(&ForwardBins<T, 0, 0>::run)> fns(R);
   for (int64_t r = 0; r < R; ++r) {
-    fns[r] = pick_forward<T>(tables[r].y.taps, tables[r].x.taps);
+    fns[r] = pick_bins<ForwardBins, T>(tables[r].y.taps, tables[r].x.taps);
   }
   const int64_t grain = std::max<int64_t>(1, 2048 / (m * m));
   // RoIs vary fastest: consecutive tasks read the same k*k input planes of channel c (a few
@@ -240,98 +245,34 @@ void forward_impl(
         std::fill(out, out + m * m, static_cast<T>(0)); // no sample inside the map
         continue;
       }
-      fns[r](input + (t.batch * Cin + c * k * k) * HW, t, cell.data(), k, m, H, W, out);
+      fns[r](input + t.batch * Cin * HW, c, t, cell.data(), k, m, H, W, out);
     }
   });
 }
 
-// Scatter of the bins [ph0, ph1) x [pw0, pw1) of one (RoI, output channel) gradient `g` into
-// one input plane, TY x TX taps per bin (0: the RoI's own counts).
-template <typename T, int TY, int TX>
-void backward_bins(
-    const T* g,
-    const RoiTable<T>& t,
-    int64_t ph0,
-    int64_t ph1,
-    int64_t pw0,
-    int64_t pw1,
-    int64_t m,
-    int64_t W,
-    T* gplane) {
-  const int64_t ty = TY > 0 ? TY : t.y.taps, tx = TX > 0 ? TX : t.x.taps;
-  for (int64_t ph = ph0; ph < ph1; ++ph) {
-    const T* wy = t.y.w.data() + ph * ty;
-    T* grow = gplane + t.y.start[ph] * W;
-    for (int64_t pw = pw0; pw < pw1; ++pw) {
-      const T gv = g[ph * m + pw] / t.count;
-      const T* wx = t.x.w.data() + pw * tx;
-      T* base = grow + t.x.start[pw];
-      for (int64_t a = 0; a < ty; ++a) {
-        const T ga = gv * wy[a];
-        T* row = base + a * W;
-        for (int64_t b = 0; b < tx; ++b) {
-          row[b] += ga * wx[b];
-        }
-      }
-    }
-  }
-}
-
 template <typename T>
-using BackwardFn =
-    void (*)(const T*, const RoiTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T*);
-
-template <typename T>
-BackwardFn<T> pick_backward(int64_t ty, int64_t tx) {
-#define F backward_bins
-  if (ty <= 4 && tx <= 4) {
-    switch (ty * 8 + tx) {
-      INSTFCN_TAPS_ROW(1);
-      INSTFCN_TAPS_ROW(2);
-      INSTFCN_TAPS_ROW(3);
-      INSTFCN_TAPS_ROW(4);
-      default:
-        break;
-    }
-  }
-  return F<T, 0, 0>;
-#undef F
-}
-
-template <typename T>
-void backward_impl(
-    const T* grad,
-    const std::vector<RoiTable<T>>& tables,
-    int64_t N,
-    int64_t C,
-    int64_t k,
-    int64_t m,
-    int64_t H,
-    int64_t W,
-    T* grad_input) {
+void backward_impl(const T* grad, const std::vector<RoiTable<T>>& tables, const Sizes& s, T* grad_input) {
   const int64_t R = static_cast<int64_t>(tables.size());
-  const int64_t HW = H * W;
-  const int64_t Cin = C * k * k;
+  const int64_t N = s.N, C = s.C, k = s.k, m = s.m, W = s.W, HW = s.H * W, Cin = C * k * k;
   std::vector<std::vector<int64_t>> rois_of(N);
   for (int64_t r = 0; r < R; ++r) {
     rois_of[tables[r].batch].push_back(r);
   }
-  const std::vector<int64_t> start = cell_starts(k, m);
-  std::vector<BackwardFn<T>> bfns(R);
+  std::vector<decltype(&BackwardBins<T, 0, 0>::run)> bfns(R);
   for (int64_t r = 0; r < R; ++r) {
-    bfns[r] = pick_backward<T>(tables[r].y.taps, tables[r].x.taps);
+    bfns[r] = pick_bins<BackwardBins, T>(tables[r].y.taps, tables[r].x.taps);
   }
   // One task per input plane (n, c_in): the plane's gradient comes only from output channel
   // c_in / (k*k), grid cell c_in % (k*k), of the RoIs of image n; no two tasks write the
   // same memory, so no atomics and a deterministic sum order.
   at::parallel_for(0, N * Cin, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / Cin, cin = plane % Cin;
-      const int64_t c = cin / (k * k), gi = (cin / k) % k, gj = cin % k;
+      const int64_t n = plane / Cin;
+      const CellOfChannel cell = split_cell_channel(plane % Cin, k);
+      const Span rows = cell_span(cell.gi, k, m), cols = cell_span(cell.gj, k, m);
       T* gplane = grad_input + plane * HW;
       for (const int64_t r : rois_of[n]) {
-        const RoiTable<T>& t = tables[r];
-        bfns[r](grad + (r * C + c) * m * m, t, start[gi], start[gi + 1], start[gj], start[gj + 1], m, W, gplane);
+        bfns[r](grad + (r * C + cell.c) * m * m, tables[r], rows, cols, m, W, gplane);
       }
     }
   });
@@ -363,7 +304,7 @@ at::Tensor ps_roi_assemble_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "ps_roi_assemble_forward_cpu", [&] {
     const auto tables =
         build_tables<scalar_t>(rois_c.data_ptr<scalar_t>(), R, N, spatial_scale, m, sampling_ratio, aligned, H, W);
-    forward_impl<scalar_t>(input_c.data_ptr<scalar_t>(), tables, C, k, m, H, W, output.data_ptr<scalar_t>());
+    forward_impl<scalar_t>(input_c.data_ptr<scalar_t>(), tables, Sizes{N, C, k, m, H, W}, output.data_ptr<scalar_t>());
   });
   return output;
 }
@@ -393,7 +334,10 @@ at::Tensor ps_roi_assemble_backward_cpu(
     const auto tables = build_tables<scalar_t>(
         rois_c.data_ptr<scalar_t>(), R, batch_size, spatial_scale, m, sampling_ratio, aligned, height, width);
     backward_impl<scalar_t>(
-        grad_c.data_ptr<scalar_t>(), tables, batch_size, C, k, m, height, width, grad_input.data_ptr<scalar_t>());
+        grad_c.data_ptr<scalar_t>(),
+        tables,
+        Sizes{batch_size, C, k, m, height, width},
+        grad_input.data_ptr<scalar_t>());
   });
   return grad_input;
 }

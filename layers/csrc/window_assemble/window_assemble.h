@@ -20,6 +20,8 @@
 // atomics, because windows may overlap).
 //
 // CPU kernels: float32 / float64. CUDA kernels: float32 / float64 / float16 / bfloat16.
+// Both kernels take the grid cells and the rules for windows that leave the map from
+// ../common/sampling.h.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -98,9 +100,33 @@ inline void window_assemble_check_positions(const at::Tensor& positions, const a
       other.device());
 }
 
-// Bins [cell_start(g), cell_start(g + 1)) of an m-long axis have floor(p * k / m) == g.
-C10_HOST_DEVICE inline int64_t window_cell_start(int64_t g, int64_t k, int64_t m) {
-  return (g * m + k - 1) / k;
+inline void window_assemble_check_forward(
+    const at::Tensor& input,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size) {
+  window_assemble_check_input(input, window_size, group_size);
+  window_assemble_check_positions(positions, input, "input");
+}
+
+inline void window_assemble_check_backward(
+    const at::Tensor& grad,
+    const at::Tensor& positions,
+    int64_t window_size,
+    int64_t group_size) {
+  window_assemble_check_sizes(window_size, group_size);
+  window_assemble_check_positions(positions, grad, "grad");
+  const int64_t P = positions.size(0), m = window_size;
+  TORCH_CHECK(
+      grad.dim() == 3 && grad.size(0) == P && grad.size(1) == m && grad.size(2) == m,
+      "window_assemble_backward: grad must have shape (P, m, m) = (",
+      P,
+      ", ",
+      m,
+      ", ",
+      m,
+      "), got ",
+      grad.sizes());
 }
 
 } // namespace instfcn_d2

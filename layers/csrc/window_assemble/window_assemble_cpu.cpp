@@ -3,7 +3,12 @@
 // Row u of a window is k runs of consecutive pixels (one per grid cell gj), run j copying
 // row y + u of plane gi*k + j, gi = floor(u*k/m). Runs are copied with 16-byte moves (a last
 // partial move overlaps the previous one instead of touching memory past the run).
+//
+// The grid cells, the channel of a cell and the rules for windows that leave the map
+// (window_inside, window_pixel_offset, clip_to_map) are in ../common/sampling.h, shared with the
+// CUDA kernels; this file holds only the loops and the copies.
 #include "window_assemble/window_assemble.h"
+#include "common/sampling.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -14,17 +19,6 @@
 
 namespace instfcn_d2 {
 namespace {
-
-// Run j of every window row: first column v0[j] and length len[j].
-struct Runs {
-  std::vector<int64_t> v0, len;
-  Runs(int64_t k, int64_t m) : v0(k), len(k) {
-    for (int64_t j = 0; j < k; ++j) {
-      v0[j] = window_cell_start(j, k, m);
-      len[j] = window_cell_start(j + 1, k, m) - v0[j];
-    }
-  }
-};
 
 template <typename T>
 inline void copy_run(T* __restrict__ dst, const T* __restrict__ src, int64_t len) {
@@ -49,34 +43,26 @@ inline void copy_run(T* __restrict__ dst, const T* __restrict__ src, int64_t len
   }
 }
 
-// One window lying wholly inside the map; src points at its top-left corner in plane 0.
+// One window lying wholly on the map; src points at its top-left corner in plane 0 of its image.
 template <typename T>
-inline void copy_window(const T* src, const Runs& runs, int64_t k, int64_t m, int64_t H, int64_t W, T* dst) {
-  const int64_t* v0 = runs.v0.data(); // locals: the copies cannot move them
-  const int64_t* len = runs.len.data();
-  const int64_t HW = H * W;
+inline void copy_window(const T* src, const std::vector<Span>& runs, const WindowMap& w, T* dst) {
+  const Span* run = runs.data(); // a local: the copies cannot move it
+  const int64_t k = w.k, m = w.m, HW = w.H * w.W;
   for (int64_t u = 0; u < m; ++u) {
-    const T* row = src + (u * k / m) * k * HW + u * W;
+    const T* row = src + u * w.W;
+    const int64_t gi = grid_cell(u, k, m);
     for (int64_t j = 0; j < k; ++j) {
-      copy_run(dst + u * m + v0[j], row + j * HW + v0[j], len[j]);
+      const int64_t v0 = run[j].begin;
+      copy_run(dst + u * m + v0, row + cell_channel(0, gi, j, k) * HW + v0, run[j].end - v0);
     }
   }
-}
-
-// Per-axis runs of window pixels with the same grid cell: cell g spans [start[g], start[g+1]).
-std::vector<int64_t> cell_starts(int64_t k, int64_t m) {
-  std::vector<int64_t> s(k + 1);
-  for (int64_t g = 0; g <= k; ++g) {
-    s[g] = window_cell_start(g, k, m);
-  }
-  return s;
 }
 
 void check_batch_indices(const at::Tensor& positions, int64_t N) {
   const int64_t* pos = positions.data_ptr<int64_t>();
   for (int64_t p = 0; p < positions.size(0); ++p) {
     TORCH_CHECK(
-        pos[p * 3] >= 0 && pos[p * 3] < N,
+        in_range(pos[p * 3], N),
         "window_assemble: positions[",
         p,
         ", 0] = ",
@@ -94,20 +80,22 @@ at::Tensor window_assemble_forward_cpu(
     const at::Tensor& positions,
     int64_t window_size,
     int64_t group_size) {
-  window_assemble_check_input(input, window_size, group_size);
-  window_assemble_check_positions(positions, input, "input");
+  window_assemble_check_forward(input, positions, window_size, group_size);
   TORCH_CHECK(input.device().is_cpu(), "window_assemble_forward_cpu: input must be a CPU tensor");
-  const int64_t N = input.size(0), H = input.size(2), W = input.size(3);
-  const int64_t k = group_size, m = window_size, mm = m * m, P = positions.size(0);
+  const WindowMap w{input.size(0), input.size(2), input.size(3), group_size, window_size};
+  const int64_t k = w.k, m = w.m, mm = m * m, P = positions.size(0);
   at::Tensor output = at::empty({P, m, m}, input.options());
   if (P == 0) {
     return output;
   }
   const at::Tensor in = input.contiguous();
   const at::Tensor pos_c = positions.contiguous();
-  check_batch_indices(pos_c, N);
+  check_batch_indices(pos_c, w.N);
   const int64_t* pos = pos_c.data_ptr<int64_t>();
-  const Runs runs(k, m);
+  std::vector<Span> runs(k); // run j of every window row: the pixels of grid cell j
+  for (int64_t j = 0; j < k; ++j) {
+    runs[j] = cell_span(j, k, m);
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "window_assemble_forward_cpu", [&] {
     const scalar_t* src = in.data_ptr<scalar_t>();
     scalar_t* dst = output.data_ptr<scalar_t>();
@@ -115,22 +103,15 @@ at::Tensor window_assemble_forward_cpu(
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = pos[p * 3], y = pos[p * 3 + 1], x = pos[p * 3 + 2];
         scalar_t* out = dst + p * mm;
-        const scalar_t* base = src + n * k * k * H * W;
-        if (y >= 0 && x >= 0 && y + m <= H && x + m <= W) {
-          copy_window(base + y * W + x, runs, k, m, H, W, out);
+        if (window_inside(w, y, x)) {
+          copy_window(src + (n * k * k * w.H + y) * w.W + x, runs, w, out);
           continue;
         }
-        // Partly or wholly outside: outside pixels read 0.
+        // Partly or wholly off the map: pixels off it read 0.
         for (int64_t u = 0; u < m; ++u) {
-          const int64_t row = y + u;
-          if (row < 0 || row >= H) {
-            std::fill(out + u * m, out + (u + 1) * m, scalar_t(0));
-            continue;
-          }
-          const scalar_t* cells = base + ((u * k / m) * k) * H * W + row * W;
           for (int64_t v = 0; v < m; ++v) {
-            const int64_t col = x + v;
-            out[u * m + v] = (col >= 0 && col < W) ? cells[(v * k / m) * H * W + col] : scalar_t(0);
+            const int64_t offset = window_pixel_offset(w, n, y, x, u, v);
+            out[u * m + v] = offset < 0 ? scalar_t(0) : src[offset];
           }
         }
       }
@@ -147,53 +128,41 @@ at::Tensor window_assemble_backward_cpu(
     int64_t batch_size,
     int64_t height,
     int64_t width) {
-  window_assemble_check_sizes(window_size, group_size);
-  window_assemble_check_positions(positions, grad, "grad");
+  window_assemble_check_backward(grad, positions, window_size, group_size);
   TORCH_CHECK(grad.device().is_cpu(), "window_assemble_backward_cpu: grad must be a CPU tensor");
-  const int64_t k = group_size, m = window_size, mm = m * m, P = positions.size(0);
-  const int64_t N = batch_size, H = height, W = width;
-  TORCH_CHECK(
-      grad.dim() == 3 && grad.size(0) == P && grad.size(1) == m && grad.size(2) == m,
-      "window_assemble_backward: grad must have shape (P, m, m) = (",
-      P,
-      ", ",
-      m,
-      ", ",
-      m,
-      "), got ",
-      grad.sizes());
-  at::Tensor grad_input = at::zeros({N, k * k, H, W}, grad.options());
+  const WindowMap w{batch_size, height, width, group_size, window_size};
+  const int64_t k = w.k, m = w.m, mm = m * m, P = positions.size(0);
+  at::Tensor grad_input = at::zeros({w.N, k * k, w.H, w.W}, grad.options());
   if (P == 0 || grad_input.numel() == 0) {
     return grad_input;
   }
   const at::Tensor g = grad.contiguous();
   const at::Tensor pos_c = positions.contiguous();
-  check_batch_indices(pos_c, N);
+  check_batch_indices(pos_c, w.N);
   const int64_t* pos = pos_c.data_ptr<int64_t>();
-  std::vector<std::vector<int64_t>> of_batch(N);
+  std::vector<std::vector<int64_t>> of_batch(w.N);
   for (int64_t p = 0; p < P; ++p) {
     of_batch[pos[p * 3]].push_back(p);
   }
-  const std::vector<int64_t> start = cell_starts(k, m);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "window_assemble_backward_cpu", [&] {
     const scalar_t* gsrc = g.data_ptr<scalar_t>();
     scalar_t* gdst = grad_input.data_ptr<scalar_t>();
     // One task per input plane (n, cell): listed windows may overlap, but a plane is only
     // written by its own task, so the sums need no atomics.
-    at::parallel_for(0, N * k * k, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, w.N * k * k, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t n = plane / (k * k), gi = (plane % (k * k)) / k, gj = plane % k;
-        scalar_t* gp = gdst + plane * H * W;
-        for (const int64_t p : of_batch[n]) {
+        const CellOfChannel cell = split_cell_channel(plane, k); // cell.c: the image n
+        const Span rows = cell_span(cell.gi, k, m), cols = cell_span(cell.gj, k, m);
+        scalar_t* gp = gdst + plane * w.H * w.W;
+        for (const int64_t p : of_batch[cell.c]) {
           const int64_t y = pos[p * 3 + 1], x = pos[p * 3 + 2];
-          // Clip the cell's block of the window to the map.
-          const int64_t u0 = std::max(start[gi], -y), u1 = std::min(start[gi + 1], H - y);
-          const int64_t v0 = std::max(start[gj], -x), v1 = std::min(start[gj + 1], W - x);
+          // The cell's block of the window, clipped to the map.
+          const Span us = clip_to_map(rows, y, w.H), vs = clip_to_map(cols, x, w.W);
           const scalar_t* gw = gsrc + p * mm;
-          for (int64_t u = u0; u < u1; ++u) {
-            scalar_t* out_row = gp + (y + u) * W + x;
+          for (int64_t u = us.begin; u < us.end; ++u) {
+            scalar_t* out_row = gp + (y + u) * w.W + x;
             const scalar_t* in_row = gw + u * m;
-            for (int64_t v = v0; v < v1; ++v) {
+            for (int64_t v = vs.begin; v < vs.end; ++v) {
               out_row[v] += in_row[v];
             }
           }
