@@ -17,7 +17,7 @@ __all__ = [
 
 # Most samples per bin side that ps_roi_assemble's adaptive sampling (sampling_ratio <= 0) takes:
 # ceil(roi_size / m), capped here so that a huge RoI costs bounded time and memory. The native
-# kernels use the same constant (kMaxAdaptiveSamples in layers/csrc/ps_roi_assemble/bilinear.h,
+# kernels use the same constant (kMaxAdaptiveSamples in layers/csrc/common/sampling.h,
 # where the choice of 64 is explained).
 MAX_ADAPTIVE_SAMPLES = 64
 
