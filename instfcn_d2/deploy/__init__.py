@@ -14,6 +14,7 @@ post-processing, the same code the eager models run (:mod:`instfcn_d2.core`), he
 called from its post-processing (:mod:`.mask_rcnn`). Each pipeline receives the graphs as plain
 callables; nothing here calls back into the loaded model.
 """
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from ..core.detections import Detections
 from ..core.postprocess import pad_to_divisibility
-from .artefact import FORMATS, graph_files, load_graph, read_metadata
+from .artefact import FORMATS, METADATA_FILE, graph_files, load_graph, read_metadata
 
 __all__ = ["load", "DeployedModel", "Detections", "FORMATS", "DenseGraph", "pad_to_divisibility"]
 
@@ -46,7 +47,14 @@ class DeployedModel:
         # name -> graph; "dense" takes the image, Mask R-CNN's "box_head" / "mask_head" pooled features
         self.graphs = {name: load_graph(directory, self.metadata, name) for name in graph_files(self.metadata)}
         self.graph = self.graphs["dense"]
-        self.pipeline = _pipeline(self.kind, self.metadata["pipeline"], self.graphs)
+        try:
+            self.pipeline = _pipeline(self.kind, self.metadata["pipeline"], self.graphs)
+        except (KeyError, TypeError, ValueError) as e:
+            what = f"misses the setting {e}" if isinstance(e, KeyError) else f"has settings that do not fit: {e}"
+            raise ValueError(
+                f"{os.path.join(directory, METADATA_FILE)}: 'pipeline' {what}; re-export the model with "
+                "tools/export_model.py"
+            ) from e
 
     def pad(self, image: Tensor) -> Tensor:
         """``(3, h, w)`` -> ``(3, H, W)`` padded to the size divisibility (:func:`pad_to_divisibility`)."""
@@ -75,14 +83,46 @@ class DeployedModel:
             output_size: ``(height, width)`` of the result (default ``(h, w)``), as the
                 ``"height"`` / ``"width"`` of a detectron2 input.
         """
-        if image.dim() != 3 or image.shape[0] != self.pixel_mean.shape[0]:
-            raise ValueError(
-                f"expected one image (C={self.pixel_mean.shape[0]}, H, W) in {self.input_format}, got {tuple(image.shape)}"
-            )
-        image = image.to(torch.float32)
+        image = self.check_image(image)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         output_size = size if output_size is None else (int(output_size[0]), int(output_size[1]))
         return self.pipeline.run(self.run_graph, image, size, output_size)
+
+    def check_image(self, image) -> Tensor:
+        """``image`` as float32 ``(3, h, w)`` pixels in 0..255, or a ValueError saying what is wrong
+        with it (a layout, a value range or a type the model does not take would otherwise give
+        other detections without a word)."""
+        if not isinstance(image, Tensor):
+            raise ValueError(f"expected the image as a torch.Tensor (3, H, W), got a {type(image).__name__}")
+        channels = self.pixel_mean.shape[0]
+        if image.dim() != 3 or image.shape[0] != channels:
+            hint = ""
+            if image.dim() == 3 and image.shape[-1] == channels:
+                hint = " (an H x W x 3 array as OpenCV reads it? pass torch.as_tensor(array).permute(2, 0, 1))"
+            raise ValueError(
+                f"expected one image (C={channels}, H, W) in {self.input_format}, got {tuple(image.shape)}{hint}"
+            )
+        if min(image.shape[-2:]) < 1:
+            raise ValueError(f"the image is empty: {tuple(image.shape)}")
+        if image.dtype == torch.bool or image.is_complex():
+            raise ValueError(f"the image is of dtype {image.dtype}; expected uint8 or float pixels in 0..255")
+        if image.dtype == torch.uint8:
+            return image.to(torch.float32)
+        image = image.to(torch.float32)
+        if not bool(torch.isfinite(image).all()):
+            raise ValueError("the image holds NaN or infinite values; expected pixels in 0..255")
+        low, high = float(image.min()), float(image.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"the image's values lie in [{low:g}, {high:g}]; expected raw pixels in 0..255 ({self.input_format}), "
+                "not normalised ones (the graph subtracts the pixel mean itself)"
+            )
+        if 0 < high <= 1:
+            raise ValueError(
+                f"the image's values lie in [{low:g}, {high:g}], as a float image in [0, 1]; the model takes pixels "
+                f"in 0..255 ({self.input_format}): multiply by 255"
+            )
+        return image
 
 
 def _pipeline(kind: str, settings: dict, graphs: Dict[str, Callable[[Tensor], List[Tensor]]]):

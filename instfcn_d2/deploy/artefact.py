@@ -16,7 +16,18 @@ from typing import Callable, List, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["FORMATS", "GRAPH_FILES", "METADATA_FILE", "graph_file", "graph_files", "read_metadata", "write_metadata", "load_graph"]
+__all__ = [
+    "FORMATS",
+    "KINDS",
+    "GRAPH_FILES",
+    "METADATA_FILE",
+    "graph_file",
+    "graph_files",
+    "read_metadata",
+    "check_metadata",
+    "write_metadata",
+    "load_graph",
+]
 
 #: ``--format`` values: a traced ``torch.jit`` module, a ``torch.export`` program with dynamic
 #: height and width, and that program compiled ahead of time by AOTInductor.
@@ -24,6 +35,14 @@ FORMATS = ("torchscript", "exported_program", "aoti")
 GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2"}
 METADATA_FILE = "deploy.json"
 _KEYS = ("format", "model", "input_format", "pixel_mean", "size_divisibility", "outputs", "pipeline")
+#: ``model`` values, and the graph outputs the post-processing of each reads.
+KINDS = ("FCIS", "BiSeg", "InstanceFCN", "MaskRCNN")
+REQUIRED_OUTPUTS = {
+    "FCIS": ("rpn_logits_0", "rpn_deltas_0", "inside_outside", "box"),
+    "BiSeg": ("rpn_logits_0", "rpn_deltas_0", "inside_outside", "box", "sem_seg_logits", "prior"),
+    "InstanceFCN": ("mask_maps", "objectness"),
+    "MaskRCNN": ("rpn_logits_0", "rpn_deltas_0"),
+}
 
 
 def graph_file(fmt: str, name: str = "dense") -> str:
@@ -63,13 +82,17 @@ def read_metadata(directory: str) -> dict:
         raise FileNotFoundError(
             f"{path} not found: an exported model is the folder that tools/export_model.py --output wrote"
         )
-    with open(path) as f:
-        metadata = json.load(f)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON file ({e}); re-export the model with tools/export_model.py") from e
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} holds a {type(metadata).__name__}, not the object of an exported model's settings")
     missing = _missing(metadata)
     if missing:
         raise ValueError(f"{path} misses the keys {missing}; re-export the model with tools/export_model.py")
-    if metadata["format"] not in FORMATS:
-        raise ValueError(f"{path}: format {metadata['format']!r} is not one of {FORMATS}")
+    check_metadata(path, metadata)
     written_with = metadata.get("torch")
     if written_with and written_with.split("+")[0] != torch.__version__.split("+")[0]:
         warnings.warn(
@@ -77,6 +100,44 @@ def read_metadata(directory: str) -> dict:
             "ExportedProgram and AOTInductor artefacts are not guaranteed to load across torch versions"
         )
     return metadata
+
+
+def check_metadata(path: str, metadata: dict) -> None:
+    """Raise ValueError naming ``path`` and the key when a value of ``deploy.json`` cannot be right
+    (a hand-edited or mixed-up folder), before any graph is loaded."""
+
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"{path}: {key!r} {why}; re-export the model with tools/export_model.py")
+
+    if metadata["format"] not in FORMATS:
+        raise bad("format", f"is {metadata['format']!r}, not one of {FORMATS}")
+    kind = metadata["model"]
+    if kind not in KINDS:
+        raise bad("model", f"is {kind!r}, not one of {KINDS}")
+    if metadata["input_format"] not in ("BGR", "RGB"):
+        raise bad("input_format", f"is {metadata['input_format']!r}, not 'BGR' or 'RGB'")
+    mean = metadata["pixel_mean"]
+    if not isinstance(mean, list) or len(mean) != 3 or not all(isinstance(v, (int, float)) for v in mean):
+        raise bad("pixel_mean", f"is {mean!r}, not three numbers")
+    div = metadata["size_divisibility"]
+    if not isinstance(div, int) or isinstance(div, bool) or div < 0:
+        raise bad("size_divisibility", f"is {div!r}, not an integer >= 0")
+    outputs = metadata["outputs"]
+    if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
+        raise bad("outputs", "is not a list of output names")
+    absent = [n for n in REQUIRED_OUTPUTS[kind] if n not in outputs]
+    if absent:
+        raise bad("outputs", f"lacks {absent}, which a {kind}'s post-processing reads (it names {outputs})")
+    pipeline = metadata["pipeline"]
+    if not isinstance(pipeline, dict):
+        raise bad("pipeline", "is not an object of settings")
+    if pipeline.get("kind", kind) != kind:
+        raise bad("pipeline", f"holds the settings of a {pipeline.get('kind')!r}, but 'model' says {kind!r}")
+    files = graph_files(metadata)
+    if not isinstance(files, dict) or not all(isinstance(f, str) for f in files.values()):
+        raise bad("graphs" if "graphs" in metadata else "graph", "does not name the graph file(s)")
+    if kind == "MaskRCNN" and not {"dense", "box_head", "mask_head"} <= set(files):
+        raise bad("graphs", f"names {sorted(files)}; a MaskRCNN needs 'dense', 'box_head' and 'mask_head'")
 
 
 def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[[Tensor], List[Tensor]]:
@@ -89,12 +150,19 @@ def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} (named by {os.path.join(directory, METADATA_FILE)}) not found")
     fmt = metadata["format"]
-    if fmt == "torchscript":
-        module = torch.jit.load(path, map_location="cpu").eval()
-    elif fmt == "exported_program":
-        module = torch.export.load(path).module()
-    else:
-        module = torch._inductor.aoti_load_package(path)
+    try:
+        if fmt == "torchscript":
+            module = torch.jit.load(path, map_location="cpu").eval()
+        elif fmt == "exported_program":
+            module = torch.export.load(path).module()
+        else:
+            module = torch._inductor.aoti_load_package(path)
+    except Exception as e:  # torch raises many types for a damaged file (zip reader, pickle, C++ errors)
+        raise ValueError(
+            f"{path} cannot be loaded as a {fmt!r} graph ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            f"the file is damaged (a copy cut short?) or not the format {os.path.join(directory, METADATA_FILE)} says; "
+            "re-export the model with tools/export_model.py"
+        ) from e
 
     def graph(x: Tensor) -> List[Tensor]:
         out = module(x)

@@ -185,7 +185,7 @@ def test_mask_rcnn_roi_graphs_take_any_number_of_rois_and_none_are_skipped(tmp_p
     meta["pipeline"]["box_predictor"]["score_thresh"] = 1.0
     (tmp_path / "deploy.json").write_text(json.dumps(meta))
     deployed = load(str(tmp_path))
-    deployed.graphs["mask_head"] = None  # would fail if called
+    deployed.pipeline.mask_head = None  # would fail if called
     with torch.no_grad():
         ref = model([{"image": image, "height": 64, "width": 80}])[0]["instances"]
     det = deployed(image, (64, 80))
