@@ -12,6 +12,7 @@ inside the assembling call): each stage gets its *exclusive* time, i.e. a stage'
 the time of the stages timed inside it, so the stages of one forward never count a second twice.
 """
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -76,9 +77,14 @@ class StageTimer:
         self._undo.append(lambda: [h.remove() for h in handles])
 
     def wrap_attr(self, owner, attr: str, stage: str) -> None:
-        """Time ``owner.attr(...)`` calls (a bound method on an instance, or a module's function)."""
+        """Time ``owner.attr(...)`` calls (a bound method on an instance, a frozen dataclass's
+        included, or a module's function)."""
         original = getattr(owner, attr)
         had_own = attr in vars(owner)
+        # a frozen dataclass (the models' readers) refuses setattr; its instance dict takes it
+        frozen = dataclasses.is_dataclass(owner) and not isinstance(owner, type)
+        set_attr = object.__setattr__ if frozen else setattr
+        del_attr = object.__delattr__ if frozen else delattr
 
         def timed(*args, **kwargs):
             self._enter(stage)
@@ -87,8 +93,8 @@ class StageTimer:
             finally:
                 self._exit()
 
-        setattr(owner, attr, timed)
-        self._undo.append(lambda: setattr(owner, attr, original) if had_own else delattr(owner, attr))
+        set_attr(owner, attr, timed)
+        self._undo.append(lambda: set_attr(owner, attr, original) if had_own else del_attr(owner, attr))
 
     def reset(self) -> None:
         self.times.clear()

@@ -14,13 +14,13 @@ needs no checkpoint), ``--num-classes`` classes (80), the same ResNet-50 trunk d
 - Mask R-CNN R50-C4: ``configs/Base-MaskRCNN-C4.yaml`` (detectron2's, RPN on res4, res5 head per
   RoI). With ``--with-fpn`` also Mask R-CNN R50-FPN.
 
-Models run interleaved, image by image (``benchmark_common.run_models``). Every model gets
+Models run interleaved, image by image (``instfcn_d2.benchmark.run_models``). Every model gets
 ``SCORE_THRESH_TEST 0`` so that random weights still give the full 100
 detections per image (and their masks pasted), i.e. the full work, and ImageNet-std input scaling:
 random FrozenBN ResNets with detectron2's caffe std of 1 reach activations of ~1e4 and their RPN
 then keeps a handful of proposals instead of 300 / 1000.
 
-Stages (exclusive wall time, see ``benchmark_common``): ``trunk`` (backbone), ``rpn``
+Stages (exclusive wall time, see ``instfcn_d2.benchmark``): ``trunk`` (backbone), ``rpn``
 (proposal generator), ``score maps`` (conv_new + the position-sensitive map convs), ``semantic``
 (BiSeg's semantic branch + its resizing to the output), ``assemble`` (per RoI: the box deltas, the
 class logits of all candidates, the masks of the voting candidates' classes; prior crop and fusion
@@ -65,8 +65,8 @@ def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.proposal_generator, "rpn")
     heads = model.roi_heads
     if name.startswith(("FCIS", "BiSeg")):
-        from instfcn_d2.modeling.fcis import roi_reading as fcis_roi_reading
-        from instfcn_d2.modeling.fcis import inference as fcis_inference
+        from instfcn_d2.core.fcis import inference as fcis_inference
+        from instfcn_d2.core.fcis import reading as fcis_reading
         from instfcn_d2.modeling.fcis import meta_arch as fcis_arch
 
         for attr in ("conv_new", "inside_outside_maps", "box_maps", "fine_conv_new", "fine_maps"):
@@ -77,9 +77,10 @@ def instrument(model, name: str, timer: StageTimer) -> None:
             timer.wrap_attr(model, "extra_outputs", "semantic")  # sem_seg resized to the output
         # roi_class_logits calls roi_inside_outside per chunk: the same stage nested in itself,
         # which StageTimer counts once (each call's exclusive time, the inner ones subtracted)
+        # the per-RoI reading belongs to the heads' reader (instfcn_d2.core), which inference calls
         for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class", "roi_box_deltas"):
-            timer.wrap_attr(heads, attr, "assemble")
-        timer.wrap_attr(fcis_roi_reading, "fcis_inference_single_image", "nms")
+            timer.wrap_attr(heads.reader, attr, "assemble")
+        timer.wrap_attr(fcis_reading, "fcis_inference_single_image", "nms")
         timer.wrap_attr(fcis_inference, "mask_voting", "voting")
         timer.wrap_attr(fcis_arch, "fcis_postprocess", "paste")
     else:

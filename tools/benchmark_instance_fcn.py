@@ -17,9 +17,9 @@ weights (no checkpoints are needed to measure speed), ``model.eval()`` + ``torch
 
 For InstanceFCN the stages are timed inside the real ``model(inputs)`` call, by forward hooks on
 ``backbone`` / ``mask_head`` / ``objectness_head`` and by wrapping the meta-architecture's
-``preprocess_image`` / ``window_candidates`` (top windows + assembling) and the
-``window_masks_to_proposals`` its test-time loop calls (``instance_fcn/inference.py``: pasting +
-binarising + mask-box NMS). "After trunk" is everything but preprocessing and the trunk: branches
+``preprocess_image``, its proposer's ``window_candidates`` (top windows + assembling) and the
+``window_masks_to_proposals`` the proposer's test-time loop calls
+(``instfcn_d2/core/instance_fcn/inference.py``: pasting + binarising + mask-box NMS). "After trunk" is everything but preprocessing and the trunk: branches
 + assembling + pasting + NMS; its share of the total is checked against the target (< 15 %). For Mask R-CNN the backbone (R50 + FPN) is
 hooked the same way.
 
@@ -73,14 +73,14 @@ def model_specs(short_side: int, max_size: int):
 def instrument(model, name: str, timer: StageTimer) -> None:
     timer.hook_module(model.backbone, "trunk")
     if "InstanceFCN" in name:
-        from instfcn_d2.modeling.instance_fcn import inference
+        from instfcn_d2.core.instance_fcn import inference
 
         timer.wrap_attr(model, "preprocess_image", "preprocess")
         timer.hook_module(model.mask_head, "branches")
         timer.hook_module(model.objectness_head, "branches")
         if model.feature_reduce is not None:
             timer.hook_module(model.feature_reduce, "branches")
-        timer.wrap_attr(model, "window_candidates", "assemble")  # top-k windows + assembling
+        timer.wrap_attr(model.proposer, "window_candidates", "assemble")  # top-k windows + assembling
         timer.wrap_attr(inference, "window_masks_to_proposals", "paste+nms")
 
 

@@ -35,9 +35,9 @@ from detectron2.modeling import build_model
 from instfcn_d2.checkpoint import MissingWeightsError, load_trained_weights, require_trained_weights
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers import ps_roi_assemble
-from instfcn_d2.modeling.biseg.semantic_prior import combine_prior
-from instfcn_d2.modeling.fcis.score_maps import inside_outside_channel, inside_outside_mask_probs
-from instfcn_d2.modeling.instance_fcn.window_labels import window_boxes, window_top_left
+from instfcn_d2.core.biseg import combine_prior
+from instfcn_d2.core.fcis.layout import inside_outside_mask_probs
+from instfcn_d2.core.instance_fcn import window_boxes, window_top_left
 
 
 @dataclass
@@ -66,7 +66,7 @@ def instance_fcn_panels(model, prepared: Prepared, num_windows: int = 6) -> Dict
     ``windows`` ``(P, m, m)`` assembled logits, ``boxes`` ``(P, 4)`` in image pixels, ``scores``."""
     images = model.preprocess_image([prepared.inputs["image"]])
     mask_maps, objectness = model.compute_maps(images)
-    centres = model.window_centres(images.image_sizes[0], objectness.shape[-2:])
+    centres = model.proposer.window_centres(images.image_sizes[0], objectness.shape[-2:], device=objectness.device)
     scores = objectness[0, centres[:, 0], centres[:, 1]].sigmoid()
     scores, order = scores.topk(min(num_windows, len(scores)))
     centres = centres[order]
@@ -96,13 +96,13 @@ def fcis_panels(model, prepared: Prepared, detection: int = 0) -> Optional[Dict[
     (result,), _ = model.roi_heads(images, features, proposals, None, maps=maps)
     if len(result) <= detection:
         return None
-    heads = model.roi_heads
+    reader = model.roi_heads.reader  # the per-RoI reading inference uses (instfcn_d2.core)
     box = result.pred_boxes.tensor[detection]
     c = int(result.pred_classes[detection])
     rois = torch.cat([box.new_zeros(1), box])[None]
-    k, kk = heads.group_size, heads.group_size ** 2
-    class_maps = heads.class_maps(maps.inside_outside, c, k)[0].view(2, kk, *maps.inside_outside.shape[-2:])
-    s = heads.spatial_scale
+    k, kk = reader.group_size, reader.group_size ** 2
+    class_maps = reader.class_maps(maps.inside_outside, c, k)[0].view(2, kk, *maps.inside_outside.shape[-2:])
+    s = reader.spatial_scale
     x0, y0 = int(np.floor(float(box[0]) * s)), int(np.floor(float(box[1]) * s))
     x1, y1 = int(np.ceil(float(box[2]) * s)), int(np.ceil(float(box[3]) * s))
     out = {
@@ -111,18 +111,18 @@ def fcis_panels(model, prepared: Prepared, detection: int = 0) -> Optional[Dict[
         "score": result.scores[detection],
         "cell_maps": class_maps[:, :, max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)],
         "assembled": ps_roi_assemble(
-            heads.class_maps(maps.inside_outside, c, k), rois, heads.mask_size if not getattr(heads, "fuse", False)
-            else heads.mask_size // 2, k, s, heads.sampling_ratio, heads.aligned
+            reader.class_maps(maps.inside_outside, c, k), rois, reader.mask_size if not getattr(reader, "fuse", False)
+            else reader.mask_size // 2, k, s, reader.sampling_ratio, reader.aligned
         )[0],
     }
-    io = heads.roi_inside_outside_of_class(maps, rois, c)[0]  # (2, M, M): what inference reads
+    io = reader.roi_inside_outside_of_class(maps, rois, c)[0]  # (2, M, M): what inference reads
     out["mask"] = inside_outside_mask_probs(io[None])[0]
-    if hasattr(heads, "roi_prior"):  # BiSeg
-        likelihood = heads.fused_likelihoods(maps, rois)[0, :, c]  # (2, M, M)
+    if hasattr(reader, "roi_prior"):  # BiSeg
+        likelihood = reader.fused_likelihoods(maps, rois)[0, :, c]  # (2, M, M)
         out["likelihood"] = likelihood
-        if heads.prior_mode != "none":
-            prior = heads.roi_prior(maps, rois, c)[0, 0]
-            inside, outside = combine_prior(likelihood[None, :1], likelihood[None, 1:], prior[None, None], heads.prior_mode)
+        if reader.prior_mode != "none":
+            prior = reader.roi_prior(maps, rois, c)[0, 0]
+            inside, outside = combine_prior(likelihood[None, :1], likelihood[None, 1:], prior[None, None], reader.prior_mode)
             out["prior"] = prior
             out["posterior"] = torch.cat([inside, outside], dim=1)[0]
     return out
@@ -231,7 +231,7 @@ def visualize(cfg, image_paths: List[str], output_dir: str, detection: int = 0, 
                 continue
             c = int(panels["class_index"])
             name = classes[c] if classes and c < len(classes) else f"class {c}"
-            written.append(draw_fcis(panels, prepared.rgb, model.roi_heads.group_size, name, out))
+            written.append(draw_fcis(panels, prepared.rgb, model.roi_heads.reader.group_size, name, out))
         print(f"[score_maps] {n + 1}/{len(image_paths)} {out}", flush=True)
     return written
 

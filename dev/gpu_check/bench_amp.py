@@ -68,9 +68,9 @@ def allow_cpu_low_precision() -> None:
 
 def fp32_postprocess(device_type: str) -> None:
     """FCIS / BiSeg post-processing outside autocast, on float32 scores and mask logits."""
-    from instfcn_d2.modeling.fcis import roi_reading
+    from instfcn_d2.core.fcis import reading  # where the per-RoI pipeline looks it up
 
-    original = roi_reading.fcis_inference_single_image
+    original = reading.fcis_inference_single_image
 
     def in_float32(boxes, scores, mask_logits, image_size, params):
         def mask_logits32(indices, class_index):
@@ -79,7 +79,7 @@ def fp32_postprocess(device_type: str) -> None:
         with torch.autocast(device_type, enabled=False):
             return original(boxes.float(), scores.float(), mask_logits32, image_size, params)
 
-    roi_reading.fcis_inference_single_image = in_float32
+    reading.fcis_inference_single_image = in_float32
 
 
 def main(argv=None) -> int:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     dtype = getattr(torch, dtype_name)
 
     with contextlib.redirect_stdout(sys.stderr):  # what importing the package prints
-        from instfcn_d2 import benchmark as benchmark_common
+        from instfcn_d2 import benchmark
 
         tool = load_tool(TOOL_MODULES[args.tool])
     if args.models:
@@ -115,13 +115,13 @@ def main(argv=None) -> int:
             return [spec for spec in all_specs(*a, **k) if spec[0].startswith(prefixes)]
 
         tool.model_specs = some_specs
-    forward = benchmark_common._timed_forward
+    forward = benchmark._timed_forward
 
     def forward_under_autocast(*a, **k):
         with torch.autocast(device_type, dtype=dtype):
             return forward(*a, **k)
 
-    benchmark_common._timed_forward = forward_under_autocast
+    benchmark._timed_forward = forward_under_autocast
     if device_type == "cpu":
         allow_cpu_low_precision()
     if args.fp32_postprocess:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     try:
         return tool.main(rest)
     finally:
-        benchmark_common._timed_forward = forward
+        benchmark._timed_forward = forward
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 stages never count twice; models run interleaved."""
 import time
 
+import pytest
 import torch
 
 from instfcn_d2 import benchmark
@@ -75,3 +76,33 @@ def test_run_models_interleaves_images_and_skips_the_warm_up(monkeypatch):
     assert calls == [("a", "w.jpg"), ("bb", "w.jpg"), ("a", "1.jpg"), ("bb", "1.jpg"), ("a", "2.jpg"), ("bb", "2.jpg")]
     assert [r.name for r in results] == ["A", "BB"]
     assert [len(r.totals) for r in results] == [2, 2] and results[1].detections == [2, 2]
+
+
+@pytest.mark.parametrize("name,tool_name,stages", [
+    ("fcis", "benchmark_fcis", {"trunk", "rpn", "score maps", "assemble", "nms", "voting", "paste"}),
+    ("biseg", "benchmark_fcis", {"trunk", "rpn", "score maps", "semantic", "assemble", "nms", "voting", "paste"}),
+    ("instance_fcn", "benchmark_instance_fcn", {"trunk", "preprocess", "branches", "assemble", "paste+nms"}),
+])
+def test_the_tools_time_every_stage_of_the_current_models(name, tool_name, stages):
+    """The benchmark tools hook the models' own methods and modules by name: each stage they report
+    must still be found (a renamed or moved function would silently drop its stage)."""
+    from detectron2.modeling import build_model
+
+    from conftest import load_tool
+    from tiny_models import tiny_checkpoint_cfg, tiny_checkpoint_image
+
+    tool = load_tool(tool_name)
+    cfg = tiny_checkpoint_cfg(name, "MODEL.WEIGHTS", "")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    timer = benchmark.StageTimer("cpu")
+    label = {"fcis": "FCIS R18", "biseg": "BiSeg R18", "instance_fcn": "InstanceFCN R18"}[name]
+    tool.instrument(model, label, timer)
+    image = tiny_checkpoint_image().float()
+    try:
+        with torch.no_grad():
+            model([{"image": image, "height": image.shape[1], "width": image.shape[2]}])
+    finally:
+        timer.remove()
+    assert set(timer.times) == stages
+    assert all(seconds > 0 for seconds in timer.times.values())

@@ -43,15 +43,15 @@ def test_instance_fcn_windows_are_the_assembled_maps(tool, tmp_path):
 def test_fcis_and_biseg_panels_are_what_inference_reads(tool, tmp_path, name):
     cfg, model, prepared, _ = _model_and_input(tool, name, tmp_path)
     panels = tool.fcis_panels(model, prepared)
-    heads = model.roi_heads
+    reader = model.roi_heads.reader  # what inference reads the maps with
     c, box = int(panels["class_index"]), panels["box"]
     rois = torch.cat([box.new_zeros(1), box])[None]
     with torch.no_grad():
         images = model.preprocess_image([prepared.inputs])
         features = model.backbone(images.tensor)
         maps = model.score_maps(images, features)
-        io = heads.roi_inside_outside_of_class(maps, rois, c)[0]
-    k = heads.group_size
+        io = reader.roi_inside_outside_of_class(maps, rois, c)[0]
+    k = reader.group_size
     assert panels["cell_maps"].shape[:2] == (2, k * k)
     if name == "fcis":  # the assembled panel is the inside/outside pair inference reads
         torch.testing.assert_close(panels["assembled"], io)
