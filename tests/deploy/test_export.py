@@ -252,7 +252,7 @@ def test_export_tool_run_eval_reproduces_eval_only(tmp_path, monkeypatch):
     eager = Trainer.test(cfg, model)
     opts = [str(x) for x in tiny_cfg_opts("biseg")] + ["DATASETS.TEST", "('instfcn_shapes_val',)"]
     assert tool.main(["--config-file", str(REPO_ROOT / "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"), "--format",
-                      "exported_program", "--output", str(tmp_path / "export"), "--opts", *opts]) == 0
+                      "exported_program", "--output", str(tmp_path / "export"), *opts]) == 0
     exported = tool.evaluate_exported(cfg, load(str(tmp_path / "export")), str(tmp_path / "export"))
     for task in ("segm", "bbox"):
         assert abs(exported["instfcn_shapes_val"][task]["AP"] - eager[task]["AP"]) <= 0.1, task
