@@ -23,12 +23,28 @@ rejected rather than dropped: a cleaned copy of the JSON would be needed for the
 such annotations are bugs of the conversion that made the file, which the message lets the user
 find (file, annotation id, image). Zero-size boxes with a valid mask only get a warning: the
 training mapper takes their box from the mask.
+
+It also rejects what training would silently misread, or the evaluation fail on at its end:
+
+* ids: an image id given to two images (pycocotools indexes images by id: one image is trained
+  with the masks of both), annotation or category ids given twice, an annotation whose
+  ``image_id`` or ``category_id`` is in no list;
+* lists: no ``categories`` or an empty one (detectron2's loader dies on ``min()`` of no ids), no
+  images (an evaluation set without images failed only after the whole schedule);
+* values: a ``bbox`` missing, not four finite numbers (NaN, inf) or of negative width or height;
+  a polygon with a coordinate that is not a finite number; ``iscrowd`` missing or not 0 / 1;
+  ``area`` missing, not finite or negative (COCO's evaluation reads both for every object); an
+  image ``width`` / ``height`` missing or not a positive integer.
+
+Training and evaluation files get the same checks, each file once per process.
 """
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+from collections import Counter, defaultdict
 from typing import Dict, Iterable, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -43,8 +59,8 @@ _checked: Dict[tuple, dict] = {}  # (path, mtime, size) -> summary: each file is
 
 
 class CocoAnnotationError(ValueError):
-    """A COCO JSON holds annotations that its evaluation cannot read; the message names the file,
-    the annotation ids and their images."""
+    """A COCO JSON, or the image files it lists, holds entries that training would misread or that
+    its evaluation cannot read; the message names the file, the ids and the field."""
 
 
 def _load_json(json_file: str) -> dict:
@@ -55,8 +71,34 @@ def _load_json(json_file: str) -> dict:
         raise CocoAnnotationError(f"{json_file}: not valid JSON: {e}") from None
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _all_finite(values: list) -> bool:
+    """Whether every entry of ``values`` is a finite number. By ``sum`` (in C: NaN and inf carry
+    through it, None, strings and lists raise), so a JSON of a million polygons takes a fraction
+    of a second; entry by entry only where the sum is not finite (it may overflow)."""
+    try:
+        if math.isfinite(sum(values)):
+            return True
+    except TypeError:  # None, a string, a nested list
+        return False
+    return all(_is_finite_number(v) for v in values)
+
+
+def _positive_integer(value) -> bool:
+    """An image ``width`` / ``height``: a positive whole number (``96`` or ``96.0``)."""
+    return _is_finite_number(value) and value > 0 and value == int(value)
+
+
 def _segmentation_problem(segm, height, width) -> Optional[str]:
-    """Why COCO's evaluation cannot read ``segm`` (``None``: it can)."""
+    """Why COCO's evaluation cannot read ``segm``, or training would misread it (``None``: they
+    can). ``height`` / ``width``: its image's, ``None`` when the image entry has none."""
     if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             return f"RLE segmentation without 'counts' and 'size' (keys: {sorted(segm)})"
@@ -74,52 +116,180 @@ def _segmentation_problem(segm, height, width) -> Optional[str]:
         # pycocotools decides polygons vs box from the first entry's length: fewer than 6 numbers
         # is either an error ("input type is not supported") or read as a box
         return f"first polygon has {len(first)} coordinates (needs an even number >= 6, 3 points): {_short(segm)}"
+    for k, polygon in enumerate(segm):
+        if not _all_finite(polygon):  # NaN rasterises to garbage in training and in pycocotools
+            return f"segmentation polygon {k} has a coordinate that is not a finite number: {_short(polygon)}"
     return None
 
 
-def check_coco_json(json_file: str, data: Optional[dict] = None) -> dict:
-    """Check a COCO instances JSON for annotations its evaluation cannot read (see the module
-    docstring); raise :class:`CocoAnnotationError` listing them (file, annotation id, image id and
-    file name). Warns about zero-size boxes of annotations with a valid mask. Returns a summary
-    (``images``, ``annotations``, ``categories``: counts). ``data``: the file's parsed content,
-    when already loaded. Each file (path, mtime, size) is checked once per process."""
-    stat = os.stat(json_file)
-    key = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size)
-    if key in _checked:
-        return _checked[key]
-    if data is None:
-        data = _load_json(json_file)
+def _bbox_problem(bbox) -> Optional[str]:
+    """Why ``bbox`` is no box (``None``: it is one, possibly of zero size). Training reads it
+    (detectron2's mapper fails on a missing one) and so does the box AP of the evaluation."""
+    if bbox is None:
+        return "no bbox ([x, y, width, height], which training and the box evaluation read)"
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, width, height]"
+    if not _all_finite(bbox):
+        return f"bbox {bbox!r} has a value that is not a finite number"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"bbox {bbox!r} has a negative width or height"
+    return None
+
+
+def _crowd_and_area_problems(ann) -> List[str]:
+    """``iscrowd`` and ``area``, which COCO's evaluation reads for every ground-truth object: a
+    missing one fails it at the very end (``KeyError``); a negative area leaves the object out of
+    every area range, silently; an ``iscrowd`` other than 0 / 1 is a crowd to some readers
+    (pycocotools, detectron2) and a plain object to others (``int("0")``)."""
+    problems = []
+    if "iscrowd" not in ann:
+        problems.append("no iscrowd (COCO's evaluation reads it: 0 for an object, 1 for a crowd region)")
+    elif ann["iscrowd"] not in (0, 1) or isinstance(ann["iscrowd"], str):
+        problems.append(f"iscrowd {ann['iscrowd']!r} is not 0 or 1")
+    area = ann.get("area")
+    if "area" not in ann:
+        problems.append("no area (COCO's evaluation reads it: the mask's area in pixels)")
+    elif not _is_finite_number(area):
+        problems.append(f"area {area!r} is not a finite number")
+    elif area < 0:
+        problems.append(f"area {area!r} is negative (COCO's evaluation would leave the object out of every area range)")
+    return problems
+
+
+def _hashable_id(value):
+    """An id as a dict key, ``None`` for a missing or unusable one (``null``, a list)."""
+    return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+
+
+def _duplicate_ids(entries: list, plural: str, singular: str, describe=lambda e: None) -> List[str]:
+    """One line per id that several of ``entries`` share: pycocotools indexes them by id and keeps
+    the last, so an image takes another's annotations, an annotation hides another."""
+    ids = [_hashable_id(entry.get("id")) for entry in entries]
+    repeated = {key for key, n in Counter(ids).items() if n > 1 and key is not None}
+    groups = defaultdict(list)
+    for key, entry in zip(ids, entries):
+        if key in repeated:
+            groups[key].append(entry)
+    problems = []
+    for key, group in groups.items():
+        names = [str(describe(e)) for e in group if describe(e) is not None]
+        shown = f" ({', '.join(names[:_MAX_LISTED])}{', ...' if len(names) > _MAX_LISTED else ''})" if names else ""
+        problems.append(f"{singular} id {key}: {len(group)} {plural} have this id{shown}")
+    return problems
+
+
+def _category_problems(categories: list) -> List[str]:
+    problems = _duplicate_ids(categories, "categories", "category", lambda c: c.get("name"))
+    for i, cat in enumerate(categories):
+        if _hashable_id(cat.get("id")) is None:
+            problems.append(f"categories[{i}] ({cat.get('name')}): 'id' {cat.get('id')!r} is missing or not a number")
+        elif not isinstance(cat.get("name"), str):
+            problems.append(f"category id {cat['id']}: no 'name' (a string; the model's class names come from it)")
+    return problems
+
+
+def _image_problems(images: list) -> List[str]:
+    problems = _duplicate_ids(images, "images", "image", lambda img: img.get("file_name"))
+    for i, img in enumerate(images):
+        label = f"image id {img['id']}" if _hashable_id(img.get("id")) is not None else f"images[{i}]"
+        where = f"{label} ({img.get('file_name', '<no file_name>')})"
+        if _hashable_id(img.get("id")) is None:
+            problems.append(f"{where}: 'id' {img.get('id')!r} is missing or not a number")
+        if not isinstance(img.get("file_name"), str) or not img.get("file_name"):
+            problems.append(f"{where}: no 'file_name'")
+        for field in ("width", "height"):  # detectron2's loader reads both; its mapper compares them
+            if field not in img:
+                problems.append(f"{where}: no '{field}'")
+            elif not _positive_integer(img[field]):
+                problems.append(f"{where}: {field} {img[field]!r} is not a positive integer")
+    return problems
+
+
+def _image_size(img: dict):
+    """``(height, width)`` of an image entry, ``(None, None)`` when it has no valid one (reported
+    on its own)."""
+    if _positive_integer(img.get("height")) and _positive_integer(img.get("width")):
+        return img["height"], img["width"]
+    return None, None
+
+
+def _annotation_problems(data: dict, images: dict):
+    """``(problems, zero_boxes)`` of the annotations: lines naming annotation id, image and field;
+    ids of annotations with a valid mask and a box of zero width or height."""
+    category_ids = {_hashable_id(c.get("id")) for c in data["categories"]}
+    any_segmentation = any("segmentation" in a for a in data["annotations"])
+    problems = _duplicate_ids(data["annotations"], "annotations", "annotation")
+    zero_boxes = []
+    for i, ann in enumerate(data["annotations"]):
+        img = images.get(_hashable_id(ann.get("image_id")), {})
+        found = []
+        if _hashable_id(ann.get("id")) is None:
+            found.append(f"'id' {ann.get('id')!r} is missing or not a number")
+        if not img:
+            found.append(f"image_id {ann.get('image_id')!r} is not in 'images'")
+        if _hashable_id(ann.get("category_id")) not in category_ids:
+            found.append(f"category_id {ann.get('category_id')} is not in 'categories'")
+        bbox = ann.get("bbox")
+        box_problem = _bbox_problem(bbox)
+        if box_problem:
+            found.append(box_problem)
+        found += _crowd_and_area_problems(ann)
+        if "segmentation" not in ann or ann["segmentation"] is None:
+            if any_segmentation:
+                found.append("no segmentation (other annotations of the file have one)")
+        else:
+            segm_problem = _segmentation_problem(ann["segmentation"], *_image_size(img))
+            if segm_problem:
+                found.append(segm_problem)
+            elif not box_problem and (bbox[2] == 0 or bbox[3] == 0):
+                zero_boxes.append(str(ann.get("id")))
+        if found:
+            label = f"annotation id {ann['id']}" if _hashable_id(ann.get("id")) is not None else f"annotations[{i}]"
+            where = f"{label} (image id {ann.get('image_id')}, {img.get('file_name', '<image not in images>')})"
+            problems += [f"{where}: {p}" for p in found]
+    return problems, zero_boxes
+
+
+def _check_lists(json_file: str, data) -> None:
+    """The three lists, with at least one image and one category: raise naming the file and the
+    key otherwise (detectron2's loader fails on no categories with ``min() arg is an empty
+    sequence``; an evaluation set without images fails only after the whole training)."""
+    if not isinstance(data, dict):
+        raise CocoAnnotationError(f"{json_file}: not a COCO instances JSON (it holds a {type(data).__name__}, not an object "
+                                  "with images, annotations, categories)")
     for field in ("images", "annotations", "categories"):
         if not isinstance(data.get(field), list):
             raise CocoAnnotationError(f"{json_file}: no '{field}' list (a COCO instances JSON has images, annotations, categories)")
-    images = {img.get("id"): img for img in data["images"]}
-    category_ids = {c.get("id") for c in data["categories"]}
-    any_segmentation = any("segmentation" in a for a in data["annotations"])
-    problems, zero_boxes = [], []
-    for ann in data["annotations"]:
-        img = images.get(ann.get("image_id"), {})
-        where = f"annotation id {ann.get('id')} (image id {ann.get('image_id')}, {img.get('file_name', '<image not in images>')})"
-        bbox = ann.get("bbox")
-        if bbox is not None and len(bbox) != 4:
-            problems.append(f"{where}: bbox {bbox!r} is not [x, y, width, height]")
-        if ann.get("category_id") not in category_ids:
-            problems.append(f"{where}: category_id {ann.get('category_id')} is not in 'categories'")
-        if "segmentation" not in ann or ann["segmentation"] is None:
-            if any_segmentation:
-                problems.append(f"{where}: no segmentation (other annotations of the file have one)")
-            continue
-        problem = _segmentation_problem(ann["segmentation"], img.get("height"), img.get("width"))
-        if problem:
-            problems.append(f"{where}: {problem}")
-        elif bbox is not None and len(bbox) == 4 and (bbox[2] <= 0 or bbox[3] <= 0):
-            zero_boxes.append(str(ann.get("id")))
+        if any(not isinstance(entry, dict) for entry in data[field]):
+            raise CocoAnnotationError(f"{json_file}: '{field}' holds entries that are not objects")
+    if not data["images"]:
+        raise CocoAnnotationError(f"{json_file}: 'images' is empty: there is nothing to train or evaluate on")
+    if not data["categories"]:
+        raise CocoAnnotationError(f"{json_file}: 'categories' is empty: the model's classes are the JSON's categories")
+
+
+def _raise_listed(header: str, problems: List[str], advice: str) -> None:
+    listed = "\n  ".join(problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    raise CocoAnnotationError(f"{header}:\n  {listed}{more}\n{advice}")
+
+
+def _check_content(json_file: str, data) -> dict:
+    """The checks of :func:`check_coco_json` on the parsed file; returns its summary."""
+    _check_lists(json_file, data)
+    images = {}
+    for img in data["images"]:
+        images.setdefault(_hashable_id(img.get("id")), img)  # the first of a duplicated id: reported anyway
+    images.pop(None, None)
+    annotation_problems, zero_boxes = _annotation_problems(data, images)
+    problems = _image_problems(data["images"]) + _category_problems(data["categories"]) + annotation_problems
     if problems:
-        listed = "\n  ".join(problems[:_MAX_LISTED])
-        more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-        raise CocoAnnotationError(
-            f"{json_file}: {len(problems)} annotation(s) that COCO's evaluation cannot read (detectron2's "
-            f"loader would drop some of them from training, then the final evaluation fails on them):\n  {listed}{more}\n"
-            "Fix or delete these annotations in the JSON."
+        _raise_listed(
+            f"{json_file}: {len(problems)} problem(s) in its images, categories or annotations that training would "
+            "misread or COCO's evaluation cannot read (detectron2's loader drops some of them with a count in a "
+            "warning, or trains on the wrong data; the final evaluation reads the JSON itself)",
+            problems,
+            "Fix or delete these entries in the JSON.",
         )
     if zero_boxes:
         logger.warning(
@@ -127,9 +297,21 @@ def check_coco_json(json_file: str, data: Optional[dict] = None) -> dict:
             "takes their box from the mask, the box AP of the evaluation reads the JSON's box",
             json_file, len(zero_boxes), ", ".join(zero_boxes[:_MAX_LISTED]), ", ..." if len(zero_boxes) > _MAX_LISTED else "",
         )
-    summary = {"images": len(data["images"]), "annotations": len(data["annotations"]), "categories": len(data["categories"])}
-    _checked[key] = summary
-    return summary
+    return {"images": len(data["images"]), "annotations": len(data["annotations"]), "categories": len(data["categories"])}
+
+
+def check_coco_json(json_file: str, data: Optional[dict] = None) -> dict:
+    """Check a COCO instances JSON for entries that training would misread or its evaluation
+    cannot read (see the module docstring); raise :class:`CocoAnnotationError` listing them (file,
+    id, image, field). Warns about zero-size boxes of annotations with a valid mask. Returns a
+    summary (``images``, ``annotations``, ``categories``: counts). ``data``: the file's parsed
+    content, when already loaded. Each file (path, mtime, size) is checked once per process."""
+    stat = os.stat(json_file)
+    key = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size)
+    if key not in _checked:
+        data = _load_json(json_file) if data is None else data
+        _checked[key] = _check_content(json_file, data)
+    return _checked[key]
 
 
 def check_coco_json_datasets(dataset_names: Iterable[str]) -> None:
@@ -162,13 +344,12 @@ def _register(split: str, json_file: str, image_root: str) -> tuple:
         raise FileNotFoundError(f"{root_key}: no such folder: {image_root} (the images of {json_file})")
     data = _load_json(json_file)
     summary = check_coco_json(json_file, data)
-    if data["images"]:
-        first = os.path.join(image_root, data["images"][0].get("file_name", ""))
-        if not os.path.isfile(first):
-            raise FileNotFoundError(
-                f"{root_key} = {image_root} does not hold the first image of {json_file} ({first} not found): "
-                "it must be the folder that the images' file_name are relative to"
-            )
+    first = os.path.join(image_root, data["images"][0]["file_name"])
+    if not os.path.isfile(first):
+        raise FileNotFoundError(
+            f"{root_key} = {image_root} does not hold the first image of {json_file} ({first} not found): "
+            "it must be the folder that the images' file_name are relative to"
+        )
     categories = sorted(data["categories"], key=lambda c: c["id"])
     name = coco_json_dataset_name(json_file, image_root)
     json_abs, root_abs = os.path.abspath(json_file), os.path.abspath(image_root)

@@ -91,7 +91,7 @@ def _set_segmentation(ann_id, segmentation):
 )
 def test_annotations_the_evaluation_cannot_read_are_rejected_naming_file_and_id(tmp_path, segmentation, message):
     json_file, images = write_tiny_coco(tmp_path, num_images=3, edit=_set_segmentation(3, segmentation))
-    with pytest.raises(CocoAnnotationError, match=rf"(?s)annotations.json: 1 annotation.*annotation id 3 \(image id 101, img_01.png\): {message}"):
+    with pytest.raises(CocoAnnotationError, match=rf"(?s)annotations.json: 1 problem.*annotation id 3 \(image id 101, img_01.png\): {message}"):
         check_coco_json(json_file)
     with pytest.raises(CocoAnnotationError, match="annotation id 3"):
         apply_coco_json_config(_cfg("DATASETS.COCO_JSON_TEST", json_file, "DATASETS.COCO_IMAGE_ROOT_TEST", images))

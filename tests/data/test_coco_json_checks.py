@@ -1,0 +1,217 @@
+"""What a careless COCO JSON gets wrong, refused up front by instfcn_d2.data.coco_json with the file,
+the id and the field named: duplicated or dangling ids, an empty image list or category list,
+non-finite or negative boxes, NaN polygons, bad iscrowd / area / image sizes, in training and
+evaluation files alike."""
+import math
+
+import pytest
+
+from conftest import REPO_ROOT
+from instfcn_d2.config import get_instfcn_cfg
+from instfcn_d2.data.coco_json import CocoAnnotationError, apply_coco_json_config, check_coco_json
+from tiny_coco import write_tiny_coco
+
+FCIS = str(REPO_ROOT / "configs" / "shapes" / "fcis_R18_cpu.yaml")
+
+
+def _test_split(json_file, images):
+    return get_instfcn_cfg(FCIS, ["DATASETS.COCO_JSON_TEST", json_file, "DATASETS.COCO_IMAGE_ROOT_TEST", images])
+
+
+def _train_split(json_file, images):
+    return get_instfcn_cfg(FCIS, ["DATASETS.COCO_JSON_TRAIN", json_file, "DATASETS.COCO_IMAGE_ROOT_TRAIN", images])
+
+
+def _refused(json_file, images, pattern):
+    """The file is refused with a message matching ``pattern``, as a training and as an evaluation
+    set (the same checks on both)."""
+    with pytest.raises(CocoAnnotationError, match=pattern) as raised:
+        check_coco_json(json_file)
+    for cfg in (_train_split(json_file, images), _test_split(json_file, images)):
+        with pytest.raises(CocoAnnotationError, match=pattern):
+            apply_coco_json_config(cfg)
+    return str(raised.value)
+
+
+def _ann(data, ann_id):
+    return next(a for a in data["annotations"] if a["id"] == ann_id)
+
+
+# ---------------------------------------------------------------- ids
+
+
+def test_duplicate_image_ids_are_refused_naming_the_ids(tmp_path):
+    """Two images with one id: pycocotools keeps one of them and gives it the annotations of both,
+    so training read one image with the other's masks too (detectron2 only warned vaguely)."""
+    def edit(data):
+        data["images"][1]["id"] = data["images"][0]["id"]
+        data["images"][3]["id"] = data["images"][2]["id"]
+        for a in data["annotations"]:
+            a["image_id"] = {101: 100, 103: 102}.get(a["image_id"], a["image_id"])
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=4, edit=edit)
+    text = _refused(json_file, images, r"annotations.json: 2 problem")
+    assert "image id 100: 2 images have this id (img_00.png, img_01.png)" in text
+    assert "image id 102: 2 images have this id (img_02.png, img_03.png)" in text
+
+
+def test_duplicate_annotation_and_category_ids_are_refused(tmp_path):
+    def edit(data):
+        _ann(data, 4)["id"] = 3
+        data["categories"][1]["id"] = 7  # "square" takes the id of "disc"
+        for a in data["annotations"]:
+            a["category_id"] = 7
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=3, edit=edit)
+    text = _refused(json_file, images, r"annotations.json: 2 problem")
+    assert "annotation id 3: 2 annotations have this id" in text
+    assert "category id 7: 2 categories have this id (disc, square)" in text
+
+
+def test_annotations_pointing_at_no_image_or_category_are_refused_naming_the_field(tmp_path):
+    def edit(data):
+        _ann(data, 2)["image_id"] = 999
+        _ann(data, 5)["category_id"] = 4
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=3, edit=edit)
+    text = _refused(json_file, images, r"annotations.json: 2 problem")
+    assert "annotation id 2 (image id 999, <image not in images>): image_id 999 is not in 'images'" in text
+    assert "annotation id 5 (image id 102, img_02.png): category_id 4 is not in 'categories'" in text
+
+
+def test_a_long_list_of_problems_is_cut_with_the_count(tmp_path):
+    def edit(data):
+        for a in data["annotations"]:
+            a["image_id"] = 5000 + a["id"]
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=12, edit=edit)
+    text = _refused(json_file, images, r"annotations.json: 24 problem")
+    assert "annotation id 10 (" in text and "annotation id 11 (" not in text
+    assert "... and 14 more" in text
+
+
+# ---------------------------------------------------------------- the file's lists
+
+
+def test_an_evaluation_json_without_images_is_refused_naming_the_file(tmp_path):
+    """Accepted before: the evaluation failed only after the whole schedule, naming no file."""
+    def edit(data):
+        data["images"], data["annotations"] = [], []
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    _refused(json_file, images, r"annotations.json: 'images' is empty")
+
+
+@pytest.mark.parametrize("categories", [None, []], ids=["missing", "empty"])
+def test_a_json_without_categories_is_refused_naming_the_key(tmp_path, categories):
+    """An empty list died inside detectron2's loader (``min()`` of no category ids)."""
+    def edit(data):
+        if categories is None:
+            del data["categories"]
+        else:
+            data["categories"] = categories
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    _refused(json_file, images, r"annotations.json: (no 'categories' list|'categories' is empty)")
+
+
+def test_categories_need_an_id_and_a_name(tmp_path):
+    def edit(data):
+        del data["categories"][0]["name"]
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    _refused(json_file, images, r"category id 7: no 'name'")
+
+
+# ---------------------------------------------------------------- annotation values
+
+
+@pytest.mark.parametrize(
+    "bbox, message",
+    [
+        ([10, 10, math.nan, 20], r"bbox \[10, 10, nan, 20\] has a value that is not a finite number"),
+        ([10, math.inf, 20, 20], r"bbox \[10, inf, 20, 20\] has a value that is not a finite number"),
+        ([10, 10, -5, 20], r"bbox \[10, 10, -5, 20\] has a negative width or height"),
+        ([10, 10, 20, None], r"bbox \[10, 10, 20, None\] has a value that is not a finite number"),
+        (None, r"no bbox"),
+    ],
+    ids=["nan", "inf", "negative", "null", "missing"],
+)
+def test_bad_boxes_are_refused_in_training_and_evaluation_files(tmp_path, bbox, message):
+    """A NaN or negative box of the evaluation set passed without a word before."""
+    def edit(data):
+        if bbox is None:
+            del _ann(data, 3)["bbox"]
+        else:
+            _ann(data, 3)["bbox"] = bbox
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=2, edit=edit)
+    _refused(json_file, images, rf"annotation id 3 \(image id 101, img_01.png\): {message}")
+
+
+def test_a_polygon_with_nan_is_refused(tmp_path):
+    def edit(data):
+        _ann(data, 1)["segmentation"] = [[10, 10, 30, 10, 30, math.nan], [1, 1, 5, 1, 5, 5]]
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    _refused(json_file, images, r"annotation id 1 \(image id 100, img_00.png\): segmentation polygon 0 has a coordinate that is not a finite number")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("iscrowd", 2, r"iscrowd 2 is not 0 or 1"),
+        ("iscrowd", "0", r"iscrowd '0' is not 0 or 1"),
+        ("iscrowd", None, r"no iscrowd"),
+        ("area", -4.0, r"area -4.0 is negative"),
+        ("area", math.nan, r"area nan is not a finite number"),
+        ("area", None, r"no area"),
+    ],
+    ids=["crowd-2", "crowd-str", "crowd-missing", "area-negative", "area-nan", "area-missing"],
+)
+def test_bad_iscrowd_and_area_are_refused(tmp_path, field, value, message):
+    """COCO's evaluation reads both: a missing one fails it at the end (KeyError), a negative area
+    leaves the object out of every area range, an iscrowd other than 0/1 is read as a crowd by some
+    readers and not by others."""
+    def edit(data):
+        if value is None:
+            del _ann(data, 2)[field]
+        else:
+            _ann(data, 2)[field] = value
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    _refused(json_file, images, rf"annotation id 2 \(image id 100, img_00.png\): {message}")
+
+
+def test_booleans_for_iscrowd_are_accepted(tmp_path):
+    def edit(data):
+        _ann(data, 2)["iscrowd"] = True
+        _ann(data, 1)["iscrowd"] = False
+
+    json_file, _ = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    assert check_coco_json(json_file)["annotations"] == 2
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(None, r"no 'width'"), (0, r"width 0 is not a positive integer"), (-96, r"width -96 is not a positive integer"),
+     ("96", r"width '96' is not a positive integer"), (95.5, r"width 95.5 is not a positive integer")],
+    ids=["missing", "zero", "negative", "string", "fraction"],
+)
+def test_bad_image_sizes_are_refused(tmp_path, value, message):
+    def edit(data):
+        if value is None:
+            del data["images"][1]["width"]
+        else:
+            data["images"][1]["width"] = value
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=2, edit=edit)
+    _refused(json_file, images, rf"image id 101 \(img_01.png\): {message}")
+
+
+def test_sizes_written_as_whole_floats_are_accepted(tmp_path):
+    def edit(data):
+        data["images"][0]["width"] = 96.0
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
+    assert apply_coco_json_config(_test_split(json_file, images))
