@@ -32,7 +32,9 @@ Modules:
 - :mod:`.semantic_from_instances`: semantic labels derived from instance masks (BiSeg on a dataset
   without label files, ``MODEL.BISEG.SEM_SEG_SOURCE``) and the rasterisation of annotations.
 - :mod:`.coco_json`: a user's COCO JSON from config keys (``DATASETS.COCO_JSON_TRAIN`` / ``_TEST``,
-  registered by ``tools/train_net.py``), and the check of a COCO JSON's annotations.
+  registered by ``tools/train_net.py``), and the check of a COCO JSON's annotations and images.
+- :mod:`.image_files`: image files checked from their headers (present, a mode the loader reads as
+  the image means, the record's size).
 """
 from .cityscapes import install_cityscapesscripts_alias
 from .coco128 import register_coco128

@@ -36,7 +36,10 @@ It also rejects what training would silently misread, or the evaluation fail on 
   ``area`` missing, not finite or negative (COCO's evaluation reads both for every object); an
   image ``width`` / ``height`` missing or not a positive integer.
 
-Training and evaluation files get the same checks, each file once per process.
+Training and evaluation files get the same checks, each file once per process. With the image
+folder, the image files are checked too, from their headers (:mod:`.image_files`): present,
+readable, of a mode that ``read_image`` converts as the image means (16-bit and float images are
+refused: PIL clips them at 255), of the JSON's size after the EXIF rotation.
 """
 import hashlib
 import json
@@ -45,10 +48,12 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+
+from .image_files import ImageEntry, image_file_problems
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ __all__ = ["CocoAnnotationError", "check_coco_json", "check_coco_json_datasets",
 
 _MAX_LISTED = 10
 _checked: Dict[tuple, dict] = {}  # (path, mtime, size) -> summary: each file is read once per process
+_images_checked: Set[tuple] = set()  # ((path, mtime, size), image root): the images of each, once
 
 
 class CocoAnnotationError(ValueError):
@@ -300,27 +306,52 @@ def _check_content(json_file: str, data) -> dict:
     return {"images": len(data["images"]), "annotations": len(data["annotations"]), "categories": len(data["categories"])}
 
 
-def check_coco_json(json_file: str, data: Optional[dict] = None) -> dict:
+def _check_image_files(json_file: str, data: dict, image_root: str) -> None:
+    """:func:`.image_files.image_file_problems` on every image of the (checked) file, raising
+    them as one :class:`CocoAnnotationError`."""
+    entries = [
+        ImageEntry(os.path.join(image_root, img["file_name"]), img["width"], img["height"], f"image id {img['id']}")
+        for img in data["images"]
+    ]
+    problems = image_file_problems(entries)
+    if problems:
+        _raise_listed(
+            f"{json_file}: {len(problems)} image file(s) under {image_root} that training would misread or fail on",
+            problems,
+            "Convert or replace these files, or correct their width / height in the JSON.",
+        )
+
+
+def check_coco_json(json_file: str, data: Optional[dict] = None, image_root: Optional[str] = None) -> dict:
     """Check a COCO instances JSON for entries that training would misread or its evaluation
     cannot read (see the module docstring); raise :class:`CocoAnnotationError` listing them (file,
-    id, image, field). Warns about zero-size boxes of annotations with a valid mask. Returns a
-    summary (``images``, ``annotations``, ``categories``: counts). ``data``: the file's parsed
-    content, when already loaded. Each file (path, mtime, size) is checked once per process."""
+    id, image, field). Warns about zero-size boxes of annotations with a valid mask. With
+    ``image_root`` (the folder the images' ``file_name`` are relative to), also checks the image
+    files from their headers (:mod:`.image_files`: present, a mode that the loader reads as it
+    is, the JSON's size). Returns a summary (``images``, ``annotations``, ``categories``:
+    counts). ``data``: the file's parsed content, when already loaded. Each file (path, mtime,
+    size) is checked once per process, its images once per image folder."""
     stat = os.stat(json_file)
     key = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size)
     if key not in _checked:
         data = _load_json(json_file) if data is None else data
         _checked[key] = _check_content(json_file, data)
+    if image_root is not None and (key, os.path.abspath(image_root)) not in _images_checked:
+        data = _load_json(json_file) if data is None else data
+        _check_image_files(json_file, data, image_root)
+        _images_checked.add((key, os.path.abspath(image_root)))
     return _checked[key]
 
 
 def check_coco_json_datasets(dataset_names: Iterable[str]) -> None:
     """:func:`check_coco_json` on the JSON file (metadata ``json_file``) of each dataset that has
-    one on disk; others are skipped (their loaders convert or check their own data)."""
+    one on disk, with its images (metadata ``image_root``, as ``register_coco_instances`` sets
+    it); others are skipped (their loaders convert or check their own data)."""
     for name in dataset_names:
-        json_file = MetadataCatalog.get(name).get("json_file", None)
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file", None)
         if json_file and os.path.isfile(json_file):
-            check_coco_json(json_file)
+            check_coco_json(json_file, image_root=meta.get("image_root", None))
 
 
 def coco_json_dataset_name(json_file: str, image_root: str) -> str:
@@ -345,11 +376,12 @@ def _register(split: str, json_file: str, image_root: str) -> tuple:
     data = _load_json(json_file)
     summary = check_coco_json(json_file, data)
     first = os.path.join(image_root, data["images"][0]["file_name"])
-    if not os.path.isfile(first):
+    if not os.path.isfile(first):  # the wrong folder: one message rather than every image missing
         raise FileNotFoundError(
             f"{root_key} = {image_root} does not hold the first image of {json_file} ({first} not found): "
             "it must be the folder that the images' file_name are relative to"
         )
+    check_coco_json(json_file, data, image_root)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     name = coco_json_dataset_name(json_file, image_root)
     json_abs, root_abs = os.path.abspath(json_file), os.path.abspath(image_root)

@@ -1,14 +1,21 @@
 """What a careless COCO JSON gets wrong, refused up front by instfcn_d2.data.coco_json with the file,
 the id and the field named: duplicated or dangling ids, an empty image list or category list,
 non-finite or negative boxes, NaN polygons, bad iscrowd / area / image sizes, in training and
-evaluation files alike."""
+evaluation files alike; and image files the loader would misread (16-bit and float modes, a size
+other than the JSON's), found from their headers."""
+import json
 import math
 
+import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.data.detection_utils import read_image
+from PIL import Image
 
 from conftest import REPO_ROOT
 from instfcn_d2.config import get_instfcn_cfg
-from instfcn_d2.data.coco_json import CocoAnnotationError, apply_coco_json_config, check_coco_json
+from instfcn_d2.data.coco_json import CocoAnnotationError, apply_coco_json_config, check_coco_json, check_coco_json_datasets
 from tiny_coco import write_tiny_coco
 
 FCIS = str(REPO_ROOT / "configs" / "shapes" / "fcis_R18_cpu.yaml")
@@ -26,7 +33,7 @@ def _refused(json_file, images, pattern):
     """The file is refused with a message matching ``pattern``, as a training and as an evaluation
     set (the same checks on both)."""
     with pytest.raises(CocoAnnotationError, match=pattern) as raised:
-        check_coco_json(json_file)
+        check_coco_json(json_file, image_root=images)
     for cfg in (_train_split(json_file, images), _test_split(json_file, images)):
         with pytest.raises(CocoAnnotationError, match=pattern):
             apply_coco_json_config(cfg)
@@ -215,3 +222,142 @@ def test_sizes_written_as_whole_floats_are_accepted(tmp_path):
 
     json_file, images = write_tiny_coco(tmp_path, num_images=1, edit=edit)
     assert apply_coco_json_config(_test_split(json_file, images))
+
+
+# ---------------------------------------------------------------- image files
+
+
+def _replace_image(images, name, image):
+    image.save(f"{images}/{name}")
+
+
+def _set_image(json_file, index, **fields):
+    """Change the JSON's entry of image ``index`` (e.g. its file_name)."""
+    with open(json_file) as f:
+        data = json.load(f)
+    data["images"][index].update(fields)
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+
+
+def test_a_16_bit_png_is_refused_naming_the_file(tmp_path):
+    """detectron2's read_image converts 'I;16' to RGB by clipping at 255: a 16-bit image of
+    values in the thousands read as nearly all white and was trained on."""
+    json_file, images = write_tiny_coco(tmp_path, num_images=3)
+    sixteen = (np.arange(96 * 96, dtype=np.uint16).reshape(96, 96) * 7).astype(np.uint16)
+    _replace_image(images, "img_01.png", Image.fromarray(sixteen))
+    assert Image.open(f"{images}/img_01.png").mode == "I;16"
+    assert (read_image(f"{images}/img_01.png", "BGR") == 255).mean() > 0.9  # what training read
+    text = _refused(json_file, images, r"image id 101 \([^)]*img_01.png\): mode 'I;16'")
+    assert "1 image file" in text
+
+
+@pytest.mark.parametrize("mode", ["I", "F", "I;16B"])
+def test_other_high_bit_depth_modes_are_refused(tmp_path, mode):
+    json_file, images = write_tiny_coco(tmp_path, num_images=1)
+    values = np.linspace(0, 4000, 96 * 96).reshape(96, 96)
+    image = Image.fromarray(values.astype(np.float32) if mode == "F" else values.astype(np.int32))
+    image = image if mode in ("I", "F") else Image.fromarray(values.astype(np.uint16)).convert("I;16B")
+    image.save(f"{images}/img_00.tif")
+    assert Image.open(f"{images}/img_00.tif").mode == mode
+    _set_image(json_file, 0, file_name="img_00.tif")
+    _refused(json_file, images, rf"image id 100 \([^)]*img_00.tif\): mode '{mode}'")
+
+
+def _lossless_variants(rgb):
+    """Images of each 8-bit mode that detectron2 converts to RGB, and the RGB each one means."""
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    few_colours = (rgb // 128 * 255).astype(np.uint8)  # 8 colours: a palette holds them exactly
+    binary = gray > 128
+    return {
+        "P": (Image.fromarray(few_colours).quantize(colors=8), few_colours),
+        "L": (Image.fromarray(gray), np.repeat(gray[..., None], 3, axis=2)),
+        "LA": (Image.fromarray(np.dstack([gray, np.full_like(gray, 200)]), mode="LA"), np.repeat(gray[..., None], 3, axis=2)),
+        "RGBA": (Image.fromarray(np.dstack([rgb, np.full_like(gray, 255)])), rgb),
+        "CMYK": (Image.fromarray(rgb).convert("CMYK"), rgb),
+        "1": (Image.fromarray(binary), np.repeat(binary[..., None] * np.uint8(255), 3, axis=2)),
+    }
+
+
+def test_8_bit_modes_are_accepted_and_read_as_their_colours(tmp_path):
+    """P, L, LA, RGBA, CMYK and 1 pass the check, and detectron2's read_image gives their colours
+    (BGR order) exactly."""
+    json_file, images = write_tiny_coco(tmp_path, num_images=6)
+    rgb = np.asarray(Image.open(f"{images}/img_00.png"))
+    variants = _lossless_variants(rgb)
+    for i, (mode, (image, _)) in enumerate(variants.items()):
+        name = f"img_{i:02d}.tif" if mode == "CMYK" else f"img_{i:02d}.png"
+        image.save(f"{images}/{name}")
+        if mode == "CMYK":  # PNG cannot hold CMYK: the JSON names the TIFF
+            _set_image(json_file, i, file_name=name)
+        assert Image.open(f"{images}/{name}").mode == mode
+        expected = variants[mode][1]
+        np.testing.assert_array_equal(read_image(f"{images}/{name}", "BGR"), expected[..., ::-1], err_msg=mode)
+    assert check_coco_json(json_file, image_root=images)["images"] == 6
+
+
+def test_an_image_of_another_size_than_the_json_says_is_refused(tmp_path):
+    json_file, images = write_tiny_coco(tmp_path, num_images=2)
+    _replace_image(images, "img_01.png", Image.new("RGB", (80, 96)))
+    _refused(json_file, images, r"image id 101 \([^)]*img_01.png\): 80 x 96 \(width x height\) but the JSON says 96 x 96")
+
+
+def test_exif_rotation_is_applied_before_comparing_sizes(tmp_path):
+    """A JPEG stored 96 wide x 64 high with EXIF orientation 6 (rotate 90) is read 64 x 96 by
+    detectron2's read_image: the JSON must say the rotated size."""
+    json_file, images = write_tiny_coco(tmp_path, num_images=1, empty_images=(0,))
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.new("RGB", (96, 64), (10, 200, 30)).save(f"{images}/img_00.jpg", exif=exif.tobytes())
+    assert read_image(f"{images}/img_00.jpg", "BGR").shape == (96, 64, 3)
+    _set_image(json_file, 0, file_name="img_00.jpg", width=64, height=96)
+    assert check_coco_json(json_file, image_root=images)["images"] == 1
+    _set_image(json_file, 0, width=96, height=64)
+    with pytest.raises(CocoAnnotationError, match=r"img_00.jpg\): 64 x 96 \(width x height, after its EXIF rotation\) but the JSON says 96 x 64"):
+        check_coco_json(json_file, image_root=images)
+
+
+def test_missing_and_unreadable_images_are_all_named(tmp_path):
+    json_file, images = write_tiny_coco(tmp_path, num_images=4)
+    (tmp_path / "images" / "img_02.png").unlink()
+    (tmp_path / "images" / "img_03.png").write_bytes(b"not an image")
+    text = _refused(json_file, images, r"2 image file")
+    assert "img_02.png): no such file" in text and "img_03.png): not an image file PIL can read" in text
+
+
+def test_images_are_checked_from_their_headers_once(tmp_path, monkeypatch):
+    """No pixel is decoded, and a second check (the trainer, then each evaluator) reads nothing."""
+    import PIL.ImageFile
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=3)
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(fp)
+        return real_open(fp, *args, **kwargs)
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError(f"pixels decoded: {self.filename}")
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    check_coco_json(json_file, image_root=images)
+    assert len(opened) == 3
+    check_coco_json(json_file, image_root=images)
+    assert len(opened) == 3
+
+
+def test_a_registered_dataset_has_its_images_checked_too(tmp_path):
+    """A JSON registered with register_coco_instances: its metadata's image_root is checked when
+    the trainer or an evaluator checks the dataset."""
+    json_file, images = write_tiny_coco(tmp_path, num_images=2)
+    _replace_image(images, "img_00.png", Image.fromarray(np.full((96, 96), 3000, dtype=np.uint16)))
+    name = "test_coco_json_checks_16_bit"
+    register_coco_instances(name, {}, json_file, images)
+    try:
+        with pytest.raises(CocoAnnotationError, match=r"img_00.png\): mode 'I;16'"):
+            check_coco_json_datasets([name])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
