@@ -29,7 +29,9 @@ file and the parameters (instfcn_d2/checkpoint.py, the check every tool makes).
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
+import argparse
 import logging
+import math
 
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -45,12 +47,23 @@ from instfcn_d2.engine.checks import check_num_classes
 from instfcn_d2.engine.time_budget import MEASURE_BUDGET_SHARE
 
 
+def _positive_minutes(text: str) -> float:
+    """``--budget-minutes``' value: a finite number of minutes > 0 (argparse names the flag)."""
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be a finite number of minutes > 0")
+    return minutes
+
+
 def argument_parser():
     """detectron2's ``default_argument_parser`` plus ``--budget-minutes`` and ``--allow-random-weights``."""
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
         "--budget-minutes",
-        type=float,
+        type=_positive_minutes,
         default=None,
         help="fit the schedule (SOLVER.MAX_ITER, STEPS, ...) to this many minutes of training on this machine",
     )

@@ -132,7 +132,7 @@ def fit_schedule_to_budget(cfg: CfgNode, seconds_per_iteration: float, budget_mi
     was_frozen = out.is_frozen()
     out.defrost()
     out.SOLVER.MAX_ITER = new_max
-    out.SOLVER.STEPS = tuple(scaled(s) for s in cfg.SOLVER.STEPS)
+    out.SOLVER.STEPS = _fitted_steps(cfg.SOLVER.STEPS, old_max, new_max)
     out.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, new_max // 10)
     out.SOLVER.CHECKPOINT_PERIOD = scaled(cfg.SOLVER.CHECKPOINT_PERIOD)
     if cfg.TEST.EVAL_PERIOD > 0:
@@ -235,6 +235,23 @@ def _scaled_iteration(value: int, old_max: int, new_max: int, lowest: int = 1) -
     """An iteration number of a schedule of ``old_max`` iterations moved to one of ``new_max``:
     same fraction of the schedule, kept within ``[lowest, new_max]``."""
     return max(lowest, min(new_max, int(round(value * (new_max / old_max)))))
+
+
+def _fitted_steps(steps: Tuple[int, ...], old_max: int, new_max: int) -> Tuple[int, ...]:
+    """LR steps of a schedule of ``old_max`` iterations moved to one of ``new_max``, each keeping
+    its fraction of the schedule. Steps at or past ``old_max`` never happen in the user's schedule
+    (detectron2 ignores them with a warning) and are dropped; the others stay strictly inside the
+    new schedule, as fvcore's multi-step schedule requires (a step at ``new_max`` is refused),
+    and a step that would coincide with an earlier one is merged into it."""
+    kept = [s for s in steps if s < old_max]
+    if len(kept) < len(steps):
+        logger.warning(
+            "SOLVER.STEPS %s: %s at or past SOLVER.MAX_ITER %d never happen and are dropped",
+            tuple(steps), [s for s in steps if s >= old_max], old_max,
+        )
+    if new_max < 2:
+        return ()
+    return tuple(sorted({min(new_max - 1, _scaled_iteration(s, old_max, new_max)) for s in kept}))
 
 
 def _scaled_future_steps(steps: Tuple[int, ...], done: int, old_max: int, new_max: int) -> Tuple[int, ...]:

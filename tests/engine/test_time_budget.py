@@ -52,6 +52,30 @@ def test_bad_budgets_are_named():
         fit_schedule_to_budget(_cfg(), 0.0, 1)
 
 
+def test_steps_past_max_iter_are_dropped_and_kept_inside_the_fitted_schedule():
+    """A config whose SOLVER.MAX_ITER (here 3, set on the command line) is below its STEPS: the
+    steps never happen in the user's schedule; fvcore refused the scaled ones (a milestone equal to
+    the fitted MAX_ITER)."""
+    cfg = _cfg(MAX_ITER=3, STEPS=(800, 940))
+    fitted = fit_schedule_to_budget(cfg, seconds_per_iteration=2.0, budget_minutes=1)
+    assert fitted.SOLVER.STEPS == ()
+    fitted = fit_schedule_to_budget(_cfg(MAX_ITER=1000, STEPS=(999, 1000)), 2.0, 1)
+    assert fitted.SOLVER.STEPS == (fitted.SOLVER.MAX_ITER - 1,)
+    from detectron2.solver import build_lr_scheduler
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    build_lr_scheduler(fitted, optimizer)  # fvcore accepts the fitted schedule
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "ten"])
+def test_train_net_names_a_bad_budget_flag(value, capsys):
+    tool = load_tool("train_net")
+    with pytest.raises(SystemExit):
+        tool.argument_parser().parse_args(["--config-file", FCIS_SHAPES, "--budget-minutes", value])
+    assert "--budget-minutes" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_net_budget_measures_then_trains_the_fitted_schedule(tmp_path):
     import instfcn_d2  # noqa: F401
