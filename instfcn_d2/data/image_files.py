@@ -24,6 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, List, NamedTuple, Optional
 
+import numpy as np
 from PIL import Image, ImageMode
 
 __all__ = ["ImageEntry", "image_file_problem", "image_file_problems"]
@@ -50,8 +51,8 @@ def _mode_problem(mode: str) -> Optional[str]:
     typestr = ImageMode.getmode(mode).typestr
     if typestr not in ("|u1", "|b1"):
         return (
-            f"mode {mode!r} ({typestr[1:]} per band) is read by detectron2 through PIL's conversion to "
-            "RGB, which clips every value above 255: convert the file to 8-bit (L or RGB) with the "
+            f"mode {mode!r} ({np.dtype(typestr).name} values) is read by detectron2 through PIL's conversion to "
+            "RGB, which clips the values to 0-255: convert the file to 8-bit (L or RGB) with the "
             "scaling its values need"
         )
     try:
