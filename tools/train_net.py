@@ -125,6 +125,11 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise ValueError(
+                "--eval-only: nothing to evaluate, DATASETS.TEST is empty; name the datasets "
+                "(DATASETS.TEST, or DATASETS.COCO_JSON_TEST for a COCO JSON file)"
+            )
         model = Trainer.build_model(cfg)
         # Strict: evaluating weights that do not fit would silently evaluate a random model.
         checkpointer = StrictDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)

@@ -46,4 +46,9 @@ def check_num_classes(cfg, dataset_names: Iterable[str], datasets_key: str, *, l
             f"{key} = {num_classes} (META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}) but dataset '{name}' "
             f"({datasets_key}) has {len(classes)} classes (MetadataCatalog.get('{name}').thing_classes: {shown}); "
             f"set {key} {len(classes)}, or use a dataset with {num_classes} classes"
+            + (
+                " (to evaluate on your own data: DATASETS.COCO_JSON_TEST, or DATASETS.TEST naming a registered dataset)"
+                if datasets_key == "DATASETS.TEST"
+                else ""
+            )
         )

@@ -128,8 +128,12 @@ class Trainer(DefaultTrainer):
         # Before the first iteration: the model's classes against the training data's (metadata
         # set at registration now; metadata that the loaders set, once super() has built the loader).
         check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-        # annotations that would make the final COCO evaluation fail, reported before training
+        # annotations that would make the final COCO evaluation fail, and evaluation data of other
+        # classes than the model's, reported before training rather than after it
         check_coco_json_datasets(cfg.DATASETS.TEST)
+        check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", load=True)
+        if not cfg.DATASETS.TEST:
+            logging.getLogger(__name__).warning("DATASETS.TEST is empty: the model will not be evaluated")
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
         check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")

@@ -85,3 +85,27 @@ def test_check_loads_a_dataset_without_metadata_when_asked(datasets):
     MetadataCatalog.remove(datasets[1])  # as before its loader first ran
     with pytest.raises(NumClassesMismatchError, match=r"'check_lazy_train' \(DATASETS.TEST\) has 5 classes"):
         check_num_classes(_cfg("BiSeg"), [datasets[1]], "DATASETS.TEST", load=True)
+
+
+def test_trainer_refuses_evaluation_data_of_other_classes_before_training(datasets, tmp_path):
+    """A model trained on the user's 4-class data would have been evaluated at the end on a dataset
+    of 5 classes, printing per-class AP: refused before the first iteration, naming DATASETS.TEST."""
+    from instfcn_d2.engine import Trainer
+    from instfcn_d2.engine.checks import NumClassesMismatchError
+
+    cfg = _cfg("FCIS", "DATASETS.TRAIN", f"('{datasets[0]}',)", "DATASETS.TEST", f"('{datasets[1]}',)",
+               "OUTPUT_DIR", str(tmp_path))  # fmt: skip
+    with pytest.raises(NumClassesMismatchError, match=r"'check_lazy_train' \(DATASETS.TEST\) has 5 classes.*COCO_JSON_TEST"):
+        Trainer(cfg)
+
+
+def test_eval_only_with_nothing_to_evaluate_says_so(tmp_path):
+    from conftest import load_tool
+
+    tool = load_tool("train_net")
+    args = tool.argument_parser().parse_args(
+        ["--config-file", str(CONFIGS["FCIS"]), "--eval-only", "--allow-random-weights", "DATASETS.TEST", "()",
+         "OUTPUT_DIR", str(tmp_path)]  # fmt: skip
+    )
+    with pytest.raises(ValueError, match=r"--eval-only: nothing to evaluate, DATASETS.TEST is empty"):
+        tool.main(args)
