@@ -17,13 +17,13 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator, verify_results
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
 from detectron2.utils import comm
 
 from ..checkpoint import InstFCNCheckpointer
 from ..data.coco_json import check_coco_json_datasets
 from ..data.dataset_mapper import InstFCNDatasetMapper, sem_seg_source_of
-from ..evaluation import InstanceSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
+from ..evaluation import InstanceSemSegEvaluator, LabelCheckedSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
 from .checks import check_num_classes
 
 
@@ -43,7 +43,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     cs               FCIS, BiSeg, or      CityscapesInstanceEvaluator (cityscapesscripts'
                      MODEL.MASK_ON        mask AP / AP50)
     cs               others (no masks)    an error (the evaluation needs masks)
-    sem_seg          any                  SemSegEvaluator
+    sem_seg          any                  SemSegEvaluator (labels checked: LabelCheckedSemSegEvaluator)
     ===============  ===================  ==================================================
 
     ``cs``: ``cityscapes_instance``, detectron2's own registration of Cityscapes
@@ -81,7 +81,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
 
         evaluators.append(CityscapesInstanceEvaluator(dataset_name, output_dir=output_folder))
     elif kind == "sem_seg":
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(LabelCheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
     if not evaluators:
         raise ValueError(
             f"dataset '{dataset_name}' has evaluator_type={kind!r}: no evaluator known for it "
@@ -90,7 +90,7 @@ def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
     if arch == "BiSeg" and kind != "sem_seg":
         source = sem_seg_source_of(cfg)  # MODEL.BISEG.SEM_SEG_SOURCE, as the training labels
         if meta.get("sem_seg_root", None) and source != "instances":
-            evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+            evaluators.append(LabelCheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
         elif kind in ("coco", "sbd", "cityscapes_instance") and source != "files":  # labels derived from the instances
             evaluators.append(InstanceSemSegEvaluator(
                 dataset_name, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, use_files=source == "auto",
@@ -130,6 +130,7 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
         # annotations that would make the final COCO evaluation fail, and evaluation data of other
         # classes than the model's, reported before training rather than after it
+        check_coco_json_datasets(cfg.DATASETS.TRAIN)  # datasets registered by register_coco_instances
         check_coco_json_datasets(cfg.DATASETS.TEST)
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", load=True)
         if not cfg.DATASETS.TEST:

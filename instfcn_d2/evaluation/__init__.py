@@ -3,7 +3,7 @@ VOC / SBD region AP (mAPr@0.5 / @0.7 of FCIS and BiSeg), and the mean IU of BiSe
 against labels derived from instance annotations (datasets without label files)."""
 from .proposal_recall import IOU_THRESHOLDS, SegmentProposalEvaluator, match_proposals, plot_recall_vs_iou
 from .region_ap import RegionAPEvaluator, match_detections, plot_region_ap
-from .sem_seg_from_instances import InstanceSemSegEvaluator
+from .sem_seg_from_instances import InstanceSemSegEvaluator, LabelCheckedSemSegEvaluator
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -14,4 +14,5 @@ __all__ = [
     "match_detections",
     "plot_region_ap",
     "InstanceSemSegEvaluator",
+    "LabelCheckedSemSegEvaluator",
 ]

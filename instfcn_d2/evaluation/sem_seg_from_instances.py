@@ -20,7 +20,35 @@ from PIL import Image
 
 from ..data.semantic_from_instances import semantic_from_annotations
 
-__all__ = ["InstanceSemSegEvaluator"]
+__all__ = ["InstanceSemSegEvaluator", "LabelCheckedSemSegEvaluator", "check_label_range"]
+
+
+def check_label_range(gt: np.ndarray, num_classes: int, ignore_label: int, source: str) -> None:
+    """Raise ValueError naming ``source`` when ``gt`` holds labels outside ``[0, num_classes)`` that
+    are not ``ignore_label``. ``SemSegEvaluator``'s confusion matrix would count such a pixel in
+    another class's row (or fail to reshape), changing mean IU without a word."""
+    bad = (gt != ignore_label) & ((gt < 0) | (gt >= num_classes))
+    if bad.any():
+        values = np.unique(gt[bad])
+        raise ValueError(
+            f"semantic labels out of range in {source}: values {values[:10].tolist()}"
+            + (f" (and {len(values) - 10} more)" if len(values) > 10 else "")
+            + f" in {int(bad.sum())} pixel(s); labels must be in [0, {num_classes - 1}] (0 = background, "
+            f"c + 1 = thing class c) or the ignore value {ignore_label}"
+        )
+
+
+class LabelCheckedSemSegEvaluator(SemSegEvaluator):
+    """detectron2's ``SemSegEvaluator`` that refuses a label file with values outside the
+    dataset's classes (:func:`check_label_range`) instead of miscounting them."""
+
+    def process(self, inputs, outputs):
+        for inp in inputs:
+            gt_file = self.input_file_to_gt_file[inp["file_name"]]
+            with PathManager.open(gt_file, "rb") as f:
+                gt = np.asarray(Image.open(f), dtype=int)
+            check_label_range(gt, self._num_classes, self._ignore_label, f"{gt_file} (image {inp['file_name']})")
+        super().process(inputs, outputs)
 
 
 class InstanceSemSegEvaluator(SemSegEvaluator):
@@ -60,7 +88,10 @@ class InstanceSemSegEvaluator(SemSegEvaluator):
             raise KeyError(f"InstanceSemSegEvaluator: {file_name} is not an image of dataset '{self._dataset_name}'")
         if self._use_files and record.get("sem_seg_file_name"):
             with PathManager.open(record["sem_seg_file_name"], "rb") as f:  # as SemSegEvaluator reads them
-                return np.asarray(Image.open(f), dtype=int)
+                gt = np.asarray(Image.open(f), dtype=int)
+            source = f"{record['sem_seg_file_name']} (image {file_name})"
+            check_label_range(gt, self._num_classes, self._ignore_label, source)
+            return gt
         if "annotations" not in record:
             raise ValueError(f"InstanceSemSegEvaluator: the record of {file_name} has no 'annotations' to derive labels from")
         try:

@@ -70,7 +70,7 @@ def test_fcis_and_biseg_on_coco_get_bbox_and_segm(tmp_path, dataset):
 def test_biseg_with_semantic_labels_adds_mean_iu(tmp_path, dataset):
     ev = build(tmp_path, dataset("coco", sem_seg_root=True), "BiSeg")
     assert isinstance(ev, DatasetEvaluators)
-    assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("SemSegEvaluator", None)]
+    assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("LabelCheckedSemSegEvaluator", None)]
     # SEM_SEG_SOURCE "instances": trained on derived labels, scored against them too
     ev = build(tmp_path, dataset("coco", sem_seg_root=True), "BiSeg", "MODEL.BISEG.SEM_SEG_SOURCE", "instances")
     assert kinds(ev) == [("COCOEvaluator", ("bbox", "segm")), ("InstanceSemSegEvaluator", None)]
@@ -101,7 +101,7 @@ def test_sbd_gets_region_ap_and_coco(tmp_path, dataset, arch):
 def test_sbd_with_semantic_labels(tmp_path, dataset):
     name = dataset("sbd", sem_seg_root=True)
     assert kinds(build(tmp_path, name, "BiSeg")) == [
-        ("RegionAPEvaluator", None), ("COCOEvaluator", ("bbox", "segm")), ("SemSegEvaluator", None)
+        ("RegionAPEvaluator", None), ("COCOEvaluator", ("bbox", "segm")), ("LabelCheckedSemSegEvaluator", None)
     ]
     assert kinds(build(tmp_path, name, "GeneralizedRCNN", "MODEL.MASK_ON", "True")) == [
         ("RegionAPEvaluator", None), ("COCOEvaluator", ("bbox", "segm"))

@@ -71,3 +71,38 @@ def test_label_files_are_used_when_allowed(dataset, tmp_path):
     assert not (ev.ground_truth(records[0]["file_name"]) == 1).all()
     with pytest.raises(KeyError, match="not an image of dataset"):
         ev.ground_truth("elsewhere.png")
+
+
+def test_label_files_out_of_range_are_refused_naming_the_file(dataset, tmp_path):
+    """A label 7 with 3 classes (background, square, disc) was counted in another class's row and
+    gave mean IU 100; now both evaluators name the file and the values."""
+    from detectron2.data import DatasetCatalog as Catalog
+    from detectron2.data import MetadataCatalog as Metadata
+    from PIL import Image
+
+    from instfcn_d2.evaluation import LabelCheckedSemSegEvaluator
+
+    records = DatasetCatalog.get(dataset)
+    labels = np.full((96, 96), 1, np.uint8)
+    labels[:5, :5] = 7
+    label_file = tmp_path / "bad_labels.png"
+    Image.fromarray(labels).save(label_file)
+    ev = InstanceSemSegEvaluator(dataset, use_files=True, distributed=False)
+    ev._records[records[0]["file_name"]] = dict(records[0], sem_seg_file_name=str(label_file))
+    with pytest.raises(ValueError, match=r"out of range in .*bad_labels.png.*values \[7\] in 25 pixel"):
+        ev.ground_truth(records[0]["file_name"])
+
+    name = f"test_sem_files_{uuid.uuid4().hex[:8]}"
+    record = {"file_name": records[0]["file_name"], "sem_seg_file_name": str(label_file), "height": 96, "width": 96}
+    Catalog.register(name, lambda: [record])
+    Metadata.get(name).set(stuff_classes=["background", "square", "disc"], ignore_label=255)
+    try:
+        checked = LabelCheckedSemSegEvaluator(name, distributed=False)
+        checked.reset()
+        with pytest.raises(ValueError, match=r"bad_labels.png.*labels must be in \[0, 2\]"):
+            checked.process([{"file_name": record["file_name"]}], [{"sem_seg": _scores(np.ones((96, 96), np.int64))}])
+        Image.fromarray(np.full((96, 96), 255, np.uint8)).save(label_file)  # the ignore value passes
+        checked.process([{"file_name": record["file_name"]}], [{"sem_seg": _scores(np.ones((96, 96), np.int64))}])
+    finally:
+        Catalog.remove(name)
+        Metadata.remove(name)
