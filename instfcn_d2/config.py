@@ -91,6 +91,12 @@ def get_instfcn_cfg(config_file: str = "", opts=()) -> CN:
         except KeyError as e:
             raise _unknown_key_error(cfg, e, config_file) from None
     if opts:
+        flags = [o for o in opts[::2] if str(o).startswith("--")]
+        if flags:
+            raise ValueError(
+                f"{flags[0]} stands among the KEY VALUE overrides {list(opts)}: flags go before the overrides "
+                "(everything after the first KEY is read as overrides, as in detectron2's tools)"
+            )
         if len(opts) % 2:
             raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
         try:

@@ -39,6 +39,14 @@ def test_valid_overrides_apply_and_odd_count_is_rejected():
         get_instfcn_cfg("no_such.yaml")
 
 
+def test_a_flag_after_the_overrides_is_named():
+    """``train_net.py ... SOLVER.MAX_ITER 7 --eval-only``: argparse hands the flag to the overrides."""
+    from instfcn_d2.config import get_instfcn_cfg
+
+    with pytest.raises(ValueError, match=r"--eval-only stands among the KEY VALUE overrides.*flags go before"):
+        get_instfcn_cfg(CONFIG, ["SOLVER.MAX_ITER", "7", "--eval-only"])
+
+
 def _record(path, h=32, w=32):
     return {
         "file_name": str(path), "image_id": 0, "height": h, "width": w,
