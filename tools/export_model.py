@@ -134,7 +134,15 @@ def main(argv=None) -> int:
     images = test_images(cfg, args.sample_image)
     names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None) if cfg.DATASETS.TEST else None
     start = time.perf_counter()
-    path = export_model(model, args.format, images[0][0], args.output, input_format=cfg.INPUT.FORMAT, class_names=names)
+    path = export_model(
+        model,
+        args.format,
+        images[0][0],
+        args.output,
+        input_format=cfg.INPUT.FORMAT,
+        class_names=names,
+        test_resize=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
+    )
     size = sum(os.path.getsize(os.path.join(args.output, f)) for f in graph_files(read_metadata(args.output)).values())
     print(f"[export_model] {args.format}: {path} (graphs {size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s)")
     deployed = load(args.output)

@@ -1,12 +1,17 @@
-"""Exported models served without detectron2: ``load(folder)`` -> a callable that takes an image
-tensor and returns :class:`Detections`.
+"""Exported models served without detectron2: ``load(folder)`` -> a callable that takes images and
+returns :class:`Detections`.
 
 Needs torch, torchvision (its NMS) and this package's compiled ops, not detectron2::
 
     from instfcn_d2.deploy import load
     model = load("output/export/fcis_aoti")            # a folder written by tools/export_model.py
-    det = model(image, output_size=(height, width))    # image: (3, h, w) in INPUT.FORMAT, resized as
-    det.boxes, det.scores, det.classes, det.masks      # the model's test input (ResizeShortestEdge)
+    det = model(cv2.imread("street.jpg"))              # H x W x 3 uint8 BGR, any size (rgb=True for RGB)
+    det.boxes, det.scores, det.classes, det.masks      # at the image's size
+
+A raw image is resized as detectron2's ``DefaultPredictor`` resizes it (the exported config's
+``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and the results come back at its own size; a list of
+images gives a list of results. A ``(3, h, w)`` tensor is taken as already resized (as a
+detectron2 input's ``"image"``), with ``output_size`` the ``"height"`` / ``"width"``.
 
 An artefact is a graph (image -> dense maps, made by ``instfcn_d2.export``) plus the model's own
 post-processing, the same code the eager models run (:mod:`instfcn_d2.core`), here after the graph
@@ -15,13 +20,15 @@ called from its post-processing (:mod:`.mask_rcnn`). Each pipeline receives the 
 callables; nothing here calls back into the loaded model.
 """
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..core.detections import Detections
 from ..core.postprocess import pad_to_divisibility
+from ..core.transforms import resize_image, resize_shortest_edge_shape
 from .artefact import FORMATS, METADATA_FILE, graph_files, load_graph, read_metadata
 
 __all__ = ["load", "DeployedModel", "Detections", "FORMATS", "DenseGraph", "pad_to_divisibility"]
@@ -44,6 +51,8 @@ class DeployedModel:
         self.size_divisibility = int(self.metadata["size_divisibility"])
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(-1, 1, 1)
         self.output_names = list(self.metadata["outputs"])
+        resize = self.metadata.get("test_resize")  # absent in folders exported before it was recorded
+        self.test_resize = None if resize is None else (int(resize["min_size"]), int(resize["max_size"]))
         # name -> graph; "dense" takes the image, Mask R-CNN's "box_head" / "mask_head" pooled features
         self.graphs = {name: load_graph(directory, self.metadata, name) for name in graph_files(self.metadata)}
         self.graph = self.graphs["dense"]
@@ -75,25 +84,68 @@ class DeployedModel:
         return dict(zip(self.output_names, outputs)), (int(padded.shape[-2]), int(padded.shape[-1]))
 
     @torch.no_grad()
-    def __call__(self, image: Tensor, output_size: Optional[Tuple[int, int]] = None) -> Detections:
+    def __call__(
+        self,
+        image: Union[np.ndarray, Tensor, Sequence[np.ndarray]],
+        output_size: Optional[Tuple[int, int]] = None,
+        *,
+        rgb: bool = False,
+    ) -> Union[Detections, List[Detections]]:
         """
         Args:
-            image: ``(3, h, w)`` uint8 or float, channels in ``input_format``, at the network's
-                input resolution (as the exported config's test resize makes it).
-            output_size: ``(height, width)`` of the result (default ``(h, w)``), as the
-                ``"height"`` / ``"width"`` of a detectron2 input.
+            image: a raw image, ``(H, W, 3)`` uint8 as OpenCV reads it (BGR; ``rgb=True`` for
+                RGB), of any size: resized as ``DefaultPredictor`` does, results at ``(H, W)``;
+                or a list of them (a list of results); or a ``(3, h, w)`` tensor, uint8 or float,
+                channels in ``input_format``, already at the network's input resolution.
+            output_size: for a tensor only: ``(height, width)`` of the result (default ``(h, w)``),
+                as the ``"height"`` / ``"width"`` of a detectron2 input.
+            rgb: the raw image's channels are RGB (PIL, matplotlib), not BGR.
         """
+        if isinstance(image, (list, tuple)):
+            return [self(x, rgb=rgb) for x in image]
+        if isinstance(image, np.ndarray):
+            if output_size is not None:
+                raise ValueError("output_size is for a resized (3, h, w) tensor; a raw image's results come at its own size")
+            return self.run_raw(image, rgb=rgb)
         image = self.check_image(image)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         output_size = size if output_size is None else (int(output_size[0]), int(output_size[1]))
         return self.pipeline.run(self.run_graph, image, size, output_size)
+
+    def run_raw(self, image: np.ndarray, rgb: bool = False) -> Detections:
+        """Detections of a raw ``(H, W, 3)`` uint8 image at its own size: channels put in the
+        model's order, resized as ``DefaultPredictor`` does, run."""
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"expected a raw image (H, W, 3) as OpenCV or PIL read it, got an array of shape {image.shape}"
+                + (" (a grey image: convert it with cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))" if image.ndim == 2 else "")
+            )
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a raw image of dtype uint8 (0..255), got {image.dtype}")
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"the image is empty: {image.shape}")
+        if self.test_resize is None:
+            raise ValueError(
+                f"{os.path.join(self.directory, METADATA_FILE)} records no 'test_resize' (exported by an earlier "
+                "version): pass the image as a (3, h, w) tensor resized to the model's test size, or re-export it"
+            )
+        if rgb != (self.input_format == "RGB"):
+            image = image[:, :, ::-1]
+        height, width = image.shape[:2]
+        min_size, max_size = self.test_resize
+        size = (height, width) if min_size <= 0 else resize_shortest_edge_shape(height, width, min_size, max_size)
+        resized = resize_image(np.ascontiguousarray(image), size)
+        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+        return self(tensor, output_size=(height, width))
 
     def check_image(self, image) -> Tensor:
         """``image`` as float32 ``(3, h, w)`` pixels in 0..255, or a ValueError saying what is wrong
         with it (a layout, a value range or a type the model does not take would otherwise give
         other detections without a word)."""
         if not isinstance(image, Tensor):
-            raise ValueError(f"expected the image as a torch.Tensor (3, H, W), got a {type(image).__name__}")
+            raise ValueError(
+                f"expected a raw image (H, W, 3) numpy array or a (3, H, W) torch.Tensor, got a {type(image).__name__}"
+            )
         channels = self.pixel_mean.shape[0]
         if image.dim() != 3 or image.shape[0] != channels:
             hint = ""

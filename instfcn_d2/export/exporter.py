@@ -4,7 +4,7 @@ mask head graphs) in one format and ``deploy.json`` with the settings of the pos
 import logging
 import os
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,7 @@ def export_model(
     *,
     input_format: str = "BGR",
     class_names: Optional[Sequence[str]] = None,
+    test_resize: Optional[Tuple[int, int]] = None,
 ) -> str:
     """Export ``model`` (FCIS, BiSeg, InstanceFCN or detectron2's Mask R-CNN, built and loaded, on
     the CPU) into ``output_dir``.
@@ -89,6 +90,8 @@ def export_model(
             ``[MIN_SIDE, MAX_SIDE]``).
         input_format: the config's ``INPUT.FORMAT``, recorded for the loader.
         class_names: recorded for the loader (the test dataset's ``thing_classes``).
+        test_resize: ``(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, recorded so that the loaded
+            model takes raw images of any size and resizes them as ``DefaultPredictor`` does.
 
     Returns:
         the path of the (dense) graph file.
@@ -134,6 +137,7 @@ def export_model(
             "outputs": graph.output_names(),
             "pipeline": pipeline_settings(model, graph.kind),
             "class_names": list(class_names or []),
+            **({"test_resize": {"min_size": int(test_resize[0]), "max_size": int(test_resize[1])}} if test_resize else {}),
             "instfcn_d2": __version__,
             "torch": torch.__version__,
         },

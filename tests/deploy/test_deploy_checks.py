@@ -110,7 +110,10 @@ def test_graph_file_cut_short_or_of_another_format(folder, damage):
         (tiny_checkpoint_image().permute(1, 2, 0), r"H x W x 3 array as OpenCV reads it"),
         (torch.full((3, 64, 64), float("nan")), r"NaN or infinite"),
         (torch.zeros(3, 0, 64), r"the image is empty"),
-        (tiny_checkpoint_image().numpy(), r"expected the image as a torch.Tensor"),
+        ("street.jpg", r"expected a raw image \(H, W, 3\) numpy array or a \(3, H, W\) torch.Tensor, got a str"),
+        (tiny_checkpoint_image().numpy(), r"expected a raw image \(H, W, 3\).*got an array of shape \(3, 128, 160\)"),
+        (tiny_checkpoint_image().numpy()[0], r"a grey image: convert it"),
+        (tiny_checkpoint_image().permute(1, 2, 0).numpy().astype("float32"), r"of dtype uint8 \(0..255\), got float32"),
         (torch.zeros(1, 3, 64, 64), r"expected one image \(C=3, H, W\)"),
     ],
 )

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..detections import Detections
+from ..transforms import resize_shortest_edge_shape
 from .postprocessing import NMS_BOX_RESOLUTIONS, window_masks_to_proposals
 from .windows import window_boxes, window_grid, window_top_left
 
@@ -64,24 +65,6 @@ class ProposalTest:
             raise ValueError(
                 f"MODEL.INSTANCE_FCN.NMS_BOX_RESOLUTION must be one of {NMS_BOX_RESOLUTIONS}, got {self.nms_box_resolution!r}"
             )
-
-
-def resize_shortest_edge_shape(height: int, width: int, short_edge_length: int, max_size: int) -> Tuple[int, int]:
-    """``(h, w)`` of an image of ``height x width`` resized to shorter side ``short_edge_length``,
-    scaled down so that its longer side stays ``<= max_size``: detectron2's
-    ``ResizeShortestEdge.get_output_shape`` (the same float operations, so the same rounding)."""
-    h, w = height, width
-    size = short_edge_length * 1.0
-    scale = size / min(h, w)
-    if h < w:
-        newh, neww = size, scale * w
-    else:
-        newh, neww = scale * h, size
-    if max(newh, neww) > max_size:
-        scale = max_size * 1.0 / max(newh, neww)
-        newh = newh * scale
-        neww = neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
 
 
 @dataclass(frozen=True)
