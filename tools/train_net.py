@@ -33,7 +33,7 @@ import argparse
 import logging
 import math
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -44,6 +44,13 @@ from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.engine import BudgetTrainer, Trainer, fit_schedule_to_budget, measure_seconds_per_iteration
 from instfcn_d2.engine.checks import check_num_classes
+from instfcn_d2.engine.launch import (
+    DEFAULT_DIST_TIMEOUT_MINUTES,
+    check_resume_consistency,
+    launch,
+    parse_timeout_minutes,
+    report_lost_peer,
+)
 from instfcn_d2.engine.time_budget import MEASURE_BUDGET_SHARE
 
 
@@ -71,6 +78,15 @@ def argument_parser():
         "--allow-random-weights",
         action="store_true",
         help="with --eval-only: evaluate even when MODEL.WEIGHTS is empty (a randomly initialised model)",
+    )
+    parser.add_argument(
+        "--dist-timeout-minutes",
+        type=parse_timeout_minutes,
+        default=DEFAULT_DIST_TIMEOUT_MINUTES,
+        help="with several processes or machines: how long a process waits for the others (to join, or in a "
+        "collective) before it stops with an error naming the lost peer (default %(default)g; detectron2's is 30). "
+        "It must exceed what the main process does alone while the others wait: writing a checkpoint and "
+        "computing the metrics of the evaluation (COCOeval, cityscapesscripts); raise it for large test sets",
     )
     return parser
 
@@ -133,20 +149,36 @@ def main(args):
         model = Trainer.build_model(cfg)
         # Strict: evaluating weights that do not fit would silently evaluate a random model.
         checkpointer = StrictDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if args.resume:
+            check_resume_consistency(checkpointer)  # every process evaluates the same checkpoint
         check_eval_weights(cfg, args, checkpointer)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         # The model's classes against the evaluation data's (after the load: a checkpoint that does
         # not fit the config is reported as such first).
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", load=True)
-        results = Trainer.test(cfg, model)
+        with _lost_peer_reported(cfg, args):
+            results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
 
     budget = getattr(args, "budget_minutes", None)
     trainer = Trainer(cfg) if budget is None else BudgetTrainer(cfg, budget * 60.0)
+    if args.resume:
+        check_resume_consistency(trainer.checkpointer)  # every process continues from the same checkpoint
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    with _lost_peer_reported(cfg, args):
+        return trainer.train()
+
+
+def _lost_peer_reported(cfg, args):
+    """Several processes: a peer lost during training or evaluation stops this one with a message
+    (instfcn_d2.engine.launch.report_lost_peer) instead of gloo's / NCCL's bare error."""
+    return report_lost_peer(
+        timeout_minutes=getattr(args, "dist_timeout_minutes", None),
+        output_dir=cfg.OUTPUT_DIR,
+        log=logging.getLogger("detectron2.train_net"),
+    )
 
 
 def run(argv=None):
@@ -161,6 +193,7 @@ def run(argv=None):
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        timeout_minutes=args.dist_timeout_minutes,
     )
 
 
