@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Inference speed of exported models: eager vs TorchScript vs ExportedProgram vs AOTInductor.
+"""Inference speed of exported models: eager vs TorchScript vs ExportedProgram vs AOTInductor vs
+ONNX Runtime.
 
 For FCIS and BiSeg (the coco128 CPU configs, C = 80, random weights with seed 0: speed needs no
-checkpoint), each exported in the three formats of ``tools/export_model.py``, then all four run
+checkpoint), each exported in the formats of ``tools/export_model.py`` (``--formats``; ONNX needs
+onnxruntime, onnx and onnxscript, and runs with torch's thread count), then all of them run
 **interleaved** image by image on the same COCO images at shorter side 600 (a shared VM drifts
 in speed between back-to-back runs; interleaving moves all variants alike). Each exported model
 runs the same post-processing after its graph (instfcn_d2.deploy); its outputs are checked equal
@@ -10,6 +12,9 @@ to the eager model's on every image. Prints a table of s / image and the ratios 
 draws them (``--out``).
 
   python tools/benchmark_export.py --images 4 --out docs/benchmark_export.png
+  # a quick check of the ONNX Runtime column, without AOTInductor's minutes of compiling
+  python tools/benchmark_export.py --images 1 --short-side 160 --max-size 200 --models "FCIS R18" \
+      --formats torchscript onnx
 """
 import argparse
 import os
@@ -25,7 +30,8 @@ MODELS = {
     "FCIS R18": "configs/coco128/fcis_R18_cpu.yaml",
     "BiSeg R18 fused (7, 9)": "configs/coco128/biseg_fused_7_9_R18_cpu.yaml",
 }
-FORMATS = ("torchscript", "exported_program", "aoti")
+FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
+TITLES = {"torchscript": "TorchScript", "exported_program": "ExportedProgram", "aoti": "AOTInductor", "onnx": "ONNX Runtime"}
 
 
 def main(argv=None) -> int:
@@ -35,8 +41,10 @@ def main(argv=None) -> int:
     p.add_argument("--short-side", type=int, default=600)
     p.add_argument("--max-size", type=int, default=1000)
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="the exported formats to run")
     p.add_argument("--out", help="PNG bar chart of s / image")
     args = p.parse_args(argv)
+    formats = [f for f in FORMATS if f in args.formats]
 
     import instfcn_d2  # noqa: F401
     from instfcn_d2.deploy import load
@@ -54,7 +62,7 @@ def main(argv=None) -> int:
             graph = dense_graph_for(model).eval()
             graph_runners = {"eager": lambda x, g=graph: g(x["image"].contiguous())}
             deployed = {}
-            for fmt in FORMATS:
+            for fmt in formats:
                 start = time.perf_counter()
                 print(f"[{name}] exporting {fmt} ...", flush=True)
                 export_model(model, fmt, inputs[0]["image"], os.path.join(tmp, f"{name}_{fmt}"), input_format=cfg.INPUT.FORMAT)
@@ -65,7 +73,7 @@ def main(argv=None) -> int:
             times = {k: [] for k in runners}
             graph_times = {k: [] for k in runners}
             for i, x in enumerate(inputs):
-                for fmt in FORMATS:  # outputs equal to eager's, on every image
+                for fmt in formats:  # outputs equal to eager's, on every image
                     report = compare_with_eager(model, deployed[fmt], x["image"], (x["height"], x["width"]))
                     if not report.equal:
                         print(f"[{name}] {fmt} differs from eager on {x['path']}: {report}")
@@ -88,29 +96,30 @@ def main(argv=None) -> int:
 
     print(f"\n{device_description('cpu')}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.images} images at shorter side {args.short_side} (max {args.max_size}), batch 1\n")
-    print("| model | eager s/img | TorchScript | ExportedProgram | AOTInductor | eager / AOTInductor |")
-    print("|---|---:|---:|---:|---:|---:|")
+    # the ratio column: eager over the fastest exported format
+    print("| model | eager s/img | " + " | ".join(TITLES[f] for f in formats) + " | eager / fastest |")
+    print("|---|---:|" + "---:|" * len(formats) + "---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['eager']:.3f} | {r['torchscript']:.3f} ({r['eager'] / r['torchscript']:.2f}x) | "
-              f"{r['exported_program']:.3f} ({r['eager'] / r['exported_program']:.2f}x) | "
-              f"{r['aoti']:.3f} ({r['eager'] / r['aoti']:.2f}x) | **{r['eager'] / r['aoti']:.2f}x** |")
+        fastest = min(formats, key=lambda f: r[f]) if formats else "eager"
+        print(f"| {name} | {r['eager']:.3f} | " + " | ".join(f"{r[f]:.3f} ({r['eager'] / r[f]:.2f}x)" for f in formats)
+              + f" | **{r['eager'] / r[fastest]:.2f}x** ({TITLES.get(fastest, fastest)}) |")
     print("\nThe graph alone (normalisation, trunk, RPN head, maps), s / image:\n")
-    print("| model | eager | TorchScript | ExportedProgram | AOTInductor | graph share of eager |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | eager | " + " | ".join(TITLES[f] for f in formats) + " | graph share of eager |")
+    print("|---|---:|" + "---:|" * len(formats) + "---:|")
     for name, g in graph_rows.items():
-        print(f"| {name} | {g['eager']:.3f} | {g['torchscript']:.3f} | {g['exported_program']:.3f} | "
-              f"{g['aoti']:.3f} ({g['eager'] / g['aoti']:.2f}x) | {g['eager'] / rows[name]['eager']:.0%} |")
+        print(f"| {name} | {g['eager']:.3f} | " + " | ".join(f"{g[f]:.3f} ({g['eager'] / g[f]:.2f}x)" for f in formats)
+              + f" | {g['eager'] / rows[name]['eager']:.0%} |")
     if args.out:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        keys = ["eager", *FORMATS]
+        keys = ["eager", *formats]
         fig, ax = plt.subplots(figsize=(7, 3.5))
         width = 0.8 / len(keys)
         for j, k in enumerate(keys):
-            ax.bar([i + j * width for i in range(len(rows))], [r[k] for r in rows.values()], width, label=k)
+            ax.bar([i + j * width for i in range(len(rows))], [r[k] for r in rows.values()], width, label=TITLES.get(k, k))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], list(rows))
         ax.set_ylabel("s / image (CPU)")
         ax.set_title(f"Exported models, shorter side {args.short_side}")

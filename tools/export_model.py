@@ -11,8 +11,11 @@ runs it with the model's post-processing, needing only torch, torchvision and in
   exported_program  model.pt2       torch.export with dynamic height and width (32..4096 px)
   aoti              model_aoti.pt2  that program compiled ahead of time by AOTInductor (needs a C++
                                     compiler at export time only)
+  onnx              model.onnx      torch.onnx.export (dynamo) with dynamic height and width, run by
+                                    ONNX Runtime (pip install onnxruntime onnx onnxscript)
 
-Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features and RPN outputs),
+The graph ends at the dense maps in every format; the post-processing after it is instfcn_d2's
+Python. Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features and RPN outputs),
 ``box_head.*`` and ``mask_head.*`` (pooled RoI features -> per-RoI outputs).
 
 Examples (PY=.venv/bin/python)::

@@ -1,4 +1,4 @@
-"""An exported model on disk: one folder with the graph (Mask R-CNN: three graphs) in one of three
+"""An exported model on disk: one folder with the graph (Mask R-CNN: three graphs) in one of four
 formats and ``deploy.json``, which says how to feed the graph and what runs after it.
 
 ``deploy.json`` keys: ``format`` (one of :data:`FORMATS`), ``graph`` (its file name; or ``graphs``,
@@ -6,13 +6,19 @@ formats and ``deploy.json``, which says how to feed the graph and what runs afte
 ``mask_head``), ``model`` (``"FCIS"``, ``"BiSeg"``, ``"InstanceFCN"`` or ``"MaskRCNN"``), ``input_format`` (``INPUT.FORMAT``, e.g. ``"BGR"``),
 ``pixel_mean`` (the padding value), ``size_divisibility``, ``outputs`` (the graph's output names),
 ``pipeline`` (the settings of the part after the graph), ``class_names``, and the versions that
-wrote it (``instfcn_d2``, ``torch``).
+wrote it (``instfcn_d2``, ``torch``; ONNX: also ``onnx`` and the ``onnx_opset`` of the graphs).
+
+An ``onnx`` folder runs with ONNX Runtime, an optional dependency (:data:`ONNX_INSTALL`): the
+graph is the same dense part as in the other formats; the post-processing after it stays this
+package's Python.
 """
+import importlib
 import json
 import os
 import warnings
 from typing import Callable, List, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,12 +33,18 @@ __all__ = [
     "check_metadata",
     "write_metadata",
     "load_graph",
+    "ONNX_INSTALL",
+    "require_onnx",
 ]
 
 #: ``--format`` values: a traced ``torch.jit`` module, a ``torch.export`` program with dynamic
-#: height and width, and that program compiled ahead of time by AOTInductor.
-FORMATS = ("torchscript", "exported_program", "aoti")
-GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2"}
+#: height and width, that program compiled ahead of time by AOTInductor, and an ONNX graph with
+#: dynamic height and width that ONNX Runtime runs.
+FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
+GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2", "onnx": "model.onnx"}
+#: What the ``onnx`` format needs besides torch (optional dependencies: exporting needs all three,
+#: running needs onnxruntime).
+ONNX_INSTALL = "pip install onnxruntime onnx onnxscript"
 METADATA_FILE = "deploy.json"
 _KEYS = ("format", "model", "input_format", "pixel_mean", "size_divisibility", "outputs", "pipeline")
 #: ``model`` values, and the graph outputs the post-processing of each reads.
@@ -94,7 +106,8 @@ def read_metadata(directory: str) -> dict:
         raise ValueError(f"{path} misses the keys {missing}; re-export the model with tools/export_model.py")
     check_metadata(path, metadata)
     written_with = metadata.get("torch")
-    if written_with and written_with.split("+")[0] != torch.__version__.split("+")[0]:
+    # an ONNX graph does not depend on the torch that runs the post-processing
+    if metadata["format"] != "onnx" and written_with and written_with.split("+")[0] != torch.__version__.split("+")[0]:
         warnings.warn(
             f"{path} was exported with torch {written_with}, this is torch {torch.__version__}: "
             "ExportedProgram and AOTInductor artefacts are not guaranteed to load across torch versions"
@@ -150,6 +163,8 @@ def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} (named by {os.path.join(directory, METADATA_FILE)}) not found")
     fmt = metadata["format"]
+    if fmt == "onnx":
+        return _load_onnx(path, directory)
     try:
         if fmt == "torchscript":
             module = torch.jit.load(path, map_location="cpu").eval()
@@ -168,6 +183,57 @@ def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[
         out = module(x)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
+    return graph
+
+
+def require_onnx(*modules: str, what: str) -> None:
+    """Import ``modules`` (default: onnxruntime, onnx, onnxscript) or raise ImportError saying that
+    ``what`` needs them and how to install them."""
+    missing = []
+    for name in modules or ("onnxruntime", "onnx", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(
+            f"{what} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"{ONNX_INSTALL} (optional dependencies of instfcn_d2, in dev/requirements.txt)"
+        )
+
+
+def _load_onnx(path: str, directory: str) -> Callable[[Tensor], List[Tensor]]:
+    """An ONNX graph in an ONNX Runtime session on the CPU, as ``input -> [Tensor, ...]``: torch
+    tensors in and out (numpy float32 in between), outputs in the graph's order (the order of
+    ``deploy.json``'s ``outputs`` for the dense graph, as in the other formats)."""
+    require_onnx("onnxruntime", what=f"{path} (an 'onnx' artefact)")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # as many threads as torch, which runs the post-processing: the formats compare alike
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+        raise ValueError(
+            f"{path} cannot be loaded as an 'onnx' graph ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            f"the file is damaged (a copy cut short?) or not the format {os.path.join(directory, METADATA_FILE)} says; "
+            "re-export the model with tools/export_model.py"
+        ) from e
+    inputs = [i.name for i in session.get_inputs()]
+    if len(inputs) != 1:
+        raise ValueError(
+            f"{path} is an ONNX graph of {len(inputs)} inputs ({inputs}), not one that tools/export_model.py wrote "
+            "(one input: the image, or the pooled RoI features); re-export the model with tools/export_model.py"
+        )
+    feed = inputs[0]
+
+    def graph(x: Tensor) -> List[Tensor]:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return [torch.from_numpy(out) for out in session.run(None, {feed: array})]
+
+    graph.session = session  # for inspection (providers, input and output names)
     return graph
 
 
