@@ -60,7 +60,7 @@ def test_deploy_json_that_is_not_json(folder):
         ({"model": "Yolo"}, r"'model' is 'Yolo', not one of"),
         ({"model": "InstanceFCN"}, r"'outputs' lacks \['mask_maps', 'objectness'\]"),
         ({"model": "BiSeg"}, r"'outputs' lacks \['sem_seg_logits', 'prior'\]"),
-        ({"format": "onnx"}, r"'format' is 'onnx'"),
+        ({"format": "tensorrt"}, r"'format' is 'tensorrt'"),
         ({"input_format": "YUV"}, r"'input_format' is 'YUV'"),
         ({"pixel_mean": [1.0, 2.0]}, r"'pixel_mean' is \[1.0, 2.0\], not three numbers"),
         ({"size_divisibility": -1}, r"'size_divisibility' is -1"),

@@ -17,14 +17,7 @@ from test_export import _RUN_WITHOUT_DETECTRON2, _inputs, _tiny_model
 
 from instfcn_d2.deploy import load
 from instfcn_d2.export import export_model
-from instfcn_d2.export.verify import (
-    BOX_ATOL,
-    MIN_INSTANCE_MASK_IOU,
-    MIN_MASK_IOU,
-    SCORE_ATOL,
-    compare_with_eager,
-    masks_agree,
-)
+from instfcn_d2.export.verify import compare_with_eager, masks_agree
 
 
 
@@ -80,32 +73,8 @@ def test_onnx_artefact_equals_eager(exported, name):
         assert report.num_eager > 0
         if name == "biseg":
             assert report.max_sem_seg_diff is not None
-        if report.equal:
-            continue
-        # All but the per-instance mask IoU as compare_with_eager's tolerances; that one is not
-        # met by a single flipped pixel of a mask under 100 pixels (ONNX Runtime's convolutions
-        # round differently from torch's: features ~1e-5 apart; seen with Mask R-CNN on the
-        # 128 x 160 image, one pixel of an 89-pixel mask, IoU 0.9889), so instances below it may
-        # differ by at most 2 pixels.
-        assert report.num_eager == report.num_exported and report.classes_equal, report
-        assert report.max_box_diff <= BOX_ATOL and report.max_score_diff <= SCORE_ATOL, report
-        assert report.total_mask_iou >= MIN_MASK_IOU, report
-        assert report.max_sem_seg_diff is None or report.max_sem_seg_diff <= SCORE_ATOL, report
-        _assert_masks_differ_by_at_most(2, model, deployed, image, size)
+        assert report.equal, report
     assert counts[0] != counts[1], counts  # nothing fixed to the sample image's detection count
-
-
-def _assert_masks_differ_by_at_most(pixels, model, deployed, image, size):
-    with torch.no_grad():
-        ref = model([{"image": image, "height": size[0], "width": size[1]}])[0]["instances"].pred_masks.bool()
-    got = deployed(image, size).masks
-    inter = (ref & got).flatten(1).sum(1).float()
-    union = (ref | got).flatten(1).sum(1).float().clamp(min=1)
-    low = inter / union < MIN_INSTANCE_MASK_IOU
-    flipped = (ref ^ got).flatten(1).sum(1)[low]
-    print(f"instances under IoU {MIN_INSTANCE_MASK_IOU}: {int(low.sum())}, pixels flipped {flipped.tolist()}, "
-          f"their sizes {ref.flatten(1).sum(1)[low].tolist()}")
-    assert (flipped <= pixels).all(), flipped
 
 
 @needs_onnx

@@ -25,8 +25,8 @@ def test_help_lists_the_flags(tool, capsys):
 
 def test_an_unknown_format_is_refused(tool, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        tool.main(["--config-file", CONFIG, "--format", "onnx", "--output", str(tmp_path)])
-    assert e.value.code == 2 and "invalid choice: 'onnx'" in capsys.readouterr().err
+        tool.main(["--config-file", CONFIG, "--format", "tensorrt", "--output", str(tmp_path)])
+    assert e.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
 
 
 def test_empty_weights_are_refused_before_anything_is_written(tool, tmp_path):
