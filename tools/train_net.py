@@ -25,7 +25,12 @@ machine turns out slower than measured, so the training never runs past the budg
 ``--eval-only`` refuses to evaluate without weights (an empty MODEL.WEIGHTS and no checkpoint to
 resume), which would report the metrics of a random model (``--allow-random-weights`` allows it),
 and loads the weights strictly: a checkpoint that does not fit the model is an error naming the
-file and the parameters (instfcn_d2/checkpoint.py, the check every tool makes).
+file and the parameters (instfcn_d2/checkpoint.py, the check every tool makes). It writes the
+results to OUTPUT_DIR/inference/results.json (the main process; launched runs return nothing).
+
+Several machines (README, "Training across machines"): the same command on each, with
+``--num-machines N --machine-rank 0..N-1 --dist-url tcp://MACHINE0:PORT``. A process that loses a
+peer stops within ``--dist-timeout-minutes`` (default 10) naming it (instfcn_d2/engine/launch.py).
 
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
@@ -50,6 +55,7 @@ from instfcn_d2.engine.launch import (
     launch,
     parse_timeout_minutes,
     report_lost_peer,
+    write_eval_results,
 )
 from instfcn_d2.engine.time_budget import MEASURE_BUDGET_SHARE
 
@@ -159,6 +165,8 @@ def main(args):
         with _lost_peer_reported(cfg, args):
             results = Trainer.test(cfg, model)
         if comm.is_main_process():
+            # launch() drops main's return value: OUTPUT_DIR/inference/results.json keeps the numbers
+            write_eval_results(results, cfg.OUTPUT_DIR)
             verify_results(cfg, results)
         return results
 

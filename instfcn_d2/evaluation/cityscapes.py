@@ -1,7 +1,16 @@
 """detectron2's ``CityscapesInstanceEvaluator`` (the official ``cityscapesscripts`` AP and AP50 of
 the instance masks) as the trainer uses it on ``evaluator_type "cityscapes_instance"`` datasets.
 
-Three things differ from constructing detectron2's class directly:
+Four things differ from constructing detectron2's class directly:
+
+* it works with several machines: detectron2's has every process write its per-image prediction
+  files (a text file and one PNG per instance) into a temporary folder of the main process, which
+  only exists where the processes share a file system, so it refuses to run when they are on more
+  than one machine (``comm.get_local_size() != comm.get_world_size()``). Here each process keeps
+  its predictions in memory (masks as compressed RLEs), :meth:`~CityscapesInstanceEvaluator.evaluate`
+  gathers them on the main process, which writes the same files (same names, same PNG content,
+  same text lines) into its own temporary folder and evaluates them as detectron2 does. With one
+  process or several, the files, and so the numbers, are the same;
 
 * ``cityscapesscripts`` writes its per-image matches (``matches.json``) into the *current working
   directory*; :meth:`CityscapesInstanceEvaluator.evaluate` runs with ``output_dir`` (the
@@ -18,11 +27,15 @@ Three things differ from constructing detectron2's class directly:
   a ``writeDict2JSON`` that writes numpy scalars and arrays as numbers and lists.
 """
 import contextlib
+import io
 import json
 import os
+import tempfile
 import types
 
 import numpy as np
+import pycocotools.mask as mask_util
+from PIL import Image
 
 from detectron2.evaluation import CityscapesInstanceEvaluator as _D2CityscapesInstanceEvaluator
 from detectron2.utils import comm
@@ -79,18 +92,66 @@ def _numpy_compat_for_cityscapesscripts():
 
 class CityscapesInstanceEvaluator(_D2CityscapesInstanceEvaluator):
     """detectron2's evaluator (same inputs, same ``{"segm": {"AP", "AP50"}}`` result, percent),
-    whose evaluation runs in ``output_dir`` (see the module docstring)."""
+    whose predictions are gathered in memory (one or several machines) and whose evaluation runs in
+    ``output_dir`` (see the module docstring)."""
 
     def __init__(self, dataset_name: str, output_dir: str = None):
         install_cityscapesscripts_alias()
         super().__init__(dataset_name)
         self._output_dir = output_dir
+        self._predictions = {}
+
+    def reset(self):
+        # not detectron2's: no shared temporary folder (see the module docstring)
+        self._predictions = {}
+
+    def process(self, inputs, outputs):
+        """Keep each image's instances as detectron2 writes them: ``basename -> [(PNG file name,
+        Cityscapes label id, score, RLE of the mask)]`` (an image without ``instances``: ``[]``)."""
+        from cityscapesscripts.helpers.labels import name2label
+
+        for inp, output in zip(inputs, outputs):
+            basename = os.path.splitext(os.path.basename(inp["file_name"]))[0]
+            rows = []
+            if "instances" in output:
+                inst = output["instances"].to(self._cpu_device)
+                masks = inst.pred_masks.numpy().astype(np.uint8)
+                rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(inst) else []
+                for i in range(len(inst)):
+                    name = self._metadata.thing_classes[int(inst.pred_classes[i])]
+                    # "{}".format of a 0-d tensor is that of its float: the line detectron2 writes
+                    score = inst.scores[i].item()
+                    rows.append((f"{basename}_{i}_{name}.png", name2label[name].id, score, rles[i]))
+            self._predictions[basename] = rows
+
+    def _write_predictions(self, predictions, folder):
+        """detectron2's per-image files: ``<basename>_pred.txt`` (``png class_id score`` lines) and
+        the masks as 0 / 255 PNGs."""
+        for basename, rows in predictions.items():
+            with open(os.path.join(folder, basename + "_pred.txt"), "w") as fout:
+                for png_name, class_id, score, rle in rows:
+                    mask = mask_util.decode(rle).astype("uint8")
+                    buf = io.BytesIO()
+                    Image.fromarray(mask * 255).save(buf, format="PNG")
+                    with open(os.path.join(folder, png_name), "wb") as f:
+                        f.write(buf.getvalue())
+                    fout.write("{} {} {}\n".format(png_name, class_id, score))
 
     def evaluate(self):
-        if not comm.is_main_process():  # detectron2 synchronises, then only the main process evaluates
-            return super().evaluate()
+        gathered = comm.gather(self._predictions, dst=0)  # a collective: every process calls it
+        if not comm.is_main_process():
+            comm.synchronize()  # detectron2's evaluate() waits for the main process's the same way
+            return {}
+        predictions = {}
+        for chunk in gathered:
+            for basename, rows in chunk.items():
+                predictions.setdefault(basename, rows)  # an image evaluated twice keeps its first result
+        self._working_dir = tempfile.TemporaryDirectory(prefix="cityscapes_eval_")
+        self._temp_dir = self._working_dir.name
+        self._logger.info("Writing cityscapes results to temporary directory {} ...".format(self._temp_dir))
+        self._write_predictions(predictions, self._temp_dir)
         _numpy_compat_for_cityscapesscripts()
         folder = self._output_dir or self._temp_dir
         os.makedirs(folder, exist_ok=True)
         with _working_directory(folder):
-            return super().evaluate()
+            return super().evaluate()  # synchronises with the other processes, then evaluates
