@@ -11,8 +11,9 @@ gloo on the CPU) with its own OUTPUT_DIR unless a test shares one.
   and ``INSTFCN_D2_CACHE``, as on real machines;
 * a machine killed mid-run (SIGKILL of its process group) stops the other within
   ``--dist-timeout-minutes`` with a message naming the lost peer, and ``--resume`` on both
-  continues from the last checkpoint; a ``--resume`` where the machines find different
-  checkpoints stops both with a message.
+  continues from the last checkpoint; a hung machine (SIGSTOP) stops the other after the timeout;
+  a ``--resume`` where the machines find different checkpoints stops both with a message;
+* under torchrun, one process per node, with ``--dist-url env://``.
 
 Each subprocess runs on one thread (OMP_NUM_THREADS=1): the same for the 1- and 2-process runs,
 and no oversubscription of a 2-core machine. Every wait is bounded; leftover processes are killed.
@@ -438,6 +439,27 @@ def test_resume_stops_every_machine_when_they_find_different_checkpoints(world, 
         assert code != 0 and "ResumeMismatchError" in console, console[-3000:]
         assert "rank 0: model_final.pth in" in console and "rank 1: no checkpoint in" in console
     assert "Starting training" not in (outs[0] / "log.txt").read_text().split("Rank of current process")[-1]
+
+
+@pytest.mark.slow
+def test_torchrun_one_process_per_node(world, tmp_path):
+    """Under torchrun (one process per node) train_net.py joins the process group through
+    torchrun's environment: ``--dist-url env://`` and the node rank as ``--machine-rank``."""
+    port = _free_port()
+    outs = [tmp_path / "rank0", tmp_path / "rank1"]
+    procs = []
+    for rank, out in enumerate(outs):
+        cmd = _command(
+            "instance_fcn", out, *TRAIN, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
+            flags=("--num-machines", "2", "--machine-rank", str(rank), "--dist-url", "env://"),
+        )  # fmt: skip
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+                    "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port)]  # fmt: skip
+        procs.append(_start(world, torchrun + cmd[1:], f"{out}.console.txt"))
+    _assert_ok(procs, _wait(procs))
+    assert "Rank of current process: 0. World size: 2" in (outs[0] / "log.txt").read_text()
+    assert "Rank of current process: 1. World size: 2" in (outs[1] / "log.txt.rank1").read_text()
+    assert (outs[0] / "model_final.pth").is_file() and not list(outs[1].glob("*.pth"))
 
 
 # ---------------------------------------------------------------------------------------------
