@@ -222,8 +222,8 @@ def test_load_names_the_missing_or_broken_file(tmp_path):
 
 def test_export_refuses_a_wrong_format_and_a_model_without_a_graph(tmp_path):
     cfg, model = _tiny_model("fcis")
-    with pytest.raises(ValueError, match="--format 'onnx'"):
-        export_model(model, "onnx", tiny_checkpoint_image().float(), str(tmp_path))
+    with pytest.raises(ValueError, match="--format 'tensorrt'"):
+        export_model(model, "tensorrt", tiny_checkpoint_image().float(), str(tmp_path))
     with pytest.raises(ValueError, match="no graph for Linear"):
         from instfcn_d2.export import dense_graph_for
 
@@ -238,25 +238,33 @@ def test_deployed_model_rejects_an_image_of_the_wrong_shape(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_tool_run_eval_reproduces_eval_only(tmp_path, monkeypatch):
+def test_export_tool_run_eval_reproduces_eval_only(tmp_path, learned_model, one_thread):
     """tools/export_model.py --run-eval evaluates the exported BiSeg with train_net's evaluators and
-    reproduces the eager model's AP (and mean IU) on the built-in dataset."""
-    tool = load_tool("export_model")
+    reproduces the eager model's AP (and mean IU) on a synthetic split. The model is the session's
+    short real training (tests/conftest.py): both APs are above zero, so equal numbers mean equal
+    detections, not two evaluations that found nothing."""
+    from conftest import LEARNED_CONFIG, LEARNED_OPTS
+
+    from instfcn_d2.checkpoint import load_trained_weights
     from instfcn_d2.engine import Trainer
 
-    cfg, model = _tiny_model("biseg")
-    cfg.defrost()
-    cfg.DATASETS.TEST = ("instfcn_shapes_val",)
-    cfg.OUTPUT_DIR = str(tmp_path / "eager")
-    cfg.freeze()
-    eager = Trainer.test(cfg, model)
-    opts = [str(x) for x in tiny_cfg_opts("biseg")] + ["DATASETS.TEST", "('instfcn_shapes_val',)"]
-    assert tool.main(["--config-file", str(REPO_ROOT / "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"), "--format",
-                      "exported_program", "--output", str(tmp_path / "export"), *opts]) == 0
-    exported = tool.evaluate_exported(cfg, load(str(tmp_path / "export")), str(tmp_path / "export"))
+    tool = load_tool("export_model")
+    run_dir, _ = learned_model
+    config = str(REPO_ROOT / LEARNED_CONFIG)
+    opts = LEARNED_OPTS + ["MODEL.WEIGHTS", str(run_dir / "model_final.pth")]
+    cfg = tool.setup_cfg(tool.get_parser().parse_args(
+        ["--config-file", config, "--output", str(tmp_path), *opts, "OUTPUT_DIR", str(tmp_path / "eager")]))
+    model = build_model(cfg)
+    load_trained_weights(model, cfg.MODEL.WEIGHTS)
+    eager = Trainer.test(cfg, model.eval())
+    assert tool.main(["--config-file", config, "--format", "exported_program", "--output", str(tmp_path / "export"),
+                      *opts]) == 0
+    (exported,) = tool.evaluate_exported(cfg, load(str(tmp_path / "export")), str(tmp_path / "export")).values()
+    print({task: (eager[task]["AP"], exported[task]["AP"]) for task in ("segm", "bbox")})
     for task in ("segm", "bbox"):
-        assert abs(exported["instfcn_shapes_val"][task]["AP"] - eager[task]["AP"]) <= 0.1, task
-    assert abs(exported["instfcn_shapes_val"]["sem_seg"]["mIoU"] - eager["sem_seg"]["mIoU"]) <= 0.1
+        assert eager[task]["AP"] > 1.0 and exported[task]["AP"] > 1.0, task  # the learned model: mask AP 4.2
+        assert abs(exported[task]["AP"] - eager[task]["AP"]) <= 0.1, task
+    assert eager["sem_seg"]["mIoU"] > 0 and abs(exported["sem_seg"]["mIoU"] - eager["sem_seg"]["mIoU"]) <= 0.1
 
 
 def tiny_cfg_opts(name):
@@ -279,3 +287,102 @@ def test_compare_with_eager_reports_each_measure_in_its_field(tmp_path, name):
     assert report.max_box_diff == report.max_score_diff == 0.0
     assert report.total_mask_iou == report.min_mask_iou == 1.0
     assert (report.max_sem_seg_diff == 0.0) if name == "biseg" else report.max_sem_seg_diff is None
+
+
+# ---- the check's "differs" path: masks_agree, compare_with_eager and the tool's exit status ----------
+def _rectangles(boxes, size=(40, 50)):
+    masks = torch.zeros(len(boxes), *size, dtype=torch.bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+        mask[y0:y1, x0:x1] = True
+    return masks
+
+
+def test_masks_agree_only_up_to_a_few_flipped_pixels():
+    a = _rectangles([(5, 5, 35, 25), (20, 10, 45, 38), (0, 0, 10, 8)])
+    assert masks_agree(a, a.clone())
+    flipped = a.clone()
+    flipped[0, 5, 5] = False  # one border pixel of 600: IoU 0.998 (each >= 0.99, all >= 0.999)
+    assert masks_agree(a, flipped)
+    assert not masks_agree(a, _rectangles([(5, 5, 35, 25), (23, 10, 48, 38), (0, 0, 10, 8)]))  # one shifted 3 px
+    emptied = a.clone()
+    emptied[2] = False
+    assert not masks_agree(a, emptied)  # one instance lost: IoU 0
+    assert not masks_agree(a, a.flip(0))  # the same masks, other instances
+    assert not masks_agree(a, a[:2])  # another count
+    assert not masks_agree(a, a[:, :39])  # another size
+    noisy = a.clone()
+    noisy[1, 10:38:4, 20:45:5] = False  # 49 of 700 pixels of one instance: that instance's IoU 0.93
+    assert not masks_agree(a, noisy)
+
+
+def _noisy(graph, scale):
+    """``graph`` with seeded Gaussian noise of ``scale`` added to its float outputs."""
+    def run(image):
+        generator = torch.Generator().manual_seed(0)
+        return tuple(o + scale * torch.randn(o.shape, generator=generator) if o.is_floating_point() else o
+                     for o in graph(image))
+    return run
+
+
+def test_compare_with_eager_reports_a_perturbed_graph_or_weight_as_not_equal(tmp_path):
+    from instfcn_d2.export.verify import SCORE_ATOL, compare_with_eager
+
+    cfg, model = _tiny_model("fcis")
+    image = tiny_checkpoint_image().float()
+    export_model(model, "torchscript", image, str(tmp_path))
+    deployed = load(str(tmp_path))
+    report = compare_with_eager(model, deployed, image, (128, 160))
+    assert report.equal and report.num_eager > 0  # the unperturbed artefact: equal
+    deployed.graph = _noisy(deployed.graph, 0.01)  # noise on the graph's outputs
+    report = compare_with_eager(model, deployed, image, (128, 160))
+    assert not report.equal and str(report).endswith("NOT EQUAL"), report
+    assert report.num_eager != report.num_exported or report.max_score_diff > SCORE_ATOL, report
+
+    deployed = load(str(tmp_path))  # the artefact again, and a weight of the original changed after export
+    with torch.no_grad():
+        model.roi_heads.conv_new.weight.mul_(1.05)  # conv_new_1, which both score map sets read
+    report = compare_with_eager(model, deployed, image, (128, 160))
+    assert not report.equal, report
+
+
+_RUN_TOOL_WITH_A_NOISY_GRAPH = r"""
+import runpy, sys, torch
+import instfcn_d2.deploy as deploy
+mode = sys.argv[1]
+real_load = deploy.load
+def load(directory):
+    deployed = real_load(directory)
+    graph = deployed.graph
+    def noisy(image):
+        g = torch.Generator().manual_seed(0)
+        return tuple(o + 0.01 * torch.randn(o.shape, generator=g) if o.is_floating_point() else o for o in graph(image))
+    if mode == "noisy":
+        deployed.graph = noisy
+    return deployed
+deploy.load = load  # before the tool's `from instfcn_d2.deploy import load`
+sys.argv = ["tools/export_model.py"] + sys.argv[2:]
+runpy.run_path("tools/export_model.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("graph", ["exact", "noisy"])
+def test_export_tool_exits_non_zero_when_the_exported_model_differs(tmp_path, graph):
+    """tools/export_model.py compares the exported model with the original and stops with an error
+    (exit status 1) when they differ: here its graph perturbed as loaded back (the control: 0)."""
+    import cv2
+
+    sample = tmp_path / "sample.png"
+    cv2.imwrite(str(sample), tiny_checkpoint_image().permute(1, 2, 0).numpy())  # BGR, as the config reads it
+    argv = ["--config-file", str(REPO_ROOT / "configs/shapes/fcis_R18_cpu.yaml"), "--format", "torchscript",
+            "--output", str(tmp_path / "export"), "--sample-image", str(sample),
+            *tiny_cfg_opts("fcis"), "DATASETS.TEST", "()"]
+    proc = subprocess.run([sys.executable, "-c", _RUN_TOOL_WITH_A_NOISY_GRAPH, graph, *argv], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert "[export_model] check on a (128, 160) image" in out, out[-3000:]
+    if graph == "exact":
+        assert proc.returncode == 0 and ": equal" in out, out[-3000:]
+    else:
+        assert proc.returncode == 1, out[-3000:]
+        assert "export_model.py: the exported model differs from the original" in out and "NOT EQUAL" in out
+

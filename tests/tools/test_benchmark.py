@@ -1,6 +1,6 @@
 """instfcn_d2/benchmark.py (the benchmark tools' shared code): stage times are exclusive, so nested
 stages never count twice; models run interleaved."""
-import time
+import types
 
 import pytest
 import torch
@@ -8,42 +8,72 @@ import torch
 from instfcn_d2 import benchmark
 
 
-class _Outer(torch.nn.Module):
+class _Clock:
+    """A clock the test moves by hand: the stage times are then exact, whatever the machine's speed."""
+
     def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class _Outer(torch.nn.Module):
+    def __init__(self, clock):
         super().__init__()
+        self.clock = clock
         self.inner = torch.nn.Identity()
 
     def forward(self, x):
-        time.sleep(0.05)
+        self.clock.sleep(5)
         return self.helper(self.inner(x))
 
     def helper(self, x):
-        time.sleep(0.03)
+        self.clock.sleep(3)
         return x
 
 
 def test_nested_stages_get_exclusive_times_that_sum_to_the_total():
-    model = _Outer()
+    clock = _Clock()
+    model = _Outer(clock)
     timer = benchmark.StageTimer("cpu")
+    timer.now = clock  # the timer reads the test's clock instead of time.perf_counter
     timer.hook_module(model, "outer")
     timer.wrap_attr(model, "helper", "helper")
     timer.hook_module(model.inner, "inner")
     # a pre-hook registered after the timer's runs inside the "inner" stage
-    model.inner.register_forward_pre_hook(lambda _m, _i: time.sleep(0.02))
-    start = time.perf_counter()
+    model.inner.register_forward_pre_hook(lambda _m, _i: clock.sleep(2))
+    start = clock()
     model(torch.zeros(1))
-    total = time.perf_counter() - start
+    total = clock() - start
     t = timer.times
-    assert set(t) == {"outer", "helper", "inner"}
-    assert 0.03 <= t["helper"] < 0.03 + 0.02
-    assert 0.02 <= t["inner"] < 0.02 + 0.02
-    assert 0.05 <= t["outer"] < 0.05 + 0.02  # excludes helper's 0.03 s and inner's 0.02 s
-    assert abs(sum(t.values()) - total) < 0.02
+    assert total == 10
+    assert dict(t) == {"helper": 3, "inner": 2, "outer": 5}  # outer excludes helper's 3 s and inner's 2 s
+    assert sum(t.values()) == total
+    # a second forward adds to each stage
+    model(torch.zeros(1))
+    assert dict(t) == {"helper": 6, "inner": 4, "outer": 10}
     timer.remove()
     assert "helper" not in vars(model)  # the wrapper is gone: the class method is back
     timer.reset()
     model(torch.zeros(1))
     assert dict(timer.times) == {}
+
+
+def test_the_timer_reads_the_clock_once_at_each_stage_entry_and_exit(monkeypatch):
+    """The real clock: ``now`` is time.perf_counter, called twice per timed stage."""
+    calls = []
+    fake_time = types.SimpleNamespace(perf_counter=lambda: calls.append(1) or float(len(calls)))
+    monkeypatch.setattr(benchmark, "time", fake_time)
+    timer = benchmark.StageTimer("cpu")
+    module = torch.nn.Identity()
+    timer.hook_module(module, "m")
+    module(torch.zeros(1))
+    timer.remove()
+    assert len(calls) == 2 and dict(timer.times) == {"m": 1.0}
 
 
 def test_run_models_interleaves_images_and_skips_the_warm_up(monkeypatch):

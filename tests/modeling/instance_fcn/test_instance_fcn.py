@@ -280,6 +280,71 @@ def test_multi_scale_test_merges_the_scales_at_original_resolution():
     _check_proposals(outs[1]["instances"], 96, 120, 20)
 
 
+def test_multi_scale_proposals_merge_every_scale_before_the_nms():
+    """WindowProposer.multi_scale_proposals on stub maps: two test scales of an image whose output
+    (original) size is twice the largest scale. Each window's box goes from its scale to the
+    output size; the candidates of both scales meet in one NMS: a window found only at the small
+    scale survives, one found only at the large scale too, and the same object found at both
+    is kept once (the higher objectness, here the small scale's window)."""
+    import math
+
+    from instfcn_d2.core.instance_fcn.inference import ProposalTest, WindowProposer
+
+    stride, m, M = 8, 4, 8  # 32-px windows at the network input, masks of 8 x 8 cells
+    proposer = WindowProposer(window_size=m, stride=stride, test_params=ProposalTest(
+        pre_nms_topk=1000, mask_thresh=0.5, nms_thresh=0.8, detections_per_image=100,
+        test_min_sizes=(64, 128), test_max_size=1000))
+    full = torch.full((M, M), 10.0)
+    centre_half = torch.full((M, M), -10.0)
+    centre_half[2:6, 2:6] = 10.0  # cells 2..5 of 8: the middle half of the window
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    # (map height, centre y, centre x) -> (objectness probability, mask logits). Output = 256 px:
+    # the 64 scale's windows are 128 output px (x4), the 128 scale's 64 px (x2).
+    objects = {
+        (8, 3, 3): (0.95, full),  # A, small scale only: top-left 8 px at 64 -> [32, 32, 160, 160]
+        (8, 6, 6): (0.9, centre_half),  # B at 64: window [128, 256], middle half [160, 224]
+        (16, 12, 12): (0.8, full),  # B at 128: top-left 80 px -> [160, 160, 224, 224], a duplicate
+        (16, 3, 12): (0.7, full),  # C, large scale only: y 8 -> 16, x 80 -> 160: [160, 16, 224, 80]
+    }
+    seen_sizes = []
+
+    def maps_of(images):
+        sizes = [tuple(x.shape[-2:]) for x in images]
+        seen_sizes.append(sizes)
+        H, W = (math.ceil(v / stride) for v in sizes[0])
+        objectness = torch.full((len(images), H, W), -10.0)  # other windows: candidates with empty masks
+        for (h, y, x), (p, _) in objects.items():
+            if h == H:
+                objectness[0, y, x] = logit(p)
+        return torch.zeros(len(images), 1, H, W), objectness, sizes
+
+    def assemble_windows(mask_maps, rows):
+        H = mask_maps.shape[-2]
+        out = torch.full((len(rows), M, M), -10.0)
+        for i, (_, y0, x0) in enumerate(rows.tolist()):  # rows hold the windows' top-left pixels
+            key = (H, y0 + m // 2, x0 + m // 2)
+            if key in objects:
+                out[i] = objects[key][1]
+        return out
+
+    image = torch.rand(3, 128, 128) * 255  # the largest test scale of a 256 x 256 original
+    (det,) = proposer.multi_scale_proposals([image], [(256, 256)], maps_of, assemble_windows)
+    assert seen_sizes == [[(64, 64)], [(128, 128)]]  # each scale's maps, smallest first
+    torch.testing.assert_close(det.scores, torch.tensor([0.95, 0.9, 0.7]))  # B at 128 suppressed
+    expected = torch.tensor([[32, 32, 160, 160], [160, 160, 224, 224], [160, 16, 224, 80]], dtype=torch.float32)
+    torch.testing.assert_close(det.boxes, expected, atol=1.0, rtol=0)
+    assert det.masks.shape == (3, 256, 256) and det.masks.dtype == torch.bool
+    for mask, (x0, y0, x1, y1) in zip(det.masks, expected.int().tolist()):
+        inside = int(mask[y0:y1, x0:x1].sum())  # the box filled but for the corners bilinear rounds off
+        assert inside >= 0.97 * (x1 - x0) * (y1 - y0) and inside == int(mask.sum())
+    assert (det.classes == 0).all()
+
+    # one scale only: only that scale's objects
+    one = dataclasses.replace(proposer, test_params=dataclasses.replace(proposer.test_params, test_min_sizes=(64,)))
+    (det,) = one.multi_scale_proposals([image], [(256, 256)], maps_of, assemble_windows)
+    torch.testing.assert_close(det.scores, torch.tensor([0.95, 0.9]))
+
+
 # ---- post-processing --------------------------------------------------------------------------------
 def test_mask_box_nms_on_hand_made_masks():
     masks = torch.zeros(5, 40, 40, dtype=torch.bool)
