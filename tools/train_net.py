@@ -9,6 +9,7 @@ Examples:
   python tools/train_net.py --config-file CFG --num-gpus 2                  # multi-process (GLOO on CPU)
   python tools/train_net.py --config-file CFG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
   python tools/train_net.py --config-file CFG --budget-minutes 20          # schedule fitted to 20 minutes
+  python tools/train_net.py --config-file CFG --output-exists move         # OUTPUT_DIR's previous run moved aside
   python tools/train_net.py --config-file CFG DATASETS.COCO_JSON_TRAIN train.json DATASETS.COCO_IMAGE_ROOT_TRAIN images/ \
       DATASETS.COCO_JSON_TEST val.json DATASETS.COCO_IMAGE_ROOT_TEST images/   # your COCO-format data
 
@@ -32,6 +33,13 @@ Several machines (README, "Training across machines"): the same command on each,
 ``--num-machines N --machine-rank 0..N-1 --dist-url tcp://MACHINE0:PORT``. A process that loses a
 peer stops within ``--dist-timeout-minutes`` (default 10) naming it (instfcn_d2/engine/launch.py).
 
+A training run holds OUTPUT_DIR: a second run started into it while it lives stops at once,
+naming it (pid, host, start). A folder that a previous run trained in (last_checkpoint,
+model_*.pth, metrics.json) is refused without ``--resume``, unless ``--output-exists move`` (moved
+to OUTPUT_DIR.<date>-<time>) or ``--output-exists overwrite`` (trained over, detectron2's way)
+says otherwise (instfcn_d2/engine/output_dir.py). ``--resume`` after a change of the number of
+classes stops before loading, naming the checkpoint's and the config's.
+
 Trailing ``KEY VALUE`` pairs override config keys (e.g. ``SOLVER.MAX_ITER 100``).
 """
 import argparse
@@ -49,6 +57,7 @@ from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.engine import BudgetTrainer, Trainer, fit_schedule_to_budget, measure_seconds_per_iteration
 from instfcn_d2.engine.checks import check_num_classes
+from instfcn_d2.engine.output_dir import OUTPUT_EXISTS_CHOICES, keep_training_config, prepare_training_output_dir
 from instfcn_d2.engine.launch import (
     DEFAULT_DIST_TIMEOUT_MINUTES,
     check_resume_consistency,
@@ -86,6 +95,13 @@ def argument_parser():
         help="with --eval-only: evaluate even when MODEL.WEIGHTS is empty (a randomly initialised model)",
     )
     parser.add_argument(
+        "--output-exists",
+        choices=OUTPUT_EXISTS_CHOICES,
+        default="refuse",
+        help="training without --resume into an OUTPUT_DIR that holds a previous run (last_checkpoint, model_*.pth, "
+        "metrics.json): refuse (default), move it aside to OUTPUT_DIR.<date>-<time>, or overwrite it",
+    )
+    parser.add_argument(
         "--dist-timeout-minutes",
         type=parse_timeout_minutes,
         default=DEFAULT_DIST_TIMEOUT_MINUTES,
@@ -121,6 +137,9 @@ def setup(args):
     cfg = get_instfcn_cfg(args.config_file, args.opts)
     # DATASETS.COCO_JSON_*: registered before anything reads DATASETS (in every launched process)
     dataset_notes = apply_coco_json_config(cfg)
+    # a training takes OUTPUT_DIR (its lock; a previous run refused or moved) before writing into it
+    folder_notes = [] if args.eval_only else prepare_training_output_dir(
+        cfg.OUTPUT_DIR, resume=args.resume, output_exists=getattr(args, "output_exists", "refuse"))
     budget = getattr(args, "budget_minutes", None)
     if budget is not None and not args.eval_only:
         if args.num_gpus * args.num_machines > 1:
@@ -134,11 +153,14 @@ def setup(args):
         cfg = fitted
     cfg.freeze()
     # after the measurement: seeds the RNGs, so the training starts as it would without it
-    default_setup(cfg, args)
+    with keep_training_config(cfg.OUTPUT_DIR, enabled=args.eval_only) as config_notes:
+        default_setup(cfg, args)  # writes OUTPUT_DIR/config.yaml (an evaluation's: config_eval.yaml)
     # the project's own loggers (instfcn_d2.*) to the console and OUTPUT_DIR/log.txt, as detectron2's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="instfcn_d2", abbrev_name="instfcn")
     for line in dataset_notes:
         logging.getLogger("detectron2.train_net").info(line)
+    for line in folder_notes + config_notes:
+        logging.getLogger("detectron2.train_net").warning(line)
     if budget is not None and not args.eval_only:
         logging.getLogger("detectron2.train_net").info(note)
     return cfg

@@ -20,11 +20,12 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
 from detectron2.utils import comm
 
-from ..checkpoint import InstFCNCheckpointer
+from ..checkpoint import NUM_CLASSES_ENTRY, InstFCNCheckpointer
 from ..data.coco_json import check_coco_json_datasets
 from ..data.dataset_mapper import InstFCNDatasetMapper, sem_seg_source_of
 from ..evaluation import InstanceSemSegEvaluator, LabelCheckedSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
-from .checks import check_num_classes
+from .checks import NUM_CLASSES_KEYS, check_num_classes
+from .output_dir import lock_output_dir
 
 
 def build_evaluators(cfg, dataset_name: str, output_folder: str = None):
@@ -135,6 +136,8 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", load=True)
         if not cfg.DATASETS.TEST:
             logging.getLogger(__name__).warning("DATASETS.TEST is empty: the model will not be evaluated")
+        if comm.is_main_process():  # one live run per OUTPUT_DIR, before metrics.json is opened
+            lock_output_dir(cfg.OUTPUT_DIR)  # (train_net.py took it already: instfcn_d2/engine/output_dir.py)
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
         check_num_classes(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
@@ -142,12 +145,17 @@ class Trainer(DefaultTrainer):
 
     def _use_instfcn_checkpointer(self):
         """Replace detectron2's checkpointer by :class:`~instfcn_d2.checkpoint.InstFCNCheckpointer`
-        (atomic writes, resume past damaged checkpoints, clear errors for non-checkpoints), with
-        the same model, folder and checkpointables; the periodic-checkpoint hook follows it."""
+        (atomic writes, resume past damaged checkpoints, clear errors for non-checkpoints, a resume
+        for another number of classes stopped before loading), with the same model, folder and
+        checkpointables; the periodic-checkpoint hook follows it."""
         old = self.checkpointer
         self.checkpointer = InstFCNCheckpointer(
             old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
         )
+        # the config's class count, recorded in each checkpoint; a resume compares it (checkpoint.py)
+        path = NUM_CLASSES_KEYS.get(self.cfg.MODEL.META_ARCHITECTURE)
+        if path is not None:
+            self.checkpointer.extra_data = {NUM_CLASSES_ENTRY: {".".join(path): int(self.cfg[path[0]][path[1]][path[2]])}}
         for hook in self._hooks:
             if getattr(hook, "checkpointer", None) is old:
                 hook.checkpointer = self.checkpointer
