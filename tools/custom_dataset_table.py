@@ -129,7 +129,9 @@ def row_opts(row: Row, args) -> List[str]:
 
 def command(row: Row, args) -> List[str]:
     return [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", row.config,
-            "--budget-minutes", f"{args.budget_minutes:g}"] + row_opts(row, args)
+            "--budget-minutes", f"{args.budget_minutes:g}",
+            # a row re-run (--retrain, or an unfinished run) keeps the old run aside, named by its date
+            "--output-exists", "move"] + row_opts(row, args)
 
 
 def finished(output_dir: str) -> bool:
