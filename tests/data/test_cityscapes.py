@@ -303,7 +303,9 @@ def test_tiny_untrained_model_through_trainer_test(name, cityscapes_val, tmp_pat
     model = build_model(cfg)
     model.eval()
     predicted = []  # instances per image, as the evaluator receives them
-    evaluator_class = SegmentProposalEvaluator if name == "instance_fcn_R50" else D2CityscapesInstanceEvaluator
+    from instfcn_d2.evaluation.cityscapes import CityscapesInstanceEvaluator  # keeps its predictions itself
+
+    evaluator_class = SegmentProposalEvaluator if name == "instance_fcn_R50" else CityscapesInstanceEvaluator
     process = evaluator_class.process
 
     def counting_process(self, inputs, outputs):
