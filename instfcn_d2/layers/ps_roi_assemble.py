@@ -86,30 +86,31 @@ def _check_sizes(output_size: int, group_size: int) -> None:
     check_sizes("ps_roi_assemble", "output_size", output_size, group_size, why)
 
 
-def _check_inputs(input: Tensor, rois: Tensor, group_size: int) -> None:
+def _check_inputs(input: Tensor, rois: Tensor, group_size: int, op: str = "ps_roi_assemble") -> None:
+    """The checks of ``input`` (channels divisible by ``k*k``) and ``rois`` that ``op`` makes."""
     if input.dim() != 4:
-        raise ValueError(f"ps_roi_assemble: input must have shape (N, k*k*C, H, W), got {tuple(input.shape)}")
+        raise ValueError(f"{op}: input must have shape (N, k*k*C, H, W), got {tuple(input.shape)}")
     kk = group_size * group_size
     if input.shape[1] % kk != 0:
         raise ValueError(
-            f"ps_roi_assemble: input has {input.shape[1]} channels, not divisible by k*k = {kk} "
+            f"{op}: input has {input.shape[1]} channels, not divisible by k*k = {kk} "
             f"(group_size k = {group_size})"
         )
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(
-            f"ps_roi_assemble: rois must have shape (R, 5) = (batch_index, x1, y1, x2, y2), got {tuple(rois.shape)}"
+            f"{op}: rois must have shape (R, 5) = (batch_index, x1, y1, x2, y2), got {tuple(rois.shape)}"
         )
     if rois.device != input.device:
-        raise ValueError(f"ps_roi_assemble: rois is on {rois.device} but input is on {input.device}")
+        raise ValueError(f"{op}: rois is on {rois.device} but input is on {input.device}")
     if rois.dtype != input.dtype:
         raise TypeError(
-            f"ps_roi_assemble: rois has dtype {rois.dtype} but input has {input.dtype}; "
+            f"{op}: rois has dtype {rois.dtype} but input has {input.dtype}; "
             "convert with rois.to(input.dtype)"
         )
     allowed = _CPU_DTYPES if input.device.type == "cpu" else _CUDA_DTYPES
     if input.dtype not in allowed:
         raise TypeError(
-            f"ps_roi_assemble: {input.device.type} kernel supports {[str(d) for d in allowed]}, got {input.dtype}"
+            f"{op}: {input.device.type} kernel supports {[str(d) for d in allowed]}, got {input.dtype}"
         )
 
 

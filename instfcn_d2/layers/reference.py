@@ -12,6 +12,7 @@ from torch import Tensor
 __all__ = [
     "MAX_ADAPTIVE_SAMPLES",
     "ps_roi_assemble_reference",
+    "ps_roi_class_logits_reference",
     "window_assemble_reference",
 ]
 
@@ -132,6 +133,24 @@ def ps_roi_assemble_reference(
         vals = flat[index] * weight
         outs.append(vals.sum(dim=(-1, -2)) / count[s:e, None, None, None])
     return torch.cat(outs, dim=0)
+
+
+def ps_roi_class_logits_reference(
+    input: Tensor,
+    rois: Tensor,
+    output_size: int,
+    group_size: int,
+    num_classes: int,
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+) -> Tensor:
+    """Reference for :func:`instfcn_d2.layers.ps_roi_class_logits`: the ``(R, 2*(C+1), m, m)``
+    assembly viewed as ``(R, 2, C+1, m, m)`` (inside, outside), its max over inside / outside,
+    averaged over the ``m x m`` cells -> ``(R, C+1)``."""
+    assembled = ps_roi_assemble_reference(input, rois, output_size, group_size, spatial_scale, sampling_ratio, aligned)
+    R, m = assembled.shape[0], output_size
+    return assembled.view(R, 2, num_classes + 1, m, m).amax(dim=1).mean(dim=(-2, -1))
 
 
 def window_assemble_reference(input: Tensor, positions: Tensor, window_size: int, group_size: int) -> Tensor:

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "ps_roi_assemble/ps_roi_assemble.h"
+#include "ps_roi_class_logits/ps_roi_class_logits.h"
 #include "window_assemble/window_assemble.h"
 
 namespace instfcn_d2 {
@@ -29,6 +30,9 @@ TORCH_LIBRARY(instfcn_d2, m) {
   m.def(
       "ps_roi_assemble_backward(Tensor grad, Tensor rois, float spatial_scale, int output_size, int group_size, "
       "int sampling_ratio, bool aligned, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  m.def(
+      "ps_roi_class_logits(Tensor input, Tensor rois, float spatial_scale, int output_size, int group_size, "
+      "int sampling_ratio, bool aligned, int num_classes) -> Tensor");
   m.def("window_assemble(Tensor input, Tensor positions, int window_size, int group_size) -> Tensor");
   m.def(
       "window_assemble_backward(Tensor grad, Tensor positions, int window_size, int group_size, "
@@ -38,6 +42,7 @@ TORCH_LIBRARY(instfcn_d2, m) {
 TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cpu);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cpu);
+  m.impl("ps_roi_class_logits", &instfcn_d2::ps_roi_class_logits_cpu);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cpu);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cpu);
 }
@@ -46,6 +51,7 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
 TORCH_LIBRARY_IMPL(instfcn_d2, CUDA, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cuda);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cuda);
+  m.impl("ps_roi_class_logits", &instfcn_d2::ps_roi_class_logits_cuda);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cuda);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cuda);
 }

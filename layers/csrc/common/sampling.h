@@ -216,6 +216,35 @@ for_each_bin_sample(const RoiBins<T>& g, int64_t ph, int64_t pw, int64_t H, int6
   });
 }
 
+// The RoIAlign average of bin (ph, pw) of a RoI over one H x W input plane: the sum of its
+// samples' bilinear values divided by the sample count, sample by sample (the CUDA kernels; the
+// CPU kernels add up the same taps and weights one axis first, through their tap tables).
+template <typename T, typename S>
+C10_HOST_DEVICE inline T bin_average(const RoiBins<T>& g, int64_t ph, int64_t pw, const S* plane, int64_t H, int64_t W) {
+  T sum = 0;
+  for_each_bin_sample(g, ph, pw, H, W, [&](const BilinearSample<T>& s) { sum += s.gather(plane, W); });
+  return sum / g.count;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ps_roi_class_logits: FCIS's class score of a RoI, the mean over its assembled cells of
+// max(inside, outside) (instfcn_d2/core/fcis/layout.py: inside_outside_class_logits).
+
+// Output channels of the inside and outside scores of class c among the 2 * C1 assembled ones
+// (C1 = C + 1 classes, background last): c and C1 + c.
+C10_HOST_DEVICE inline int64_t inside_channel(int64_t c) {
+  return c;
+}
+C10_HOST_DEVICE inline int64_t outside_channel(int64_t c, int64_t C1) {
+  return C1 + c;
+}
+
+// max(inside, outside) of one cell, NaN when either is NaN (as torch.amax).
+template <typename T>
+C10_HOST_DEVICE inline T inside_outside_max(T inside, T outside) {
+  return (inside > outside || inside != inside) ? inside : outside;
+}
+
 // ---------------------------------------------------------------------------------------------
 // window_assemble: windows of m x m pixels with top-left corner (y, x) on an (N, k*k, H, W) map.
 

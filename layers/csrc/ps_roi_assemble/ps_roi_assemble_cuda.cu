@@ -67,12 +67,7 @@ __global__ void ps_roi_assemble_forward_kernel(
       output[index] = static_cast<scalar_t>(0);
       continue;
     }
-    const scalar_t* plane = input + bin.plane;
-    acc_t sum = 0;
-    for_each_bin_sample(bin.geometry, bin.ph, bin.pw, a.H, a.W, [&](const BilinearSample<acc_t>& s) {
-      sum += s.gather(plane, a.W);
-    });
-    output[index] = static_cast<scalar_t>(sum / bin.geometry.count);
+    output[index] = static_cast<scalar_t>(bin_average(bin.geometry, bin.ph, bin.pw, input + bin.plane, a.H, a.W));
   }
 }
 
