@@ -9,8 +9,9 @@ detectron2. The heads own one (``FCISROIHeads.reader``), the exporter writes it 
 - :meth:`FCISReader.roi_inside_outside` / :meth:`~FCISReader.roi_inside_outside_of_class`: the
   assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class (the two methods
   BiSeg's reader overrides);
-- :meth:`~FCISReader.roi_class_logits`, :meth:`~FCISReader.roi_box_deltas`: class logits (in
-  chunks of RoIs) and R-FCN box deltas;
+- :meth:`~FCISReader.roi_class_logits`, :meth:`~FCISReader.roi_box_deltas`: class logits (FCIS's
+  read by the native ``ps_roi_class_logits``, another reader's in chunks of RoIs) and R-FCN box
+  deltas;
 - :meth:`~FCISReader.detect`: test time: the RoIs and their box-regressed versions are scored,
   then :mod:`.inference` (per-class NMS, mask voting, the top detections) per image.
 
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ...layers import ps_roi_assemble
+from ...layers import ps_roi_assemble, ps_roi_class_logits
 from ..boxes import apply_deltas, clip_boxes
 from ..detections import Detections
 from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
@@ -33,13 +34,13 @@ __all__ = ["FCISMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDID
 
 #: ``MODEL.FCIS.TEST_CANDIDATES`` values.
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
-#: RoIs per :meth:`FCISReader.roi_class_logits` chunk. The class logits need every class of
-#: every candidate, but assembling all 600 test candidates at once makes each intermediate
-#: ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80, M = 42: coarse, fine, their sum, the prior,
-#: the product, the max...), so every op streams it through main memory. 32 RoIs keep each
-#: intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg at C = 80) that stays in cache from
-#: one op to the next, and are still enough RoIs per op to amortise the per-call overhead and to
-#: keep the threads (or a GPU) busy.
+#: RoIs per :meth:`FCISReader.roi_class_logits_chunked` chunk (BiSeg's class logits; FCIS's need
+#: no chunks). The class logits need every class of every candidate, but assembling all 600 test
+#: candidates at once makes each intermediate ``(P, 2, C+1, M, M)`` (686 MB for BiSeg at C = 80,
+#: M = 42: coarse, fine, their sum, the prior, the product, the max...), so every op streams it
+#: through main memory. 32 RoIs keep each intermediate at a few MB (9 MB for FCIS, 37 MB for BiSeg
+#: at C = 80) that stays in cache from one op to the next, and are still enough RoIs per op to
+#: amortise the per-call overhead and to keep the threads (or a GPU) busy.
 CLASS_LOGITS_ROIS_PER_CHUNK = 32
 #: detectron2's ``Box2BoxTransform`` default ``scale_clamp``: dw, dh at most log(1000 / 16).
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -162,9 +163,43 @@ class FCISReader:
 
     def roi_class_logits(self, maps: FCISMaps, rois: Tensor) -> Tensor:
         """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
-        ``inside_outside_class_logits(roi_inside_outside(maps, rois))`` computed over chunks of
-        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values, without ``(R, 2, C+1, M, M)``
-        intermediates)."""
+        ``inside_outside_class_logits(roi_inside_outside(maps, rois))``.
+
+        FCIS's own reading is read out by the native :func:`~instfcn_d2.layers.ps_roi_class_logits`,
+        which never materialises the assembled ``(R, 2, C+1, M, M)`` logits (the same values to
+        float rounding). A reader whose inside/outside logits are not FCIS's assembly (it overrides
+        :meth:`roi_inside_outside`, as BiSeg's does), or maps that need a gradient, take
+        :meth:`roi_class_logits_chunked`, the reference."""
+        if not self._reads_class_logits_natively(maps):
+            return self.roi_class_logits_chunked(maps, rois)
+        io = maps.inside_outside
+        return ps_roi_class_logits(
+            io,
+            rois.to(io.dtype),
+            self.mask_size,
+            self.group_size,
+            self.num_classes,
+            self.spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+        )
+
+    def _reads_class_logits_natively(self, maps: FCISMaps) -> bool:
+        """Whether :meth:`roi_class_logits` may use the native read-out: the inside/outside logits
+        are FCIS's (neither :meth:`roi_inside_outside` nor the assembly it calls is overridden)
+        and no gradient is needed (the op has none)."""
+        cls = type(self)
+        return (
+            cls.roi_inside_outside is FCISReader.roi_inside_outside
+            and cls._assemble_at_mask_size is FCISReader._assemble_at_mask_size
+            and not (torch.is_grad_enabled() and maps.inside_outside.requires_grad)
+        )
+
+    def roi_class_logits_chunked(self, maps: FCISMaps, rois: Tensor) -> Tensor:
+        """:meth:`roi_class_logits` through :meth:`roi_inside_outside`, over chunks of
+        :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values as the unchunked
+        ``inside_outside_class_logits(roi_inside_outside(maps, rois))``, without the whole
+        ``(R, 2, C+1, M, M)`` intermediate): any reader's, differentiable."""
         # an empty rois still makes one call: (0, C+1) logits, with C from the maps
         chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
         logits = [inside_outside_class_logits(self.roi_inside_outside(maps, chunk)) for chunk in chunks]

@@ -286,17 +286,17 @@ def test_inference_scores_the_rois_and_their_regressed_boxes(monkeypatch):
     model = _model()
     model.eval()
     seen = []
-    original = FCISReader.roi_inside_outside
+    original = FCISReader.roi_class_logits
 
     def spy(self, maps, rois):
         seen.append(rois.clone())
         return original(self, maps, rois)
 
-    monkeypatch.setattr(FCISReader, "roi_inside_outside", spy)
+    monkeypatch.setattr(FCISReader, "roi_class_logits", spy)
     with torch.no_grad():
         model([_test_input(_sample(0)), _test_input(_sample(1))])
-    # one pass over all candidates, in chunks (the class scores; masks are assembled per class)
-    assert all(len(chunk) <= CLASS_LOGITS_ROIS_PER_CHUNK for chunk in seen)
+    # one pass over all candidates (the class scores; masks are assembled per class)
+    assert len(seen) == 1
     rois = torch.cat(seen)
     assert len(rois) == 2 * 2 * 50  # 2 images x (50 RoIs + 50 regressed)
     assert set(rois[:, 0].tolist()) == {0.0, 1.0}
@@ -756,11 +756,16 @@ def test_roi_class_logits_chunked_equal_the_unchunked_ones(monkeypatch):
             return original(self, maps, rois)
 
         monkeypatch.setattr(FCISReader, "roi_inside_outside", spy)
-        logits = heads.reader.roi_class_logits(maps, rois)
+        logits = heads.reader.roi_class_logits_chunked(maps, rois)
         assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, CLASS_LOGITS_ROIS_PER_CHUNK, 5]
         torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
-        empty = heads.reader.roi_class_logits(maps, rois[:0])
-    assert empty.shape == (0, C + 1)
+        empty = heads.reader.roi_class_logits_chunked(maps, rois[:0])
+        assert empty.shape == (0, C + 1)
+        # FCIS's own roi_class_logits reads them natively, in one call and without assembling
+        sizes.clear()
+        torch.testing.assert_close(heads.reader.roi_class_logits(maps, rois), expected, rtol=1e-6, atol=1e-6)
+        assert heads.reader.roi_class_logits(maps, rois[:0]).shape == (0, C + 1)
+        assert sizes == []
 
 
 @pytest.mark.parametrize("voting", [True, False])
