@@ -18,24 +18,60 @@ def _fake_run(path, segm_ap, iterations):
     return path
 
 
-def test_report_puts_the_run_next_to_the_recorded_baseline(tmp_path, monkeypatch):
+def test_report_compares_the_run_with_the_baseline_trained_next_to_it(tmp_path, monkeypatch):
+    """Both runs of this machine, each with its iteration count, and a sentence comparing them; a
+    run recorded elsewhere only as a labelled reference row."""
     tool = load_tool("main_job_report")
     monkeypatch.setattr(tool, "BASELINES", str(tmp_path / "baselines.json"))
-    baseline = _fake_run(tmp_path / "baseline", 30.25, 700)
-    tool.main([str(baseline), "--config-file", "configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", "--budget-minutes", "8",
-               "--record"])
-    recorded = json.loads((tmp_path / "baselines.json").read_text())
-    assert len(recorded) == 1 and recorded[0]["iterations"] == 700 and recorded[0]["metrics"]["segm/AP"] == 30.25
+    mask_rcnn, biseg = "configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"
     run = _fake_run(tmp_path / "run", 45.5, 1000)
-    text = tool.report(str(run), "configs/shapes/biseg_fused_7_9_R18_cpu.yaml", 8.0)
+    here = _fake_run(tmp_path / "here", 30.25, 900)
+    text = tool.report(str(run), biseg, 8.0, str(here), mask_rcnn, threads=1)
     lines = text.splitlines()
-    ours = next(line for line in lines if "(this run)" in line)
-    theirs = next(line for line in lines if "mask_rcnn" in line)
-    assert "| 1000 | 0:08:01 | 45.5 | 55.5 | 44.5 | 50.5 |" in ours
-    assert "| 700 | 0:08:01 | 30.2 |" in theirs and "recorded" in theirs
-    assert "no recorded baseline" in tool.report(str(run), "configs/x.yaml", 20.0)
+    ours = next(line for line in lines if line.startswith(f"| {biseg}"))
+    theirs = next(line for line in lines if line.startswith(f"| {mask_rcnn}"))
+    assert "(trained here)" in ours and "| 1000 | 0:08:01 | 45.5 | 55.5 | 44.5 | 50.5 |" in ours
+    assert "(trained here, same budget)" in theirs and "| 900 | 0:08:01 | 30.2 |" in theirs
+    assert ("Both were trained here, on this machine, for the same 8-minute budget, side by side with 1 thread "
+            "each: BiSeg ran 1000 iterations, Mask R-CNN 900. BiSeg reaches the higher mask AP, 45.5 against 30.2 "
+            "for Mask R-CNN.") in text
+    assert "recorded" not in text  # nothing recorded in this baselines file
+    # the other way round, and equal
+    assert "Mask R-CNN reaches the higher mask AP, 45.5 against 30.2 for BiSeg" in tool.report(
+        str(here), biseg, 8.0, str(run), mask_rcnn)
+    assert "BiSeg and Mask R-CNN reach the same mask AP (45.5)" in tool.report(str(run), biseg, 8.0, str(run), mask_rcnn)
+
+    # a run recorded on another day: a labelled reference row after both, never in the sentence
+    recorded = _fake_run(tmp_path / "recorded", 14.75, 381)
+    tool.main([str(recorded), "--config-file", mask_rcnn, "--budget-minutes", "8", "--record"])
+    stored = json.loads((tmp_path / "baselines.json").read_text())
+    assert len(stored) == 1 and stored[0]["iterations"] == 381 and stored[0]["metrics"]["segm/AP"] == 14.75
+    lines = tool.report(str(run), biseg, 8.0, str(here), mask_rcnn, threads=1).splitlines()
+    table = [line for line in lines if line.startswith("| configs/")]
+    assert len(table) == 3 and "(reference only: recorded " in table[2] and "| 381 |" in table[2]
+    assert "Mask R-CNN 900." in "\n".join(lines) and "a reference, not a comparison with this run" in lines[-1]
+    assert "recorded" not in tool.report(str(run), biseg, 20.0, str(here), mask_rcnn)  # another budget
+
+    # no baseline trained next to it: said so
+    alone = tool.report(str(run), biseg, 20.0)
+    assert "No baseline was trained next to" in alone and len([x for x in alone.splitlines() if x.startswith("| configs/")]) == 1
     with pytest.raises(FileNotFoundError, match="finished run"):
         tool.read_run(str(tmp_path))
+
+
+def test_report_command_line(tmp_path, monkeypatch, capsys):
+    tool = load_tool("main_job_report")
+    monkeypatch.setattr(tool, "BASELINES", str(tmp_path / "none.json"))
+    run, here = _fake_run(tmp_path / "run", 40.0, 500), _fake_run(tmp_path / "here", 20.0, 450)
+    assert tool.main([str(run), "--config-file", "configs/shapes/biseg_fused_7_9_R18_cpu.yaml", "--budget-minutes", "5",
+                      "--baseline", str(here), "--baseline-config", "configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml",
+                      "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "after 5 minutes of training" in out and "side by side with 2 threads each" in out
+    assert "BiSeg ran 500 iterations, Mask R-CNN 450" in out and f"baseline run:    {here}" in out
+    with pytest.raises(SystemExit):
+        tool.main([str(run), "--config-file", "c.yaml", "--budget-minutes", "5", "--baseline", str(here)])
+    assert "--baseline needs --baseline-config" in capsys.readouterr().err
 
 
 @pytest.mark.slow
