@@ -219,6 +219,23 @@ def _image_size(img: dict):
     return None, None
 
 
+#: Pixels a box may reach past the image's border (rounding of converted annotations).
+BOX_BORDER_SLACK = 1.0
+
+
+def _bbox_outside_problem(bbox, height, width) -> str:
+    """A valid ``[x, y, w, h]`` box reaching more than :data:`BOX_BORDER_SLACK` pixels past the
+    image of ``height x width`` (``None``: not checked), or ``""``. Training clips such a box (or
+    drops it as empty) without a word, and COCO's box AP scores against the box as written."""
+    if height is None:
+        return ""
+    x, y, w, h = (float(v) for v in bbox)
+    s = BOX_BORDER_SLACK
+    if x < -s or y < -s or x + w > width + s or y + h > height + s:
+        return f"bbox {list(bbox)} reaches outside the image of height x width {height} x {width}"
+    return ""
+
+
 def _annotation_problems(data: dict, images: dict):
     """``(problems, zero_boxes)`` of the annotations: lines naming annotation id, image and field;
     ids of annotations with a valid mask and a box of zero width or height."""
@@ -236,7 +253,7 @@ def _annotation_problems(data: dict, images: dict):
         if _hashable_id(ann.get("category_id")) not in category_ids:
             found.append(f"category_id {ann.get('category_id')} is not in 'categories'")
         bbox = ann.get("bbox")
-        box_problem = _bbox_problem(bbox)
+        box_problem = _bbox_problem(bbox) or _bbox_outside_problem(bbox, *_image_size(img))
         if box_problem:
             found.append(box_problem)
         found += _crowd_and_area_problems(ann)

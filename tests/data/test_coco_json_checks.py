@@ -141,8 +141,10 @@ def test_categories_need_an_id_and_a_name(tmp_path):
         ([10, 10, -5, 20], r"bbox \[10, 10, -5, 20\] has a negative width or height"),
         ([10, 10, 20, None], r"bbox \[10, 10, 20, None\] has a value that is not a finite number"),
         (None, r"no bbox"),
+        ([500, 500, 10, 10], r"bbox \[500, 500, 10, 10\] reaches outside the image of height x width 96 x 96"),
+        ([80, -3, 10, 10], r"bbox \[80, -3, 10, 10\] reaches outside the image"),
     ],
-    ids=["nan", "inf", "negative", "null", "missing"],
+    ids=["nan", "inf", "negative", "null", "missing", "off_the_image", "past_the_top"],
 )
 def test_bad_boxes_are_refused_in_training_and_evaluation_files(tmp_path, bbox, message):
     """A NaN or negative box of the evaluation set passed without a word before."""
@@ -154,6 +156,17 @@ def test_bad_boxes_are_refused_in_training_and_evaluation_files(tmp_path, bbox, 
 
     json_file, images = write_tiny_coco(tmp_path, num_images=2, edit=edit)
     _refused(json_file, images, rf"annotation id 3 \(image id 101, img_01.png\): {message}")
+
+
+def test_a_box_within_a_pixel_of_the_border_is_accepted(tmp_path):
+    """Converted annotations may round a box edge just past the border."""
+    from instfcn_d2.data.coco_json import check_coco_json
+
+    def edit(data):
+        _ann(data, 3)["bbox"] = [-0.5, 0, 96.8, 96]
+
+    json_file, images = write_tiny_coco(tmp_path, num_images=2, edit=edit)
+    check_coco_json(str(json_file), image_root=str(images))
 
 
 def test_a_polygon_with_nan_is_refused(tmp_path):
