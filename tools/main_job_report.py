@@ -54,6 +54,21 @@ def _ap(run: dict, key: str = "segm/AP"):
     return None if value is None else float(value)
 
 
+def _seconds(clock):
+    """``"h:mm:ss"`` -> seconds (``None`` for ``None``)."""
+    if not clock:
+        return None
+    seconds = 0
+    for part in str(clock).split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def comparison(config: str, run: dict, baseline_config: str, baseline: dict, budget: float, threads=None) -> str:
     """The plain sentence under the table: same budget, both iteration counts, the mask APs."""
     ours, theirs = model_name(config), model_name(baseline_config)
@@ -62,6 +77,15 @@ def comparison(config: str, run: dict, baseline_config: str, baseline: dict, bud
     how = f", side by side with {threads} thread{'s' if threads != 1 else ''} each" if threads else ""
     text = (f"Both were trained here, on this machine, for the same {budget:g}-minute budget{how}: "
             f"{ours} ran {run['iterations']} iterations, {theirs} {baseline['iterations']}.")
+    t1, t2 = _seconds(run.get("training_time")), _seconds(baseline.get("training_time"))
+    if t1 and t2:
+        text += (f" Their training took {run['training_time']} and {baseline['training_time']} of the budget's"
+                 f" {_clock(budget * 60)}")
+        if max(t1, t2) > 1.25 * min(t1, t2):
+            shorter = ours if t1 < t2 else theirs
+            text += (f"; {shorter}'s schedule, fitted to the speed measured at its start and shortened when the"
+                     " machine ran slower, ended early: compare the iterations as well as the budget")
+        text += "."
     a, b = _ap(run), _ap(baseline)
     if a is not None and b is not None:
         if abs(a - b) < 0.05:

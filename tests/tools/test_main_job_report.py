@@ -8,13 +8,13 @@ from conftest import REPO_ROOT, load_tool
 from tiny_models import TINY_CHECKPOINT_MODELS, TINY_CHECKPOINTS, TINY_TRUNK
 
 
-def _fake_run(path, segm_ap, iterations):
+def _fake_run(path, segm_ap, iterations, clock="0:08:01"):
     path.mkdir()
     rows = [{"iteration": i, "total_loss": 1.0 / (i + 1)} for i in range(iterations)]
     rows.append({"iteration": iterations - 1, "segm/AP": segm_ap, "segm/AP50": segm_ap + 10, "bbox/AP": segm_ap - 1,
                  "sem_seg/mIoU": 50.5})
     (path / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (path / "log.txt").write_text(f"[x] Overall training speed: {iterations} iterations in 0:08:01 (0.5 s / it)\n")
+    (path / "log.txt").write_text(f"[x] Overall training speed: {iterations} iterations in {clock} (0.5 s / it)\n")
     return path
 
 
@@ -33,13 +33,19 @@ def test_report_compares_the_run_with_the_baseline_trained_next_to_it(tmp_path, 
     assert "(trained here)" in ours and "| 1000 | 0:08:01 | 45.5 | 55.5 | 44.5 | 50.5 |" in ours
     assert "(trained here, same budget)" in theirs and "| 900 | 0:08:01 | 30.2 |" in theirs
     assert ("Both were trained here, on this machine, for the same 8-minute budget, side by side with 1 thread "
-            "each: BiSeg ran 1000 iterations, Mask R-CNN 900. BiSeg reaches the higher mask AP, 45.5 against 30.2 "
-            "for Mask R-CNN.") in text
+            "each: BiSeg ran 1000 iterations, Mask R-CNN 900. Their training took 0:08:01 and 0:08:01 of the "
+            "budget's 0:08:00. BiSeg reaches the higher mask AP, 45.5 against 30.2 for Mask R-CNN.") in text
     assert "recorded" not in text  # nothing recorded in this baselines file
     # the other way round, and equal
     assert "Mask R-CNN reaches the higher mask AP, 45.5 against 30.2 for BiSeg" in tool.report(
         str(here), biseg, 8.0, str(run), mask_rcnn)
     assert "BiSeg and Mask R-CNN reach the same mask AP (45.5)" in tool.report(str(run), biseg, 8.0, str(run), mask_rcnn)
+
+    # a schedule the time-budget hook cut short is named
+    short = _fake_run(tmp_path / "short", 30.25, 500, clock="0:04:11")
+    assert ("Their training took 0:08:01 and 0:04:11 of the budget's 0:08:00; Mask R-CNN's schedule, fitted to the "
+            "speed measured at its start and shortened when the machine ran slower, ended early") in tool.report(
+        str(run), biseg, 8.0, str(short), mask_rcnn)
 
     # a run recorded on another day: a labelled reference row after both, never in the sentence
     recorded = _fake_run(tmp_path / "recorded", 14.75, 381)
