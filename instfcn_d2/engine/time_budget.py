@@ -162,9 +162,13 @@ class TimeBudgetHook(HookBase):
     fewer iterations fit than the schedule has, it shortens the schedule the way
     :func:`fit_schedule_to_budget` scales it: ``trainer.max_iter``, the LR steps not yet passed
     (the scheduler is rebuilt at the current iteration), the checkpointer's final save, and ends
-    the loop there. It never lengthens a run: detectron2's loop runs over ``range(start, max_iter)``
-    fixed when training starts. Registered last, so every other hook has seen an iteration
-    before the hook acts on it. Nothing in detectron2 or fvcore adapts a schedule to time.
+    the loop there. When the machine runs faster again later (a burst of load during the first
+    iterations made the estimate pessimistic: a run was cut from 900 to 455 iterations and used
+    half its budget), it lengthens a shortened schedule the same way, by at least ``period``
+    iterations at a time, but never past the schedule planned at the start: detectron2's loop runs
+    over ``range(start, max_iter)`` fixed when training starts. Registered last, so every other
+    hook has seen an iteration before the hook acts on it. Nothing in detectron2 or fvcore adapts a
+    schedule to time.
     """
 
     def __init__(
@@ -184,7 +188,7 @@ class TimeBudgetHook(HookBase):
         self._budget = float(budget_seconds)
         self._period = period
         self._clock = clock
-        self.shortened_to = None  # the shortened MAX_ITER, once the hook has shortened the run
+        self.shortened_to = None  # the MAX_ITER the hook set, while it is short of the planned one
 
     def before_train(self):
         self._start_time = self._clock()
@@ -207,9 +211,11 @@ class TimeBudgetHook(HookBase):
         # at least one more iteration: the other hooks must see the new end before the last one
         new_max = max(fits, done + 1)
         if new_max < self.trainer.max_iter:
-            self._shorten(new_max, done)
+            self._reschedule(new_max, done)
+        elif self.trainer.max_iter < self._loop_end and new_max >= self.trainer.max_iter + self._period:
+            self._reschedule(min(new_max, self._loop_end), done)
 
-    def _shorten(self, new_max: int, done: int) -> None:
+    def _reschedule(self, new_max: int, done: int) -> None:
         old_max = self.trainer.max_iter
         cfg = self._cfg
         cfg.defrost()
@@ -224,7 +230,7 @@ class TimeBudgetHook(HookBase):
         self.trainer.max_iter = new_max
         if self._checkpointer is not None:
             self._checkpointer.max_iter = new_max
-        self.shortened_to = new_max
+        self.shortened_to = new_max if new_max < self._loop_end else None
         logger.info(
             "Time budget: %.1f of %.1f minutes used after %d iterations; MAX_ITER %d -> %d, STEPS -> %s",
             (self._clock() - self._start_time) / 60, self._budget / 60, done, old_max, new_max, cfg.SOLVER.STEPS,

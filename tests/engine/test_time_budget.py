@@ -147,6 +147,48 @@ def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
     assert rows[-1]["segm/AP"] == pytest.approx(results["segm"]["AP"])  # and reached metrics.json
 
 
+def test_hook_lengthens_a_shortened_run_again_when_the_machine_speeds_up(tmp_path):
+    """A load burst during the first 5 iterations (3 s each, then 0.2 s): the first check cuts the
+    planned 40 iterations to 13; later checks see the faster machine and lengthen the run step by
+    step back to the planned 40, never past it, and the loop ends there as a normal one."""
+    from detectron2.engine import HookBase
+
+    from instfcn_d2.data import register_synthetic_shapes
+
+    register_synthetic_shapes("budget_hook_shapes", num_train=4, num_val=2, image_size=96)
+    cfg = get_instfcn_cfg(FCIS_SHAPES, [
+        "DATASETS.TRAIN", "('budget_hook_shapes_train',)", "DATASETS.TEST", "()",
+        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30, 35)", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000",
+    ])  # fmt: skip
+    now = [0.0]
+    maxima = []
+
+    class Tick(HookBase):
+        def before_step(self):
+            now[0] += 3.0 if self.trainer.iter < 5 else 0.2
+
+    class Watch(HookBase):
+        def after_step(self):
+            maxima.append(self.trainer.max_iter)
+
+    trainer = time_budget.BudgetTrainer(cfg, budget_seconds=40.0, period=5, clock=lambda: now[0])
+    trainer.register_hooks([Tick()])
+    trainer._hooks.insert(0, Watch())  # sees max_iter before the budget hook changes it
+    trainer._hooks[0].trainer = trainer
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    changes = [m for i, m in enumerate(maxima) if i == 0 or m != maxima[i - 1]]
+    assert changes[:2] == [40, 13] and changes[-1] == 40 and max(maxima) == 40, changes
+    assert all(a < b for a, b in zip(changes[1:], changes[2:])), changes  # lengthened step by step
+    assert trainer.iter == 40 and trainer.budget_hook.shortened_to is None
+    assert trainer.scheduler.last_epoch == 40
+    assert now[0] <= 40.0  # within the budget
+
+
 def test_measurement_of_a_slow_config_stops_at_its_time_cap():
     """A fake clock of 10 s per step and a 60 s cap: the warm-up stops after 15 s (2 steps), the
     timing after 60 s (6 steps) instead of 10 + 40 steps, and the mean is the clock's 10 s."""
