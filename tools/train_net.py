@@ -62,22 +62,26 @@ from instfcn_d2.engine.launch import (
     DEFAULT_DIST_TIMEOUT_MINUTES,
     check_resume_consistency,
     launch,
-    parse_timeout_minutes,
     report_lost_peer,
     write_eval_results,
 )
 from instfcn_d2.engine.time_budget import MEASURE_BUDGET_SHARE
 
 
-def _positive_minutes(text: str) -> float:
-    """``--budget-minutes``' value: a finite number of minutes > 0 (argparse names the flag)."""
-    try:
-        minutes = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be a finite number of minutes > 0")
-    return minutes
+def _positive_minutes(quantity: str):
+    """An argparse ``type`` for a finite number of minutes > 0 (argparse names the flag);
+    ``quantity`` names what the minutes are in the message."""
+
+    def parse(text: str) -> float:
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+        if not (minutes > 0 and math.isfinite(minutes)):
+            raise argparse.ArgumentTypeError(f"{text!r}: the {quantity} must be a finite number of minutes > 0")
+        return minutes
+
+    return parse
 
 
 def argument_parser():
@@ -85,7 +89,7 @@ def argument_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.add_argument(
         "--budget-minutes",
-        type=_positive_minutes,
+        type=_positive_minutes("budget"),
         default=None,
         help="fit the schedule (SOLVER.MAX_ITER, STEPS, ...) to this many minutes of training on this machine",
     )
@@ -103,7 +107,7 @@ def argument_parser():
     )
     parser.add_argument(
         "--dist-timeout-minutes",
-        type=parse_timeout_minutes,
+        type=_positive_minutes("timeout"),
         default=DEFAULT_DIST_TIMEOUT_MINUTES,
         help="with several processes or machines: how long a process waits for the others (to join, or in a "
         "collective) before it stops with an error naming the lost peer (default %(default)g; detectron2's is 30). "

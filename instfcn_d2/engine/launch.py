@@ -24,7 +24,6 @@ spawns the processes of one machine and joins them into one process group. Added
   which rank found which checkpoint.
 """
 
-import argparse
 import contextlib
 import json
 import logging
@@ -47,7 +46,6 @@ __all__ = [
     "is_lost_peer_error",
     "launch",
     "lost_peer_message",
-    "parse_timeout_minutes",
     "report_lost_peer",
     "write_eval_results",
 ]
@@ -85,17 +83,6 @@ def dist_timeout(minutes: float) -> timedelta:
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise ValueError(f"the distributed timeout must be a finite number of minutes > 0, got {minutes!r}")
     return timedelta(minutes=float(minutes))
-
-
-def parse_timeout_minutes(text: str) -> float:
-    """``--dist-timeout-minutes``' value: a finite number of minutes > 0 (argparse names the flag)."""
-    try:
-        minutes = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be a finite number of minutes > 0")
-    return minutes
 
 
 def launch(

@@ -108,6 +108,21 @@ def test_future_steps_are_scaled_and_passed_ones_kept():
 
 
 @pytest.mark.slow
+def _hook_cfg(tmp_path, test_datasets: str):
+    """A tiny FCIS on 4 synthetic images, planned for 40 iterations with LR steps (30, 35)."""
+    from instfcn_d2.data import register_synthetic_shapes
+
+    register_synthetic_shapes("budget_hook_shapes", num_train=4, num_val=2, image_size=96)
+    return get_instfcn_cfg(FCIS_SHAPES, [
+        "DATASETS.TRAIN", "('budget_hook_shapes_train',)", "DATASETS.TEST", test_datasets,
+        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
+        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
+        "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30, 35)", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000",
+    ])  # fmt: skip
+
+
 def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
     """A fake clock of 1 s per iteration and a 20 s budget: planned 40 iterations, the hook cuts
     the run to 20 at its first check, scales the LR steps (30, 35) -> (15, 18), saves the final
@@ -116,17 +131,7 @@ def test_hook_shortens_a_run_the_machine_is_too_slow_for(tmp_path):
 
     from detectron2.engine import HookBase
 
-    from instfcn_d2.data import register_synthetic_shapes
-
-    register_synthetic_shapes("budget_hook_shapes", num_train=4, num_val=2, image_size=96)
-    cfg = get_instfcn_cfg(FCIS_SHAPES, [
-        "DATASETS.TRAIN", "('budget_hook_shapes_train',)", "DATASETS.TEST", "('budget_hook_shapes_val',)",
-        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
-        "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30, 35)", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "1000",
-    ])  # fmt: skip
+    cfg = _hook_cfg(tmp_path, "('budget_hook_shapes_val',)")
     now = [0.0]
 
     class Tick(HookBase):  # one second per iteration, counted before the budget hook looks
@@ -153,17 +158,7 @@ def test_hook_lengthens_a_shortened_run_again_when_the_machine_speeds_up(tmp_pat
     step back to the planned 40, never past it, and the loop ends there as a normal one."""
     from detectron2.engine import HookBase
 
-    from instfcn_d2.data import register_synthetic_shapes
-
-    register_synthetic_shapes("budget_hook_shapes", num_train=4, num_val=2, image_size=96)
-    cfg = get_instfcn_cfg(FCIS_SHAPES, [
-        "DATASETS.TRAIN", "('budget_hook_shapes_train',)", "DATASETS.TEST", "()",
-        "SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
-        "MODEL.RESNETS.STEM_OUT_CHANNELS", "32", "MODEL.RESNETS.RES2_OUT_CHANNELS", "32",
-        "MODEL.FCIS.CONV_NEW_DIM", "32", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
-        "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30, 35)", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "1000",
-    ])  # fmt: skip
+    cfg = _hook_cfg(tmp_path, "()")
     now = [0.0]
     maxima = []
 
