@@ -1,5 +1,5 @@
-""".ci/run and tests/conftest.py: in CI the real data is required. Without ../shared/data/coco128
-the coco128 tests would skip and CI pass untested, so .ci/run stops with a message; and
+""".ci/run and tests/conftest.py: in CI the real data is required. Without the data folder beside
+the checkout (coco128), the coco128 tests would skip and CI pass untested, so .ci/run stops with a message; and
 INSTFCN_D2_REQUIRE_DATA=1 (exported in CI) turns a data test's skip into a failure."""
 import os
 import shutil
@@ -56,7 +56,7 @@ def test_ci_with_the_data_requires_it_in_the_tests(tmp_path):
 
 
 def test_outside_ci_the_missing_data_is_allowed(tmp_path):
-    """A developer's clone without ../shared: the suite runs, the data tests skip with the reason."""
+    """A developer's clone without the data folder beside it: the suite runs, the data tests skip with the reason."""
     proc = _run_ci(_ci_checkout(tmp_path, with_data=False), ci=None)
     assert proc.returncode == 7, proc.stdout + proc.stderr
     assert "REQUIRE= DATASETS=" in proc.stdout
