@@ -86,11 +86,48 @@ CUSTOM_ROWS = [
     Row("instance_fcn_custom", "InstanceFCN R18", "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN",
         detector=False),
 ]
+#: the training recipe, one setting at a time, on the custom configs: every row states the whole
+#: recipe, so it reproduces whatever the configs' defaults become. "before": the recipe this
+#: project had (the mean mask loss at weight 1, box weights (10, 10, 5, 5), targets at 0.5, one
+#: learning rate); each other row changes one part to the official FCIS code's value
+FCIS_RECIPE_BEFORE = (
+    "MODEL.FCIS.MASK_LOSS_WEIGHT", "1.0", "MODEL.FCIS.MASK_LOSS_NORMALIZATION", "pixel_mean",
+    "MODEL.FCIS.MASK_TARGET_THRESH", "0.5", "MODEL.FCIS.CONV_NEW_LR_MULTIPLIER", "1.0",
+    "MODEL.FCIS.BBOX_REG_WEIGHTS", "(10.0, 10.0, 5.0, 5.0)", "MODEL.FCIS.OHEM", "False", "MODEL.FCIS.MIN_SIZE_TEST", "0.0",
+)
+RECIPE_CHANGES = {
+    "mask_loss": ("official mask loss (summed / RoIs, weight 10)",
+                  ("MODEL.FCIS.MASK_LOSS_WEIGHT", "10.0", "MODEL.FCIS.MASK_LOSS_NORMALIZATION", "roi_batch_sum")),
+    "box_stats": ("official box statistics (weights 5, 5, 2, 2)",
+                  ("MODEL.FCIS.BBOX_REG_WEIGHTS", "(5.0, 5.0, 2.0, 2.0)")),
+    "mask_thresh": ("mask targets at 0.4", ("MODEL.FCIS.MASK_TARGET_THRESH", "0.4")),
+    "conv_new_lr": ("conv_new at 3x the learning rate", ("MODEL.FCIS.CONV_NEW_LR_MULTIPLIER", "3.0")),
+    "ohem": ("OHEM (the 64 hardest of all labelled RoIs)", ("MODEL.FCIS.OHEM", "True", "MODEL.FCIS.OHEM_BATCH_SIZE", "64")),
+}
+OFFICIAL_TRAINING = sum((RECIPE_CHANGES[k][1] for k in ("mask_loss", "box_stats", "mask_thresh", "conv_new_lr")), ())
+RECIPE_ROWS = [
+    Row("fcis_recipe_before", "FCIS R18-FPN (custom), recipe before", FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE),
+    *[Row(f"fcis_recipe_{k}", f"FCIS R18-FPN (custom), {label}", FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + change)
+      for k, (label, change) in RECIPE_CHANGES.items()],
+    Row("fcis_recipe_official", "FCIS R18-FPN (custom), the official training recipe (no OHEM, as its VOC config)",
+        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
+    Row("fcis_recipe_official_2", "FCIS R18-FPN (custom), the official training recipe, second run (seed 43)",
+        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING + ("SEED", "43")),
+    Row("biseg_recipe_before", "BiSeg R18-FPN (custom), recipe before", BISEG_CUSTOM, "BiSeg", opts=FCIS_RECIPE_BEFORE),
+    Row("biseg_recipe_official", "BiSeg R18-FPN (custom), the official FCIS training recipe", BISEG_CUSTOM, "BiSeg",
+        opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
+    Row("instance_fcn_recipe_pixel_mean", "InstanceFCN R18 (custom), mask loss: mean over pixels",
+        "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
+        opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "pixel_mean")),
+    Row("instance_fcn_recipe_window_sum", "InstanceFCN R18 (custom), mask loss: summed over a window (Eq. 1)",
+        "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
+        opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "window_sum")),
+]
 #: every row: the shipped configs, their "_auto" variants, the custom-data configs and ablations
 ROWS = BASE_ROWS + [
     dataclasses.replace(r, key=r.key + suffix, label=f"{r.label}, auto {' + '.join(parts)}", auto_sizes=parts)
     for suffix, parts in AUTO_VARIANTS.items() for r in BASE_ROWS if r.detector
-] + CUSTOM_ROWS
+] + CUSTOM_ROWS + RECIPE_ROWS
 DEFAULT_ROWS = [r.key for r in BASE_ROWS]
 
 

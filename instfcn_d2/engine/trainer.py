@@ -25,6 +25,7 @@ from ..data.coco_json import check_coco_json_datasets
 from ..data.dataset_mapper import InstFCNDatasetMapper, sem_seg_source_of
 from ..evaluation import InstanceSemSegEvaluator, LabelCheckedSemSegEvaluator, RegionAPEvaluator, SegmentProposalEvaluator
 from .checks import NUM_CLASSES_KEYS, check_num_classes
+from .optimizer import build_optimizer
 from .output_dir import lock_output_dir
 
 
@@ -191,6 +192,11 @@ class Trainer(DefaultTrainer):
             state_dict.get("iteration", -1) + 1,
         )
         TrainerBase.load_state_dict(self, state_dict)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's optimizer, with the modules' learning-rate multipliers (FCIS's conv_new)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -7,7 +7,11 @@ from torch import nn
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
 
-__all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS"]
+__all__ = ["require_config_node", "init_new_layers", "NEW_LAYER_INITS", "set_lr_multiplier", "LR_MULTIPLIER_ATTR"]
+
+#: Attribute of a module whose own parameters train at ``SOLVER.BASE_LR`` times this factor
+#: (read by the trainer's optimizer, ``instfcn_d2.engine.optimizer``).
+LR_MULTIPLIER_ATTR = "lr_multiplier"
 
 #: ``init_new_layers`` schemes: "normal" (the papers' and the official code's N(0, 0.01), made for
 #: an ImageNet trunk) or "msra" (detectron2's ``c2_msra_fill``, He init, for training from scratch).
@@ -38,3 +42,11 @@ def init_new_layers(module: nn.Module, init: str = "normal", std: float = 0.01) 
             else:
                 nn.init.normal_(layer.weight, std=std)
                 nn.init.zeros_(layer.bias)
+
+
+def set_lr_multiplier(module: nn.Module, factor: float) -> None:
+    """Train the parameters of ``module`` (and of its children) at ``factor`` times the base
+    learning rate, as the official FCIS's ``lr_mult`` on conv_new_1 (``TRAIN.CONVNEW3``)."""
+    if not factor > 0:
+        raise ValueError(f"a learning-rate multiplier must be > 0, got {factor}")
+    setattr(module, LR_MULTIPLIER_ATTR, float(factor))

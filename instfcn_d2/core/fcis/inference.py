@@ -51,6 +51,9 @@ class FCISTestParams:
     mask_voting_frame: str = "union"
     mask_voting_binarize_voters: bool = True
     mask_binarize_thresh: float = 0.4
+    # candidates narrower or lower than this (network-input pixels) are dropped before NMS
+    # (the official TEST.MIN_DROP_SIZE); 0 keeps all
+    min_size: float = 0.0
 
     def __post_init__(self):
         if self.mask_voting_frame not in MASK_VOTING_FRAMES:
@@ -78,6 +81,11 @@ def fcis_inference_single_image(
     # detector_postprocess anyway; non-finite values come from diverged weights
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # detectron2's Boxes.nonempty()
     valid = nonempty & torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if params.min_size > 0:
+        # the official filter_boxes keeps x2 - x1 + 1 >= size on inclusive integer corners: the
+        # continuous width x2 - x1 here
+        wide = (boxes[:, 2] - boxes[:, 0] >= params.min_size) & (boxes[:, 3] - boxes[:, 1] >= params.min_size)
+        valid = valid & wide
     valid_idx = valid.nonzero().squeeze(1)
     boxes, scores = boxes[valid_idx], scores[valid_idx]
 

@@ -71,7 +71,7 @@ class FCISReader:
     aligned: bool = True
     test_candidates: str = "rois+regressed"  # one of TEST_CANDIDATES
     test_params: FCISTestParams = None  # default: FCISTestParams(num_classes)
-    box_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # MODEL.FCIS.BBOX_REG_WEIGHTS
+    box_weights: Tuple[float, float, float, float] = (5.0, 5.0, 2.0, 2.0)  # MODEL.FCIS.BBOX_REG_WEIGHTS
     box_scale_clamp: float = DEFAULT_SCALE_CLAMP
 
     def __post_init__(self):

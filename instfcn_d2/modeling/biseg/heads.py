@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ...core.biseg import BiSegMaps, BiSegReader
 from ...core.fcis import FCISReader
-from ..common import init_new_layers, require_config_node
+from ..common import init_new_layers, require_config_node, set_lr_multiplier
 from ..fcis.heads import FCISROIHeads
 from ..fcis.score_maps import PSScoreMaps
 
@@ -88,6 +88,7 @@ class BiSegROIHeads(FCISROIHeads):
         if fine_conv_new_dim:
             self.fine_conv_new = nn.Conv2d(fine_in_channels, fine_conv_new_dim, kernel_size=1)
             init_new_layers(self.fine_conv_new, self.conv_new_init)
+            set_lr_multiplier(self.fine_conv_new, self.conv_new_lr_multiplier)
         self.fine_maps = PSScoreMaps(fine_conv_new_dim or fine_in_channels, k2, 2 * (self.num_classes + 1))
 
     @classmethod

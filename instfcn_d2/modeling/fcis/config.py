@@ -39,22 +39,37 @@ def add_fcis_config(cfg: CN) -> CN:
     _C.POOLER_SAMPLING_RATIO = 0
     _C.POOLER_ALIGNED = True
 
-    # ---- training
-    # RoIs sampled per image for the losses (replaces ROI_HEADS.BATCH_SIZE_PER_IMAGE); the paper:
-    # 128 (selected by OHEM from the 300 RPN RoIs); BiSeg: 64.
+    # ---- training: the official recipe (msracver/FCIS, experiments/fcis/cfgs/*.yaml and
+    # fcis/symbols/resnet_v1_101_fcis.py) is the default; the CPU configs that train from scratch
+    # set their own where a measurement chose another value (they say so).
+    # RoIs sampled per image for the losses (replaces ROI_HEADS.BATCH_SIZE_PER_IMAGE): official
+    # TRAIN.BATCH_ROIS 128 (VOC, no OHEM); with OHEM every labelled RoI of the 300 goes through
+    # the heads (COCO: BATCH_ROIS -1) and OHEM_BATCH_SIZE are kept. BiSeg: 64.
     _C.BATCH_SIZE_PER_IMAGE = 128
-    # Online hard example mining: every labelled RoI goes through the heads, the OHEM_BATCH_SIZE
-    # RoIs per image with the largest cls + mask + box loss are kept and the losses use only
-    # them (as the official code). BATCH_SIZE_PER_IMAGE is then not used.
+    # Online hard example mining: the OHEM_BATCH_SIZE RoIs per image with the largest weighted
+    # cls + mask + box loss are kept and the losses use only them (official ENABLE_OHEM: true in
+    # the COCO config, false in the VOC one; TRAIN.BATCH_ROIS_OHEM 128).
     _C.OHEM = False
     _C.OHEM_BATCH_SIZE = 128
+    # Loss weights: official TRAIN.LOSS_WEIGHT (1, 10, 1) for cls, mask, box in both configs.
     _C.CLS_LOSS_WEIGHT = 1.0
-    _C.MASK_LOSS_WEIGHT = 1.0
+    _C.MASK_LOSS_WEIGHT = 10.0
     _C.BOX_LOSS_WEIGHT = 1.0
-    # Class-agnostic box regression: Box2BoxTransform weights (1 / the official BBOX_STDS
-    # 0.1, 0.1, 0.2, 0.2), loss "smooth_l1" (the official one) or "giou", smooth-L1 beta (1.0 =
-    # Fast R-CNN's sigma 1). The box loss is summed over positives and divided by the RoI count.
-    _C.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # How the per-pixel mask loss is reduced: "roi_batch_sum" (official: summed over the positive
+    # RoIs' pixels and divided by the number of RoIs in the loss, the SoftmaxOutput of seg_prob with
+    # normalization 'null' and grad_scale LOSS_WEIGHT[1] / BATCH_ROIS) or "pixel_mean" (the mean
+    # over those pixels; per pixel M*M * positives / RoIs times lighter, ~110x at 32 of 128).
+    _C.MASK_LOSS_NORMALIZATION = "roi_batch_sum"
+    # The resized ground-truth mask of a RoI is inside where it is >= this (official
+    # TRAIN.BINARY_THRESH 0.4; detectron2's Mask R-CNN uses 0.5).
+    _C.MASK_TARGET_THRESH = 0.4
+    # Learning-rate factor of conv_new_1 (official TRAIN.CONVNEW3: true, lr_mult 3).
+    _C.CONV_NEW_LR_MULTIPLIER = 3.0
+    # Class-agnostic box regression: Box2BoxTransform weights, 1 / the official TRAIN.BBOX_STDS
+    # (0.2, 0.2, 0.5, 0.5) of both experiment configs; loss "smooth_l1" (official, sigma 1) or
+    # "giou"; smooth-L1 beta (1.0 = sigma 1). The box loss is summed over positives and divided by
+    # the RoI count (official grad_scale LOSS_WEIGHT[2] / BATCH_ROIS).
+    _C.BBOX_REG_WEIGHTS = (5.0, 5.0, 2.0, 2.0)
     _C.BBOX_REG_LOSS_TYPE = "smooth_l1"
     _C.SMOOTH_L1_BETA = 1.0
 
@@ -82,6 +97,9 @@ def add_fcis_config(cfg: CN) -> CN:
     _C.MASK_VOTING_BINARIZE_VOTERS = True
     # Mask probability threshold when pasting into the image.
     _C.MASK_BINARIZE_THRESH = 0.4
+    # Candidates narrower or lower than this many network-input pixels are dropped before NMS and
+    # voting (official TEST.MIN_DROP_SIZE: 16 in the VOC config, 2 in the COCO one; 0 keeps all).
+    _C.MIN_SIZE_TEST = 16.0
     # Detections kept per image, highest scores first (replaces TEST.DETECTIONS_PER_IMAGE).
     _C.DETECTIONS_PER_IMAGE = 100
     return cfg

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from ...core.fcis import FCISMaps, FCISReader, FCISTestParams
 from ...core.fcis.layout import inside_outside_class_logits
-from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node
+from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node, set_lr_multiplier
 from ..instances import detections_to_instances
-from .losses import BoxRegression, ohem_select, per_roi_losses
+from .losses import MASK_LOSS_NORMALIZATIONS, BoxRegression, ohem_select, per_roi_losses
 from .score_maps import PSScoreMaps
 
 __all__ = ["FCISROIHeads"]
@@ -69,6 +69,9 @@ class FCISROIHeads(ROIHeads):
         ohem: bool = False,
         ohem_batch_size: int = 128,
         loss_weights: Dict[str, float] = None,
+        mask_loss_normalization: str = "pixel_mean",
+        mask_target_thresh: float = 0.5,
+        conv_new_lr_multiplier: float = 1.0,
         box_regression: BoxRegression = None,
         **kwargs,
     ):
@@ -82,6 +85,9 @@ class FCISROIHeads(ROIHeads):
             conv_new_init: its initialisation, ``"normal"`` (official N(0, 0.01)) or ``"msra"``.
             ohem, ohem_batch_size: online hard example mining, RoIs kept per image.
             loss_weights: ``{"loss_cls", "loss_mask", "loss_box_reg"}`` -> weight.
+            mask_loss_normalization: one of :data:`.losses.MASK_LOSS_NORMALIZATIONS`.
+            mask_target_thresh: binarisation of the resized ground-truth masks.
+            conv_new_lr_multiplier: learning-rate factor of ``conv_new`` (the official CONVNEW3: 3).
             box_regression: the class-agnostic box regression's training part (its transform's
                 weights must be the reader's ``box_weights``).
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
@@ -91,6 +97,12 @@ class FCISROIHeads(ROIHeads):
             raise ValueError(f"reader.num_classes = {reader.num_classes}, the heads have {self.num_classes}")
         if conv_new_init not in NEW_LAYER_INITS:
             raise ValueError(f"MODEL.FCIS.CONV_NEW_INIT = {conv_new_init!r}; expected one of {NEW_LAYER_INITS}")
+        if mask_loss_normalization not in MASK_LOSS_NORMALIZATIONS:
+            raise ValueError(
+                f"MODEL.FCIS.MASK_LOSS_NORMALIZATION = {mask_loss_normalization!r}; expected one of {MASK_LOSS_NORMALIZATIONS}"
+            )
+        if not 0.0 < mask_target_thresh <= 1.0:
+            raise ValueError(f"MODEL.FCIS.MASK_TARGET_THRESH must be in (0, 1], got {mask_target_thresh}")
         if ohem and ohem_batch_size < 1:
             raise ValueError(f"MODEL.FCIS.OHEM_BATCH_SIZE must be >= 1 with OHEM, got {ohem_batch_size}")
         self.box_regression = box_regression or BoxRegression(Box2BoxTransform(weights=reader.box_weights))
@@ -102,10 +114,15 @@ class FCISROIHeads(ROIHeads):
         self.ohem = ohem
         self.ohem_batch_size = ohem_batch_size
         self.loss_weights = {"loss_cls": 1.0, "loss_mask": 1.0, "loss_box_reg": 1.0, **(loss_weights or {})}
+        self.mask_loss_normalization = mask_loss_normalization
+        self.mask_target_thresh = mask_target_thresh
 
         self.conv_new = nn.Conv2d(in_channels, conv_new_dim, kernel_size=1)
-        self.conv_new_init = conv_new_init  # subclasses initialise their own conv_new-like layers alike
+        # subclasses initialise (and speed up) their own conv_new-like layers alike
+        self.conv_new_init = conv_new_init
+        self.conv_new_lr_multiplier = conv_new_lr_multiplier
         init_new_layers(self.conv_new, conv_new_init)
+        set_lr_multiplier(self.conv_new, conv_new_lr_multiplier)
         self.inside_outside_maps = PSScoreMaps(conv_new_dim, reader.group_size, 2 * (self.num_classes + 1))
         self.box_maps = PSScoreMaps(conv_new_dim, reader.group_size, 4)
 
@@ -146,6 +163,7 @@ class FCISROIHeads(ROIHeads):
                     mask_voting_frame=c.MASK_VOTING_FRAME,
                     mask_voting_binarize_voters=c.MASK_VOTING_BINARIZE_VOTERS,
                     mask_binarize_thresh=c.MASK_BINARIZE_THRESH,
+                    min_size=c.MIN_SIZE_TEST,
                 ),
                 box_weights=tuple(float(w) for w in transform.weights),
                 box_scale_clamp=float(transform.scale_clamp),
@@ -159,6 +177,9 @@ class FCISROIHeads(ROIHeads):
                 "loss_mask": c.MASK_LOSS_WEIGHT,
                 "loss_box_reg": c.BOX_LOSS_WEIGHT,
             },
+            mask_loss_normalization=c.MASK_LOSS_NORMALIZATION,
+            mask_target_thresh=c.MASK_TARGET_THRESH,
+            conv_new_lr_multiplier=c.CONV_NEW_LR_MULTIPLIER,
             box_regression=BoxRegression(transform, c.BBOX_REG_LOSS_TYPE, c.SMOOTH_L1_BETA),
         )
         return ret
@@ -217,11 +238,13 @@ class FCISROIHeads(ROIHeads):
         class_logits = inside_outside_class_logits(inside_outside)
         deltas = self.reader.roi_box_deltas(maps, rois)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
-        per_roi = per_roi_losses(proposals, inside_outside, class_logits, deltas, self.num_classes, self.box_regression)
+        per_roi = per_roi_losses(
+            proposals, inside_outside, class_logits, deltas, self.num_classes, self.box_regression, self.mask_target_thresh
+        )
 
         selected = torch.arange(len(rois), device=rois.device)
         if self.ohem:
-            selected = ohem_select(per_roi, [len(p) for p in proposals], self.ohem_batch_size)
+            selected = ohem_select(per_roi, [len(p) for p in proposals], self.ohem_batch_size, self.loss_weights)
         num = max(len(selected), 1)
         fg_selected = selected[gt_classes[selected] < self.num_classes]
         # zero losses that still reach every parameter when there is nothing to learn from
@@ -229,7 +252,13 @@ class FCISROIHeads(ROIHeads):
         zero = inside_outside.sum() * 0.0 + deltas.sum() * 0.0
         loss_cls = per_roi["loss_cls"][selected].sum() / num + zero
         loss_box = per_roi["loss_box_reg"][selected].sum() / num + zero
-        loss_mask = per_roi["loss_mask"][fg_selected].mean() + zero if len(fg_selected) else zero
+        if not len(fg_selected):
+            loss_mask = zero
+        elif self.mask_loss_normalization == "pixel_mean":
+            loss_mask = per_roi["loss_mask"][fg_selected].mean() + zero
+        else:  # roi_batch_sum: per_roi holds each RoI's mean over its M*M pixels
+            pixels = inside_outside.shape[-1] * inside_outside.shape[-2]
+            loss_mask = per_roi["loss_mask"][fg_selected].sum() * pixels / num + zero
 
         with torch.no_grad():
             correct = class_logits.argmax(dim=1) == gt_classes

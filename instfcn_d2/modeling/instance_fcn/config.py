@@ -33,7 +33,10 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.DEEPMASK = CN()
     # Each window's m x m features are RoIAligned to R x R (14: DeepMask's 224-px crop at stride 16).
     _C.DEEPMASK.POOLER_RESOLUTION = 14
+    # DeepMask's mask branch: fc FC_DIM then fc M*M, a low-rank linear pair with no non-linearity
+    # between (DeepMask, Pinheiro et al. 2015, Sec. 3.1); True puts a ReLU between them.
     _C.DEEPMASK.FC_DIM = 512
+    _C.DEEPMASK.FC_RELU = False
     # Side of the mask predicted by the fc layer (56 x 56 in DeepMask).
     _C.DEEPMASK.MASK_SIZE = 56
 
@@ -51,6 +54,10 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.NEGATIVE_SCALE_TOL = 2.0
     _C.OBJECTNESS_LOSS_WEIGHT = 1.0
     _C.MASK_LOSS_WEIGHT = 1.0
+    # "window_sum": the paper's Eq. 1, the per-pixel logistic loss summed over a positive window's
+    # m x m pixels, both terms averaged over the sampled windows (the mask term ~m*m/2 times its
+    # per-pixel mean at 1:1 sampling); "pixel_mean": the mean over the positive windows' pixels.
+    _C.MASK_LOSS_REDUCTION = "window_sum"
 
     # ---- inference (per test scale, then merged over scales when TEST.AUG.ENABLED)
     # Windows kept by objectness before assembling (only these are assembled).

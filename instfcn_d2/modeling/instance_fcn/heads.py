@@ -64,7 +64,8 @@ class InstanceSensitiveMaskHead(nn.Module):
 class DeepMaskHead(nn.Module):
     """The paper's "~DeepMask" baseline: 1x1 conv ``conv_dim`` + ReLU on the trunk, each window's
     ``m x m`` features pooled to ``R x R`` (RoIAlign; 14 x 14 as DeepMask's 224-px crop at stride
-    16), fc ``fc_dim`` + ReLU, fc ``M*M`` mask logits (M = 56).
+    16), fc ``fc_dim``, fc ``M*M`` mask logits (M = 56): DeepMask's low-rank linear pair, with a
+    ReLU between the two only if ``fc_relu``.
 
     ``forward``: ``(N, C, H, W) -> (N, conv_dim, H, W)``; ``assemble``: ``-> (P, M, M)`` logits.
     With the paper's sizes (512 channels, R = 14, fc 512, M = 56) the two fc layers hold
@@ -80,12 +81,14 @@ class DeepMaskHead(nn.Module):
         pooler_resolution: int = 14,
         fc_dim: int = 512,
         mask_size: int = 56,
+        fc_relu: bool = False,
         chunk_size: int = 256,
     ):
         super().__init__()
         self.window_size = window_size
         self.pooler_resolution = pooler_resolution
         self.mask_size = mask_size
+        self.fc_relu = fc_relu
         self.chunk_size = chunk_size  # windows per fc pass: bounds memory at inference
         self.reduce = nn.Conv2d(in_channels, conv_dim, kernel_size=1)
         init_new_layers(self.reduce)
@@ -120,7 +123,9 @@ class DeepMaskHead(nn.Module):
             pooled = roi_align(
                 padded, rois[start : start + self.chunk_size], self.pooler_resolution, 1.0, 0, aligned=True
             )
-            hidden = F.relu(self.fc(pooled.flatten(1)))
+            hidden = self.fc(pooled.flatten(1))
+            if self.fc_relu:
+                hidden = F.relu(hidden)
             out.append(self.mask_fc(hidden))
         return torch.cat(out).view(P, self.mask_size, self.mask_size)
 
@@ -160,6 +165,7 @@ def DeepMask(cfg, input_shape: ShapeSpec) -> DeepMaskHead:
         pooler_resolution=c.DEEPMASK.POOLER_RESOLUTION,
         fc_dim=c.DEEPMASK.FC_DIM,
         mask_size=c.DEEPMASK.MASK_SIZE,
+        fc_relu=c.DEEPMASK.FC_RELU,
     )
 
 

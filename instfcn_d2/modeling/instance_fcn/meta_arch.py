@@ -59,6 +59,20 @@ class WindowTraining:
     positive_fraction: float = 0.5
     objectness_loss_weight: float = 1.0
     mask_loss_weight: float = 1.0
+    mask_loss_reduction: str = "window_sum"  # one of MASK_LOSS_REDUCTIONS
+
+    def __post_init__(self):
+        if self.mask_loss_reduction not in MASK_LOSS_REDUCTIONS:
+            raise ValueError(
+                f"MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION = {self.mask_loss_reduction!r}; expected one of {MASK_LOSS_REDUCTIONS}"
+            )
+
+
+#: ``MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION`` values: ``"window_sum"``, the paper's Eq. 1 (the
+#: per-pixel loss summed over each positive window's pixels; both terms averaged over the sampled
+#: windows, so the mask term weighs ``m*m * positives / windows`` times its per-pixel mean) or
+#: ``"pixel_mean"`` (the mean over the positive windows' pixels, as light as one objectness term).
+MASK_LOSS_REDUCTIONS = ("window_sum", "pixel_mean")
 
 
 @META_ARCH_REGISTRY.register()
@@ -158,6 +172,7 @@ class InstanceFCN(nn.Module):
                 positive_fraction=c.POSITIVE_FRACTION,
                 objectness_loss_weight=c.OBJECTNESS_LOSS_WEIGHT,
                 mask_loss_weight=c.MASK_LOSS_WEIGHT,
+                mask_loss_reduction=c.MASK_LOSS_REDUCTION,
             ),
             "test": ProposalTest(
                 pre_nms_topk=c.PRE_NMS_TOPK_TEST,
@@ -203,7 +218,8 @@ class InstanceFCN(nn.Module):
         self, mask_maps: Tensor, objectness: Tensor, image_sizes: List[Tuple[int, int]], gt_instances: List[Instances]
     ) -> Dict[str, Tensor]:
         """Logistic loss on the objectness of the sampled windows (mean over windows) + per-pixel
-        logistic loss on the assembled masks of the positive ones (mean over their pixels)."""
+        logistic loss on the assembled masks of the positive ones (``mask_loss_reduction``: summed
+        over each window's pixels and averaged over the sampled windows, or the mean over their pixels)."""
         m, train = self.window_size, self.training_params
         obj_logits, obj_targets, pos_rows, mask_targets = [], [], [], []
         for i, (gt, image_size) in enumerate(zip(gt_instances, image_sizes)):
@@ -228,7 +244,11 @@ class InstanceFCN(nn.Module):
         loss_objectness = F.binary_cross_entropy_with_logits(obj_logits, obj_targets, reduction="mean")
         if len(pos_rows):
             mask_logits = self.mask_head.assemble(mask_maps, pos_rows)
-            loss_mask = F.binary_cross_entropy_with_logits(mask_logits, torch.cat(mask_targets), reduction="mean")
+            pixel_loss = F.binary_cross_entropy_with_logits(mask_logits, torch.cat(mask_targets), reduction="none")
+            if train.mask_loss_reduction == "window_sum":
+                loss_mask = pixel_loss.sum() / len(obj_targets)
+            else:
+                loss_mask = pixel_loss.mean()
         else:
             # no positive window in the batch: a zero loss that still reaches every parameter of
             # the mask branch (DistributedDataParallel fails on parameters without a gradient)

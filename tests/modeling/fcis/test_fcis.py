@@ -196,10 +196,12 @@ def test_losses_are_finite_and_backprop_into_maps_trunk_and_rpn():
     losses, stats = _train_step(model, [_sample(0), _sample(1, polygons=True)])
     assert set(losses) == {"loss_cls", "loss_mask", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
-    # an untrained model: uniform classes and 50/50 masks
+    # an untrained model: uniform classes and 50/50 masks; the official mask loss: log 2 per
+    # pixel, summed over the positives' M*M pixels, divided by the RoI count, times 10
     assert abs(losses["loss_cls"].item() - np.log(C + 1)) < 0.05
-    assert abs(losses["loss_mask"].item() - np.log(2)) < 0.05
     assert stats["fcis/num_fg_rois"] > 0 and stats["fcis/num_rois"] == 32
+    official = 10 * np.log(2) * 21 * 21 * stats["fcis/num_fg_rois"] / stats["fcis/num_rois"]
+    assert abs(losses["loss_mask"].item() - official) < 0.05 * official
     sum(losses.values()).backward()
     for name, param in [
         ("inside/outside maps", model.roi_heads.inside_outside_maps.conv.weight),
@@ -209,6 +211,79 @@ def test_losses_are_finite_and_backprop_into_maps_trunk_and_rpn():
         ("trunk", model.backbone.stem.conv1.weight),
     ]:
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_mask_loss_normalizations_differ_by_pixels_times_positive_share_and_weight():
+    batch = [_sample(0), _sample(1)]
+    mean, mean_stats = _train_step(
+        _model("MODEL.FCIS.MASK_LOSS_NORMALIZATION", "pixel_mean", "MODEL.FCIS.MASK_LOSS_WEIGHT", "1.0"), batch
+    )
+    assert abs(mean["loss_mask"].item() - np.log(2)) < 0.05
+    summed, stats = _train_step(_model(), batch)  # the same seed: the same sampled RoIs
+    assert stats == mean_stats
+    ratio = 10 * 21 * 21 * stats["fcis/num_fg_rois"] / stats["fcis/num_rois"]
+    assert summed["loss_mask"].item() == pytest.approx(mean["loss_mask"].item() * ratio, rel=1e-4)
+    assert summed["loss_cls"].item() == pytest.approx(mean["loss_cls"].item(), rel=1e-6)
+
+
+def test_bad_recipe_values_are_refused_naming_the_key():
+    with pytest.raises(ValueError, match="MASK_LOSS_NORMALIZATION"):
+        _model("MODEL.FCIS.MASK_LOSS_NORMALIZATION", "sum")
+    with pytest.raises(ValueError, match="MASK_TARGET_THRESH"):
+        _model("MODEL.FCIS.MASK_TARGET_THRESH", "0.0")
+    with pytest.raises(ValueError, match="multiplier"):
+        _model("MODEL.FCIS.CONV_NEW_LR_MULTIPLIER", "0.0")
+
+
+def test_mask_targets_at_half_are_detectron2s_and_lower_thresholds_keep_thin_parts():
+    from detectron2.structures import BitMasks, PolygonMasks
+
+    from instfcn_d2.modeling.fcis.losses import mask_targets
+
+    bit = torch.zeros(1, 64, 64, dtype=torch.bool)
+    bit[0, 10:50, 10:50] = True
+    bit[0, 54:56, 10:58] = True  # a 2-px line: resized by 21/52 it covers at most 0.81 of a cell
+    masks = BitMasks(bit)
+    box = torch.tensor([[8.0, 8.0, 60.0, 60.0]])
+    half = mask_targets(masks, box, 21, 0.5, (64, 64))
+    assert torch.equal(half, masks.crop_and_resize(box, 21))
+    low = mask_targets(masks, box, 21, 0.4, (64, 64))
+    assert (low | ~half).all()  # a superset of the 0.5 targets ...
+    assert half.sum() == 256 and low.sum() == 294  # ... with the thin line, lost at 0.5
+    # polygons: rasterised in the image, then the same resizing
+    square = PolygonMasks([[np.array([10, 10, 50, 10, 50, 50, 10, 50], dtype=np.float64)]])
+    poly = mask_targets(square, box, 21, 0.4, (64, 64))
+    ref = mask_targets(BitMasks.from_polygon_masks(square, 64, 64), box, 21, 0.4, (64, 64))
+    assert torch.equal(poly, ref) and poly.any()
+
+
+def test_official_conv_new_trains_at_three_times_the_rate():
+    from instfcn_d2.engine.optimizer import build_optimizer
+
+    cfg = _cfg()
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert rate[id(model.roi_heads.conv_new.weight)] == pytest.approx(3 * cfg.SOLVER.BASE_LR)
+    assert rate[id(model.roi_heads.inside_outside_maps.conv.weight)] == pytest.approx(cfg.SOLVER.BASE_LR)
+    assert rate[id(model.backbone.stem.conv1.weight)] == pytest.approx(cfg.SOLVER.BASE_LR)
+    assert len(rate) == len(list(model.parameters()))  # every parameter once
+    plain_cfg = _cfg("MODEL.FCIS.CONV_NEW_LR_MULTIPLIER", "1.0")
+    plain = build_optimizer(plain_cfg, build_model(plain_cfg))
+    assert {g["lr"] for g in plain.param_groups} == {cfg.SOLVER.BASE_LR}
+
+
+def test_candidates_under_the_official_min_size_are_dropped():
+    heads = _with_test_params(_model().roi_heads, min_size=16.0, mask_voting=False)
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [60.0, 60.0, 70.0, 100.0], [60.0, 0.0, 100.0, 16.0]])
+    scores = torch.tensor([[0.9, 0.0, 0.1], [0.0, 0.9, 0.1], [0.9, 0.0, 0.1]])  # one class each
+    io = torch.zeros(3, 2, C + 1, 21, 21)
+    kept = _detect(heads, boxes, scores, io)
+    # the 10-px-wide box goes; the 16-px-high one stays (>= the size)
+    assert sorted(kept.pred_boxes.tensor[:, 0].tolist()) == [0.0, 60.0]
+    assert kept.pred_classes.tolist().count(1) == 0
+    all_kept = _detect(_with_test_params(heads, min_size=0.0), boxes, scores, io)
+    assert len(all_kept) == 3
 
 
 def _labelled_proposals(sample, boxes):
@@ -269,6 +344,10 @@ def test_ohem_keeps_the_hardest_rois_of_each_image():
     }
     selected = ohem_select(per_roi, [4, 3], model.roi_heads.ohem_batch_size)
     assert sorted(selected.tolist()) == [1, 2, 4, 5]  # image 0: 0.9, 1.1; image 1: 0.3, 0.6
+    # the official ranking weighs the (pixel-mean) mask loss by its weight, 10 by default
+    weighted = ohem_select(per_roi, [4, 3], 1, {"loss_mask": 10.0})
+    unweighted = ohem_select(per_roi, [4, 3], 1, {"loss_mask": 0.1})
+    assert weighted.tolist() == [2, 5] and unweighted.tolist() == [1, 4]
 
     losses, stats = _train_step(model, [_sample(0), _sample(1)])
     assert stats["fcis/num_rois"] == 2 and all(torch.isfinite(v) for v in losses.values())

@@ -94,6 +94,20 @@ def test_loss_is_finite_and_backprops_into_both_branches_and_trunk():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+def test_the_papers_summed_mask_loss_is_the_pixel_mean_times_window_pixels_and_positive_share():
+    batch = [_sample(0), _sample(1)]
+    mean, stats = _train_step(_model("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "pixel_mean"), batch)
+    summed, summed_stats = _train_step(_model(), batch)  # the default: the paper's Eq. 1
+    assert summed_stats == stats  # the same seed, the same windows
+    pos, neg = stats["instance_fcn/num_pos_windows"], stats["instance_fcn/num_neg_windows"]
+    m = _cfg().MODEL.INSTANCE_FCN.WINDOW_SIZE
+    share = pos / (pos + neg)
+    assert summed["loss_mask"].item() == pytest.approx(mean["loss_mask"].item() * m * m * share, rel=1e-4)
+    assert summed["loss_objectness"].item() == pytest.approx(mean["loss_objectness"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="MASK_LOSS_REDUCTION = 'sum'"):
+        _model("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "sum")
+
+
 def test_256_windows_per_image_at_most_half_positive():
     model = _model()
     _, stats = _train_step(model, [_sample(0, size=(160, 160)), _sample(1, size=(160, 160))])
@@ -485,6 +499,21 @@ def test_deepmask_windows_read_zero_off_the_map():
     expected = torch.zeros(2, 4, 4)
     expected[:, 2:, :3] = maps[0, :, :2, 1:]  # rows -2, -1 are off the map; column 4 too
     assert torch.allclose(pooled[1], expected)
+
+
+def test_deepmask_mask_fcs_are_a_linear_pair_unless_asked():
+    """DeepMask's low-rank pair: the mask logits are affine in the pooled features."""
+    torch.manual_seed(0)
+    head = DeepMaskHead(2, conv_dim=2, window_size=4, pooler_resolution=4, fc_dim=3, mask_size=2)
+    maps = torch.randn(1, 2, 4, 4)
+    window = torch.tensor([[0, 0, 0]])
+    def odd_part_is_zero():  # affine f: f(x) + f(-x) == 2 f(0)
+        plus, minus, zero = (head.assemble(x, window) for x in (maps, -maps, torch.zeros_like(maps)))
+        return torch.allclose(plus + minus, 2 * zero, atol=1e-5)
+
+    assert odd_part_is_zero()
+    head.fc_relu = True  # the former head: a unit on for x is off for -x
+    assert not odd_part_is_zero()
 
 
 # ---- configuration ------------------------------------------------------------------------------------
