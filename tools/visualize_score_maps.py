@@ -101,7 +101,8 @@ def fcis_panels(model, prepared: Prepared, detection: int = 0) -> Optional[Dict[
     c = int(result.pred_classes[detection])
     rois = torch.cat([box.new_zeros(1), box])[None]
     k, kk = reader.group_size, reader.group_size ** 2
-    class_maps = reader.class_maps(maps.inside_outside, c, k)[0].view(2, kk, *maps.inside_outside.shape[-2:])
+    class_maps = reader.maps_by_class(maps.inside_outside, k)[c : c + 1]  # (1, 2*k*k, H, W): image 0, class c
+    cells = class_maps[0].view(2, kk, *maps.inside_outside.shape[-2:])
     s = reader.spatial_scale
     x0, y0 = int(np.floor(float(box[0]) * s)), int(np.floor(float(box[1]) * s))
     x1, y1 = int(np.ceil(float(box[2]) * s)), int(np.ceil(float(box[3]) * s))
@@ -109,9 +110,9 @@ def fcis_panels(model, prepared: Prepared, detection: int = 0) -> Optional[Dict[
         "box": box,
         "class_index": torch.tensor(c),
         "score": result.scores[detection],
-        "cell_maps": class_maps[:, :, max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)],
+        "cell_maps": cells[:, :, max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)],
         "assembled": ps_roi_assemble(
-            reader.class_maps(maps.inside_outside, c, k), rois, reader.mask_size if not getattr(reader, "fuse", False)
+            class_maps, rois, reader.mask_size if not getattr(reader, "fuse", False)
             else reader.mask_size // 2, k, s, reader.sampling_ratio, reader.aligned
         )[0],
     }

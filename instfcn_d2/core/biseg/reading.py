@@ -1,7 +1,7 @@
 """BiSeg's per-RoI likelihoods, over FCIS's reading (:mod:`..fcis.reading`).
 
 Only the inside/outside logits of a RoI change (:meth:`BiSegReader.roi_inside_outside` and
-its one-class form); FCIS's class scores, masks, box regression and test-time pipeline run
+its one-class-per-RoI form); FCIS's class scores, masks, box regression and test-time pipeline run
 unchanged on what they return::
 
     FCIS's set  (k1 = MODEL.FCIS.GROUP_SIZE, on conv_new_1 of res5, stride 16) -> assemble at M/2 --+
@@ -77,18 +77,22 @@ class BiSegReader(FCISReader):
         inside, outside = combine_prior(likelihoods[:, 0], likelihoods[:, 1], prior, self.prior_mode)
         return torch.stack([inside, outside], dim=1)
 
-    def roi_inside_outside_of_class(self, maps: BiSegMaps, rois: Tensor, class_index: int) -> Tensor:
-        """``roi_inside_outside(maps, rois)[:, :, class_index]``, computed from class ``c``'s
-        channels only: its ``2*k1*k1`` and ``2*k2*k2`` maps assembled and fused, its prior channel
-        cropped.
+    def roi_inside_outside_of_classes(self, maps: BiSegMaps, rois: Tensor, classes: Tensor) -> Tensor:
+        """``roi_inside_outside(maps, rois)[r, :, classes[r]]`` for every RoI, computed from the
+        channels of each RoI's class only: its ``2*k1*k1`` and ``2*k2*k2`` maps assembled and
+        fused, its prior channel cropped (classes folded into the batch, :meth:`maps_by_class`).
 
         Returns:
             ``(R, 2, M, M)``: ``[:, 0]`` inside logits (prior applied), ``[:, 1]`` outside.
         """
-        likelihoods = self._assembled_likelihoods(maps, rois, lambda m, k: self.class_maps(m, class_index, k))
+        by_class = self.rois_by_class(rois, classes)
+        likelihoods = self._assembled_likelihoods(maps, by_class, self.maps_by_class)
         if self.prior_mode == "none":
             return likelihoods
-        prior = self.roi_prior(maps, rois, class_index)  # (R, 1, M, M)
+        N, K, H, W = maps.prior.shape
+        prior = crop_roi_prior(  # (R, 1, M, M): each RoI's class channel, a view of the prior
+            maps.prior.reshape(N * K, 1, H, W), by_class, self.mask_size, self.spatial_scale, self.sampling_ratio
+        )
         inside, outside = combine_prior(likelihoods[:, :1], likelihoods[:, 1:], prior, self.prior_mode)
         return torch.cat([inside, outside], dim=1)
 

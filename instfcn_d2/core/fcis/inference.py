@@ -4,9 +4,14 @@ detections.
 
 The candidates are the RPN RoIs and / or their box-regressed versions (``MODEL.FCIS.TEST_CANDIDATES``),
 each with its ``(C+1)`` class probabilities. Their masks are not passed as a tensor: inference asks
-a :data:`MaskLogits` callable for the inside/outside logits of one class of some candidates, so
-only the (candidate, class) pairs that are kept or vote are ever assembled (a ``(P, 2, C+1, M, M)``
-tensor of all 600 candidates would be 686 MB for BiSeg at C = 80, M = 42).
+a :data:`MaskLogits` callable for the inside/outside logits of some (candidate, class) pairs, so
+only the pairs that are kept or vote are ever assembled (a ``(P, 2, C+1, M, M)`` tensor of all 600
+candidates would be 686 MB for BiSeg at C = 80, M = 42).
+
+Tensor code throughout, every class at once: one batched NMS, one read of the masks of every
+(voter, class) pair, one batched voting over all (kept, voter) pairs; no Python loop over classes,
+candidates or detections, so an exported model can trace it (a loop over the classes present
+would make the graph depend on the data).
 
 Detectron2 free (torch and torchvision only): the heads run it, and exported models after their
 graph.
@@ -27,14 +32,14 @@ __all__ = [
     "FCISTestParams",
     "MASK_VOTING_FRAMES",
     "fcis_inference_single_image",
-    "class_masks",
+    "detection_masks",
 ]
 
-#: ``mask_logits(indices, class_index) -> (V, 2, M, M)``: the inside/outside logits of class
-#: ``class_index`` of the candidates ``indices`` (``(V,)`` int64).
-MaskLogits = Callable[[Tensor, int], Tensor]
+#: ``mask_logits(indices, classes) -> (V, 2, M, M)``: the inside/outside logits of candidate
+#: ``indices[v]`` for class ``classes[v]`` (both ``(V,)`` int64).
+MaskLogits = Callable[[Tensor, Tensor], Tensor]
 
-#: ``MODEL.FCIS.MASK_VOTING_FRAME`` values, see :func:`class_masks`.
+#: ``MODEL.FCIS.MASK_VOTING_FRAME`` values, see :func:`detection_masks`.
 MASK_VOTING_FRAMES = ("union", "kept_box")
 
 
@@ -89,8 +94,8 @@ def fcis_inference_single_image(
     valid_idx = valid.nonzero().squeeze(1)
     boxes, scores = boxes[valid_idx], scores[valid_idx]
 
-    def valid_mask_logits(indices: Tensor, class_index: int) -> Tensor:  # indices into the valid ones
-        return mask_logits(valid_idx[indices], class_index)
+    def valid_mask_logits(indices: Tensor, classes: Tensor) -> Tensor:  # indices into the valid ones
+        return mask_logits(valid_idx[indices], classes)
 
     fg_scores = scores[:, : params.num_classes]
     cand, classes = (fg_scores > params.score_thresh).nonzero(as_tuple=True)
@@ -98,18 +103,7 @@ def fcis_inference_single_image(
     # float(): float16 has not the range of torchvision's batched-NMS offsets (as detectron2's batched_nms)
     keep = batched_nms(boxes[cand].float(), det_scores, classes, params.nms_thresh)[: params.detections_per_image]
     cand, classes, det_scores = cand[keep], classes[keep], det_scores[keep]
-    kept_boxes = boxes[cand]
-
-    masks = None  # (K, M, M), allocated once M is known from the first logits read
-    for c in classes.unique().tolist():
-        members = (classes == c).nonzero().squeeze(1)
-        masks_c, boxes_c = class_masks(c, cand[members], boxes, scores, valid_mask_logits, params)
-        if masks is None:
-            masks = boxes.new_zeros((len(cand),) + tuple(masks_c.shape[-2:]))
-        masks[members] = masks_c
-        kept_boxes[members] = boxes_c.to(kept_boxes.dtype)
-    if masks is None:  # no detection: M from an empty read
-        masks = boxes.new_zeros((0,) + tuple(valid_mask_logits(cand, 0).shape[-2:]))
+    masks, kept_boxes = detection_masks(cand, classes, boxes, scores, valid_mask_logits, params)
 
     return Detections(
         image_size=(int(image_size[0]), int(image_size[1])),
@@ -120,35 +114,39 @@ def fcis_inference_single_image(
     )
 
 
-def class_masks(
-    class_index: int, kept: Tensor, boxes: Tensor, scores: Tensor, mask_logits: MaskLogits, params: FCISTestParams
+def detection_masks(
+    kept: Tensor, classes: Tensor, boxes: Tensor, scores: Tensor, mask_logits: MaskLogits, params: FCISTestParams
 ) -> Tuple[Tensor, Tensor]:
-    """``(K_c, M, M)`` foreground probabilities of the detections of one class, and the
-    ``(K_c, 4)`` boxes whose frames they are in (the output boxes).
+    """``(K, M, M)`` foreground probabilities of the detections, every class at once, and the
+    ``(K, 4)`` boxes whose frames they are in (the output boxes).
 
-    Without voting: each detection's own mask, in its box. ``mask_voting_frame "union"`` (the
-    official FCIS ``mask_aggregation``): the voters are averaged over the union of their boxes, so
-    a voted mask may reach beyond its kept box, and the output box is the box of the binarised
-    voted mask (the official "clipped_box"); the mask is resampled into that box. ``"kept_box"``:
-    averaged in the kept box's frame, which cuts what lies outside it; the output box is the kept box.
+    Without voting: each detection's own mask of its class, in its box. With voting, every
+    candidate whose box has IoU ``>= mask_voting_iou`` with a kept box votes for it with its mask
+    and score *of the kept detection's class* (the same voters as voting one class at a time:
+    which candidates vote depends on the boxes only). ``mask_voting_frame "union"`` (the official
+    FCIS ``mask_aggregation``): the voters are averaged over the union of their boxes, so a voted
+    mask may reach beyond its kept box, and the output box is the box of the binarised voted mask
+    (the official "clipped_box"); the mask is resampled into that box. ``"kept_box"``: averaged in
+    the kept box's frame, which cuts what lies outside it; the output box is the kept box.
 
     Args:
-        class_index: ``c``.
-        kept: ``(K_c,)`` indices of the detections (kept by NMS) among the candidates.
+        kept: ``(K,)`` indices of the detections (kept by NMS) among the candidates.
+        classes: ``(K,)`` their classes.
         boxes, scores: ``(P, 4)`` and ``(P, C+1)`` of the candidates.
-        mask_logits: the candidates' inside/outside logits.
+        mask_logits: the candidates' inside/outside logits of given classes.
     """
-    c = class_index
-    if not params.mask_voting:
-        return inside_outside_mask_probs(mask_logits(kept, c)), boxes[kept]
-    # only candidates that vote for some kept box of class c need their mask: the same result
-    # as passing all P of them, without assembling and softmaxing (P, M, M) masks per class
     kept_boxes = boxes[kept]
+    if not params.mask_voting:
+        return inside_outside_mask_probs(mask_logits(kept, classes)), kept_boxes
     kept_idx, cand_idx = voting_pairs(kept_boxes, boxes, params.mask_voting_iou)
-    voters, voter_idx = cand_idx.unique(return_inverse=True)  # (V,) sorted; pairs -> 0..V-1
+    # each (voter, class) pair read once, however many kept boxes of that class it votes for
+    num_classes = scores.shape[1]
+    pair_keys = cand_idx * num_classes + classes[kept_idx]
+    voter_keys, voter_idx = pair_keys.unique(return_inverse=True)  # (V,) sorted; pairs -> 0..V-1
+    voters, voter_classes = voter_keys // num_classes, voter_keys % num_classes
     pairs = (kept_idx, voter_idx)
-    probs = inside_outside_mask_probs(mask_logits(voters, c))  # (V, M, M)
-    voter_boxes, voter_scores = boxes[voters], scores[voters, c]
+    probs = inside_outside_mask_probs(mask_logits(voters, voter_classes))  # (V, M, M)
+    voter_boxes, voter_scores = boxes[voters], scores[voters, voter_classes]
     voter_threshold = params.mask_binarize_thresh if params.mask_voting_binarize_voters else None
     iou = params.mask_voting_iou
     if params.mask_voting_frame == "kept_box":
@@ -157,4 +155,4 @@ def class_masks(
     frames = voter_union_boxes(kept_boxes, voter_boxes, iou, pairs)
     voted = mask_voting(kept_boxes, voter_boxes, probs, voter_scores, iou, frames, voter_threshold, pairs)
     tight = tight_mask_boxes(voted, frames, params.mask_binarize_thresh)
-    return resample_masks_into_boxes(voted, frames, tight), tight
+    return resample_masks_into_boxes(voted, frames, tight), tight.to(kept_boxes.dtype)

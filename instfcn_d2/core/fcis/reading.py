@@ -6,9 +6,9 @@ detectron2. The heads own one (``FCISROIHeads.reader``), the exporter writes it 
 ``deploy.json`` (:meth:`FCISReader.to_dict`) and deployment loads it back
 (:meth:`FCISReader.from_dict`): one object, the same code, eager and deployed.
 
-- :meth:`FCISReader.roi_inside_outside` / :meth:`~FCISReader.roi_inside_outside_of_class`: the
-  assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class (the two methods
-  BiSeg's reader overrides);
+- :meth:`FCISReader.roi_inside_outside` / :meth:`~FCISReader.roi_inside_outside_of_classes`: the
+  assembled ``(R, 2, C+1, M, M)`` inside/outside logits, or those of one class per RoI (the two
+  methods BiSeg's reader overrides);
 - :meth:`~FCISReader.roi_class_logits`, :meth:`~FCISReader.roi_box_deltas`: class logits (FCIS's
   read by the native ``ps_roi_class_logits``, another reader's in chunks of RoIs) and R-FCN box
   deltas;
@@ -59,7 +59,7 @@ class FCISMaps:
 class FCISReader:
     """FCIS's per-RoI reading of :class:`FCISMaps` with the heads' settings.
 
-    Everything after :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_class` takes ``M``
+    Everything after :meth:`roi_inside_outside` / :meth:`roi_inside_outside_of_classes` takes ``M``
     from their output, so a subclass may assemble at another size; it must override both.
     """
 
@@ -135,31 +135,64 @@ class FCISReader:
 
     def roi_inside_outside_of_class(self, maps: FCISMaps, rois: Tensor, class_index: int) -> Tensor:
         """The inside/outside logits of one class of each RoI: ``roi_inside_outside(maps,
-        rois)[:, :, class_index]``, assembling only that class's ``2*k*k`` maps (1/(C+1) of the work).
+        rois)[:, :, class_index]`` (:meth:`roi_inside_outside_of_classes` with every RoI's class
+        ``class_index``).
 
         Returns:
             ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits of class ``c``.
         """
-        return self._assemble_at_mask_size(self.class_maps(maps.inside_outside, class_index, self.group_size), rois)
+        self._check_class_index(class_index)
+        classes = torch.full((len(rois),), int(class_index), dtype=torch.int64, device=rois.device)
+        return self.roi_inside_outside_of_classes(maps, rois, classes)
 
-    def class_maps(self, maps: Tensor, class_index: int, group_size: int) -> Tensor:
-        """The maps of one class of an inside/outside map set: ``(N, k*k*2*(C+1), H, W)`` ->
-        ``(N, 2*k*k, H, W)``, the ``k*k`` inside cells of class ``c`` then its ``k*k`` outside cells.
+    def roi_inside_outside_of_classes(self, maps: FCISMaps, rois: Tensor, classes: Tensor) -> Tensor:
+        """The inside/outside logits of each RoI for its own class, ``classes[r]``:
+        ``roi_inside_outside(maps, rois)[r, :, classes[r]]``, assembling only those classes' maps
+        (1/(C+1) of the work), every RoI in one call.
+
+        Args:
+            rois: ``(R, 5)``; classes: ``(R,)`` int64 in ``0 .. C``.
+
+        Returns:
+            ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
+        """
+        return self._assemble_at_mask_size(
+            self.maps_by_class(maps.inside_outside, self.group_size), self.rois_by_class(rois, classes)
+        )
+
+    def _check_class_index(self, class_index: int) -> None:
+        if not 0 <= int(class_index) <= self.num_classes:
+            raise ValueError(f"class_index must be in [0, {self.num_classes}] (C = background), got {class_index}")
+
+    def maps_by_class(self, maps: Tensor, group_size: int) -> Tensor:
+        """An inside/outside map set with its classes folded into the batch:
+        ``(N, k*k*2*(C+1), H, W)`` -> ``(N*(C+1), 2*k*k, H, W)``, where image ``n``'s class ``c``
+        is batch entry ``n*(C+1) + c``: its ``k*k`` inside cells then its ``k*k`` outside cells.
 
         In the layout of :mod:`.layout`, assembled output channel ``o`` reads the ``k*k``
-        consecutive input channels ``o*k*k + gi*k + gj`` and class ``c``'s inside / outside scores
-        are output channels ``inside_outside_channel(c, outside, C)``: assembling the result gives
-        ``(R, 2, M, M)``, inside then outside, as ``split_inside_outside(...)[:, :, c]`` would.
-        """
+        consecutive input channels ``o*k*k + gi*k + gj``, and the channels are ordered (inside /
+        outside, class, cell): assembling 2 output channels from entry ``n*(C+1) + c`` gives
+        ``(R, 2, M, M)``, inside then outside of class ``c``, as ``split_inside_outside(...)[:, :, c]``.
+        Each RoI then reads its own class by its batch index (:meth:`rois_by_class`); the fold is
+        one copy of the maps, shared by every RoI and class read in one call."""
         kk = group_size * group_size
-        expected = kk * 2 * (self.num_classes + 1)
+        K = self.num_classes + 1
+        expected = kk * 2 * K
         if maps.dim() != 4 or maps.shape[1] != expected:
             raise ValueError(
                 f"expected inside/outside maps (N, k*k*2*(C+1) = {expected}, H, W) for k = {group_size}, "
                 f"C = {self.num_classes}, got {tuple(maps.shape)}"
             )
-        channels = [inside_outside_channel(class_index, outside, self.num_classes) for outside in (False, True)]
-        return torch.cat([maps[:, o * kk : (o + 1) * kk] for o in channels], dim=1)
+        N, _, H, W = maps.shape
+        return maps.view(N, 2, K, kk, H, W).transpose(1, 2).reshape(N * K, 2 * kk, H, W)
+
+    def rois_by_class(self, rois: Tensor, classes: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs whose batch index ``n`` becomes ``n*(C+1) + classes[r]``, the entry of
+        :meth:`maps_by_class` holding their image's maps of that class."""
+        if classes.shape != rois.shape[:1]:
+            raise ValueError(f"classes must be (R,) = ({len(rois)},), got {tuple(classes.shape)}")
+        batch = rois[:, :1] * (self.num_classes + 1) + classes[:, None].to(rois.dtype)
+        return torch.cat([batch, rois[:, 1:]], dim=1)
 
     def roi_class_logits(self, maps: FCISMaps, rois: Tensor) -> Tensor:
         """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits,
@@ -234,10 +267,10 @@ class FCISReader:
 
     def mask_logits_reader(self, maps: FCISMaps, rois: Tensor) -> MaskLogits:
         """:data:`.inference.MaskLogits` of ``rois`` (``(P, 5)``, one image's candidates),
-        assembled on demand with :meth:`roi_inside_outside_of_class`."""
+        assembled on demand with :meth:`roi_inside_outside_of_classes`."""
 
-        def mask_logits(indices: Tensor, class_index: int) -> Tensor:
-            return self.roi_inside_outside_of_class(maps, rois[indices], class_index)
+        def mask_logits(indices: Tensor, classes: Tensor) -> Tensor:
+            return self.roi_inside_outside_of_classes(maps, rois[indices], classes)
 
         return mask_logits
 

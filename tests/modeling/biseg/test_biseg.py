@@ -200,6 +200,9 @@ def test_roi_inside_outside_of_class_is_the_full_slice(fuse, mode):
             assert one.shape == (3, 2, M, M)
             torch.testing.assert_close(one, full[:, :, c], rtol=1e-5, atol=1e-6)
         assert heads.reader.roi_inside_outside_of_class(maps, ROIS[:0], 0).shape == (0, 2, M, M)
+        classes = torch.tensor([2, 0, 1])  # one class per RoI, in one call
+        mixed = heads.reader.roi_inside_outside_of_classes(maps, ROIS, classes)
+        torch.testing.assert_close(mixed, full[torch.arange(3), :, classes], rtol=1e-5, atol=1e-6)
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1
 
 

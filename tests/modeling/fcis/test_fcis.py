@@ -86,7 +86,7 @@ def _train_step(model, batch):
 
 def _tensor_reader(inside_outside):
     """The mask-logits callable of a ``(P, 2, C+1, M, M)`` tensor of every candidate's logits."""
-    return lambda indices, class_index: inside_outside[indices, :, class_index]
+    return lambda indices, classes: inside_outside[indices, :, classes]
 
 
 def _detect(heads, boxes, scores, inside_outside, image_size=(128, 128)):
@@ -514,7 +514,7 @@ def test_giou_box_loss_trains():
 
 def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
     """What BiSeg does: maps that score_maps adds reach an overriding roi_inside_outside and
-    roi_inside_outside_of_class, extra_losses join the losses and extra_outputs edits the results."""
+    roi_inside_outside_of_classes, extra_losses join the losses and extra_outputs edits the results."""
 
     @dataclasses.dataclass
     class ProbeMaps(FCISMaps):
@@ -540,9 +540,9 @@ def test_subclass_hooks_reach_the_roi_heads_losses_and_outputs():
             calls.append(("all", float(maps.probe[0])))
             return super().roi_inside_outside(maps, rois)
 
-        def roi_inside_outside_of_class(self, maps, rois, class_index):
+        def roi_inside_outside_of_classes(self, maps, rois, classes):
             calls.append(("class", float(maps.probe[0])))
-            return super().roi_inside_outside_of_class(maps, rois, class_index)
+            return super().roi_inside_outside_of_classes(maps, rois, classes)
 
     cfg = _cfg()
     torch.manual_seed(0)
@@ -815,6 +815,12 @@ def test_roi_inside_outside_of_class_is_the_full_assembly_sliced():
         assert heads.reader.roi_inside_outside_of_class(maps, rois[:0], 1).shape == (0, 2, 21, 21)
         with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\]"):
             heads.reader.roi_inside_outside_of_class(maps, rois, C + 1)
+        # one class per RoI, every RoI in one call: bit-equal to the full assembly's slices
+        classes = torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 1])
+        mixed = heads.reader.roi_inside_outside_of_classes(maps, rois, classes)
+        assert torch.equal(mixed, full[torch.arange(9), :, classes])
+        with pytest.raises(ValueError, match=r"classes must be \(R,\)"):
+            heads.reader.roi_inside_outside_of_classes(maps, rois, classes[:3])
     assert (full[:, :, 0] - full[:, :, 1]).abs().max() > 0.1  # the classes do differ
 
 
@@ -863,15 +869,17 @@ def test_inference_reads_only_the_valid_detected_candidates_masks(voting):
     inside_outside = torch.randn(P, 2, C + 1, M, M)
     reads = []
 
-    def mask_logits(indices, class_index):
-        reads.append((indices.clone(), class_index))
-        return inside_outside[indices, :, class_index]
+    def mask_logits(indices, classes):
+        reads.append((indices.clone(), classes.clone()))
+        return inside_outside[indices, :, classes]
 
     ours = _detect(heads, boxes, scores, mask_logits)
     expected = _detect(heads, boxes, scores, _tensor_reader(inside_outside))
     _assert_same_detections(ours, expected)
-    read = torch.cat([i for i, _ in reads])
+    assert len(reads) == 1  # every class at once
+    read, read_classes = reads[0]
     assert not ({3, 7, 11} & set(read.tolist()))
-    assert {c for _, c in reads} == set(ours.pred_classes.tolist())
+    assert set(read_classes.tolist()) == set(ours.pred_classes.tolist())
+    assert len(set(zip(read.tolist(), read_classes.tolist()))) == len(read)  # each pair once
     if not voting:  # exactly the detections' masks
         assert len(read) == len(ours)
