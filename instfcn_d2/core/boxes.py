@@ -9,9 +9,10 @@ their order are detectron2's, so results are bit-equal to it (tested against it 
 from typing import Tuple
 
 import torch
+import torchvision
 from torch import Tensor
 
-__all__ = ["apply_deltas", "clip_boxes", "nonempty", "mask_tight_boxes"]
+__all__ = ["apply_deltas", "clip_boxes", "clamp_boxes", "nonempty", "mask_tight_boxes", "batched_nms"]
 
 
 def apply_deltas(
@@ -57,6 +58,12 @@ def clip_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
     Raises ValueError where a coordinate is NaN or infinite (``Boxes.clip`` asserts it)."""
     if not bool(torch.isfinite(boxes).all()):
         raise ValueError("clip_boxes: the box tensor contains infinite or NaN values")
+    return clamp_boxes(boxes, image_size)
+
+
+def clamp_boxes(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
+    """:func:`clip_boxes` without its check: non-finite coordinates stay non-finite (NaN) or are
+    clamped (inf); for tensor code that must not branch on the values (an exported graph)."""
     h, w = image_size
     x1 = boxes[:, 0].clamp(min=0, max=w)
     y1 = boxes[:, 1].clamp(min=0, max=h)
@@ -94,3 +101,16 @@ def mask_tight_boxes(masks: Tensor) -> Tensor:
     y1 = torch.where(y_any, ys + 1, 0).amax(dim=1)
     boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
     return torch.where(x_any.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's ``batched_nms`` (NMS within each ``idxs`` group; kept indices by decreasing
+    score), as detectron2 calls it. While ``torch.export`` traces, the same offset trick that
+    torchvision uses for small inputs, written without its branch on the number of boxes (a
+    branch on a count the data decides cannot be exported); it gives the same kept set."""
+    if not torch.compiler.is_exporting():
+        return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    # the largest coordinate, 0 for no box (max() of an empty tensor fails)
+    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .boxes import clip_boxes, nonempty
+from .boxes import clamp_boxes, nonempty
 
 __all__ = ["pad_to_divisibility", "paste_masks_in_image", "detector_postprocess", "sem_seg_postprocess"]
 
@@ -77,6 +77,8 @@ def paste_masks_in_image(
     ``GPU_MEM_LIMIT`` bytes of float over the whole image on a GPU."""
     if masks.shape[-1] != masks.shape[-2]:
         raise ValueError(f"paste_masks_in_image: square masks only, got {tuple(masks.shape)}")
+    if torch.compiler.is_exporting():
+        return _paste_masks_at_once(masks, boxes, image_shape, threshold)
     N = len(masks)
     if N == 0:
         return masks.new_empty((0,) + tuple(image_shape), dtype=torch.uint8)
@@ -108,6 +110,27 @@ def paste_masks_in_image(
     return img_masks
 
 
+def _paste_masks_at_once(masks: Tensor, boxes: Tensor, image_shape: Tuple[int, int], threshold: float) -> Tensor:
+    """:func:`paste_masks_in_image` in one pass, for an exported graph (which has no loop over a
+    count the data decides): every mask sampled over the whole image, then cut to the region the
+    CPU path computes (its box, one pixel more on each side, in whole pixels), outside of which
+    that path leaves 0; the same values."""
+    img_h, img_w = image_shape
+    pasted, _ = _do_paste_mask(masks[:, None], boxes, img_h, img_w, skip_empty=False)  # (N, H, W)
+    x0 = (boxes[:, 0].floor() - 1).clamp(min=0)
+    y0 = (boxes[:, 1].floor() - 1).clamp(min=0)
+    x1 = (boxes[:, 2].ceil() + 1).clamp(max=img_w)
+    y1 = (boxes[:, 3].ceil() + 1).clamp(max=img_h)
+    xs = torch.arange(img_w, device=boxes.device, dtype=boxes.dtype)
+    ys = torch.arange(img_h, device=boxes.device, dtype=boxes.dtype)
+    in_x = (xs >= x0[:, None]) & (xs < x1[:, None])  # (N, W)
+    in_y = (ys >= y0[:, None]) & (ys < y1[:, None])  # (N, H)
+    pasted = pasted * (in_y[:, :, None] & in_x[:, None, :]).to(pasted.dtype)
+    if threshold >= 0:
+        return pasted >= threshold
+    return (pasted * 255).to(torch.uint8)
+
+
 def detector_postprocess(
     boxes: Tensor,
     scores: Tensor,
@@ -129,7 +152,7 @@ def detector_postprocess(
     boxes = boxes.to(torch.float32).clone()
     boxes[:, 0::2] *= scale_x
     boxes[:, 1::2] *= scale_y
-    boxes = clip_boxes(boxes, (out_h, out_w))
+    boxes = clamp_boxes(boxes, (out_h, out_w))  # Boxes.clip; detections' boxes are finite
 
     keep = nonempty(boxes)
     boxes, scores, classes = boxes[keep], scores[keep], classes[keep]

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from .boxes import apply_deltas, clip_boxes, nonempty
+from .boxes import apply_deltas, batched_nms, clamp_boxes, nonempty
 
 __all__ = ["RPNParams", "grid_anchors", "rpn_proposals"]
 
@@ -128,12 +128,12 @@ def rpn_proposals(
     # detectron2 indexes only when something is dropped; an all-True mask gives the same tensors
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
     boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
-    boxes = clip_boxes(boxes, image_size)
+    boxes = clamp_boxes(boxes, image_size)  # Boxes.clip; finite by the filter above
 
     keep = nonempty(boxes, threshold=params.min_box_size)
     boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
 
     # detectron2's batched_nms is torchvision's on float boxes (fp16 lacks the range)
-    keep = torchvision.ops.batched_nms(boxes.float(), scores, lvl, params.nms_thresh)
+    keep = batched_nms(boxes.float(), scores, lvl, params.nms_thresh)
     keep = keep[: params.post_nms_topk]  # sorted by decreasing score already
     return boxes[keep], scores[keep]

@@ -70,8 +70,8 @@ class FCISPipeline:
             output_size: ``(height, width)`` of the result.
         """
         boxes, _ = rpn_proposals(outputs.rpn_logits, outputs.rpn_deltas, image_size, self.rpn)
-        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-        det = self.reader.detect(outputs.maps, rois, [len(rois)], [image_size])[0]
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)  # image 0; no int count (export)
+        det = self.reader.detect(outputs.maps, rois, [rois.shape[0]], [image_size])[0]
         boxes, scores, classes, masks = detector_postprocess(
             det.boxes, det.scores, det.classes, det.masks, image_size, output_size, self.mask_threshold
         )

@@ -79,7 +79,11 @@ class FCISGraph(DenseGraph):
         return [t for pair in zip(logits, deltas) for t in pair]
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
-        features = self.model.backbone(self.normalise(image))
+        return self.dense_outputs(self.normalise(image))
+
+    def dense_outputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The outputs of a normalised, padded ``(1, 3, H, W)`` input."""
+        features = self.model.backbone(x)
         maps = self.model.score_maps(None, features)  # FCIS's score_maps reads only the features
         return (*self.rpn_outputs(features), maps.inside_outside, maps.box)
 
@@ -97,8 +101,8 @@ class BiSegGraph(FCISGraph):
             names.append("fine")
         return names + ["sem_seg_logits", "prior"]
 
-    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
-        features = self.model.backbone(self.normalise(image))
+    def dense_outputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        features = self.model.backbone(x)
         maps = self.model.score_maps(None, features)  # BiSeg's score_maps reads only the features
         fine = (maps.fine,) if self.model.roi_heads.reader.fuse else ()
         return (*self.rpn_outputs(features), maps.inside_outside, maps.box, *fine, maps.sem_seg_logits, maps.prior)

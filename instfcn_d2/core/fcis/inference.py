@@ -21,8 +21,8 @@ from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
+from ..boxes import batched_nms
 from ..detections import Detections
 from .layout import inside_outside_mask_probs
 from .mask_voting import mask_voting, resample_masks_into_boxes, tight_mask_boxes, voter_union_boxes, voting_pairs
@@ -106,7 +106,7 @@ def fcis_inference_single_image(
     masks, kept_boxes = detection_masks(cand, classes, boxes, scores, valid_mask_logits, params)
 
     return Detections(
-        image_size=(int(image_size[0]), int(image_size[1])),
+        image_size=(image_size[0], image_size[1]),  # no int(): symbolic sizes in an exported graph
         boxes=kept_boxes,
         scores=det_scores,
         classes=classes,

@@ -114,17 +114,16 @@ def mask_voting(
         )
     K, M = kept_boxes.shape[0], cand_masks.shape[-1]
     voted = cand_masks.new_zeros((K, M, M))
-    if K == 0 or P == 0:
-        return voted
     if frames is not None and frames.shape != kept_boxes.shape:
         raise ValueError(f"mask_voting: frames must be (K, 4) like kept_boxes, got {tuple(frames.shape)}")
     targets = kept_boxes if frames is None else frames
     kept_idx, cand_idx = voting_pairs(kept_boxes, cand_boxes, iou_threshold) if pairs is None else pairs
     weights = cand_scores[cand_idx].to(cand_masks.dtype)
-    for start in range(0, len(kept_idx), _PAIRS_PER_CHUNK):
-        k = kept_idx[start : start + _PAIRS_PER_CHUNK]
-        p = cand_idx[start : start + _PAIRS_PER_CHUNK]
-        w = weights[start : start + _PAIRS_PER_CHUNK]
+    # an exported graph takes every pair at once: a loop over a count the data decides has no graph
+    chunk = _PAIRS_PER_CHUNK if not torch.compiler.is_exporting() else None
+    for start in range(0, len(kept_idx), chunk) if chunk else [0]:
+        stop = start + chunk if chunk else None
+        k, p, w = kept_idx[start:stop], cand_idx[start:stop], weights[start:stop]
         resampled = resample_masks_into_boxes(cand_masks[p], cand_boxes[p], targets[k])
         if voter_threshold is not None:
             resampled = (resampled >= voter_threshold).to(resampled.dtype)
@@ -143,8 +142,6 @@ def voter_union_boxes(
     ``pairs``: :func:`voting_pairs` of these boxes, if already computed.
     """
     union = kept_boxes.clone()
-    if len(kept_boxes) == 0 or len(cand_boxes) == 0:
-        return union
     kept_idx, cand_idx = voting_pairs(kept_boxes, cand_boxes, iou_threshold) if pairs is None else pairs
     voters = cand_boxes[cand_idx].to(union.dtype)
     union[:, :2] = union[:, :2].scatter_reduce(0, kept_idx[:, None].expand(-1, 2), voters[:, :2], "amin")
@@ -159,10 +156,8 @@ def tight_mask_boxes(masks: Tensor, frames: Tensor, threshold: float) -> Tensor:
     The official FCIS reports the box of the binarised voted mask ("clipped_box"); on the ``M x M``
     grid that box is the extent of the cells at or above the threshold.
     """
-    K, M = masks.shape[0], masks.shape[-1]
+    M = masks.shape[-1]
     out = frames.clone().to(masks.dtype)
-    if K == 0:
-        return out
     cells = mask_tight_boxes(masks >= threshold).to(out.dtype)  # (K, 4) in cell units, [j, j + 1)
     has = cells[:, 2] > cells[:, 0]
     origin = out[:, :2].repeat(1, 2)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ...layers import ps_roi_assemble, ps_roi_class_logits
-from ..boxes import apply_deltas, clip_boxes
+from ..boxes import apply_deltas, clamp_boxes
 from ..detections import Detections
 from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
 from .layout import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
@@ -233,8 +233,13 @@ class FCISReader:
         :data:`CLASS_LOGITS_ROIS_PER_CHUNK` RoIs (the same values as the unchunked
         ``inside_outside_class_logits(roi_inside_outside(maps, rois))``, without the whole
         ``(R, 2, C+1, M, M)`` intermediate): any reader's, differentiable."""
-        # an empty rois still makes one call: (0, C+1) logits, with C from the maps
-        chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
+        if torch.compiler.is_exporting():
+            # a count the data decides cannot set the number of chunks of a graph: one chunk
+            # (the memory of all candidates at once, see CLASS_LOGITS_ROIS_PER_CHUNK)
+            chunks = [rois]
+        else:
+            # an empty rois still makes one call: (0, C+1) logits, with C from the maps
+            chunks = rois.split(CLASS_LOGITS_ROIS_PER_CHUNK) if len(rois) else [rois]
         logits = [inside_outside_class_logits(self.roi_inside_outside(maps, chunk)) for chunk in chunks]
         return torch.cat(logits, dim=0)
 
@@ -260,9 +265,12 @@ class FCISReader:
         if self.test_candidates in ("rois+regressed", "regressed"):
             deltas = self.roi_box_deltas(maps, rois)
             regressed = self.apply_box_deltas(deltas, rois[:, 1:])
-            parts = regressed.split(list(rois_per_image))
-            clipped = [clip_finite(b, size) for b, size in zip(parts, image_sizes)]
-            candidates.append(torch.cat([rois[:, :1], torch.cat(clipped, dim=0)], dim=1))
+            if len(image_sizes) == 1:  # (no split by a count: an exported graph has none)
+                clipped = clip_finite(regressed, image_sizes[0])
+            else:
+                parts = regressed.split(list(rois_per_image))
+                clipped = torch.cat([clip_finite(b, size) for b, size in zip(parts, image_sizes)], dim=0)
+            candidates.append(torch.cat([rois[:, :1], clipped], dim=1))
         return torch.cat(candidates, dim=0)
 
     def mask_logits_reader(self, maps: FCISMaps, rois: Tensor) -> MaskLogits:
@@ -285,11 +293,13 @@ class FCISReader:
         scores = torch.softmax(self.roi_class_logits(maps, candidates), dim=1)
         results = []
         for i, image_size in enumerate(image_sizes):
-            rows = (candidates[:, 0] == i).nonzero().squeeze(1)
-            image_rois = candidates[rows]
+            image_rois, image_scores = candidates, scores
+            if len(image_sizes) > 1:  # one image needs no selection (nor an exported graph one)
+                rows = (candidates[:, 0] == i).nonzero().squeeze(1)
+                image_rois, image_scores = candidates[rows], scores[rows]
             mask_logits = self.mask_logits_reader(maps, image_rois)
             results.append(
-                fcis_inference_single_image(image_rois[:, 1:], scores[rows], mask_logits, image_size, self.test_params)
+                fcis_inference_single_image(image_rois[:, 1:], image_scores, mask_logits, image_size, self.test_params)
             )
         return results
 
@@ -297,7 +307,5 @@ class FCISReader:
 def clip_finite(boxes: Tensor, image_size: Tuple[int, int]) -> Tensor:
     """detectron2's ``Boxes.clip`` of the finite rows of ``(R, 4)`` boxes; rows with NaN / inf
     (from diverged weights; inference drops them) are left as they are, which the clip would refuse."""
-    out = boxes.clone()
     finite = torch.isfinite(boxes).all(dim=1)
-    out[finite] = clip_boxes(boxes[finite], image_size)
-    return out
+    return torch.where(finite[:, None], clamp_boxes(boxes, image_size), boxes)
