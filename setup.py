@@ -71,12 +71,16 @@ def get_extensions():
             "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
         ]
 
+    # The limited C API and py_limited_api: the library links no libtorch_python and no pybind11,
+    # so that C++ programs load it without Python (layers/csrc/vision.cpp)
+    define_macros += [("Py_LIMITED_API", "0x030A0000")]
     return [
         extension(
             "instfcn_d2._C",
             sources,
             include_dirs=[os.path.abspath(CSRC)],
             define_macros=define_macros,
+            py_limited_api=True,
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
         )

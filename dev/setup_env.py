@@ -144,7 +144,7 @@ if "torch" in r and len(sys.argv) > 1:  # the extension file, loaded by path: ne
         spec = importlib.util.spec_from_file_location("instfcn_d2._C", sys.argv[1])
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        r["ext"] = "cuda" if mod.has_cuda() else "cpu"
+        r["ext"] = "cuda" if torch.ops.instfcn_d2.has_cuda() else "cpu"
     except Exception as e:
         r["ext_error"] = f"{type(e).__name__}: {e}"
 print("PROBE" + json.dumps(r))

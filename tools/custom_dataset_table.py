@@ -113,6 +113,14 @@ RECIPE_ROWS = [
         FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
     Row("fcis_recipe_official_2", "FCIS R18-FPN (custom), the official training recipe, second run (seed 43)",
         FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING + ("SEED", "43")),
+    # the official mask loss weighs a pixel ~100x more: at the CPU configs' BASE_LR 0.02 (40x the
+    # official rate per image) it diverges in the first steps; at a tenth of it, with a control row
+    *[Row(f"{key}_lr_tenth", f"{label}, BASE_LR 0.002", FCIS_CUSTOM, "FCIS", opts=opts + ("SOLVER.BASE_LR", "0.002"))
+      for key, label, opts in [
+          ("fcis_recipe_before", "FCIS R18-FPN (custom), recipe before", FCIS_RECIPE_BEFORE),
+          ("fcis_recipe_mask_loss", "FCIS R18-FPN (custom), official mask loss", FCIS_RECIPE_BEFORE + RECIPE_CHANGES["mask_loss"][1]),
+          ("fcis_recipe_official", "FCIS R18-FPN (custom), the official training recipe", FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
+      ]],
     Row("biseg_recipe_before", "BiSeg R18-FPN (custom), recipe before", BISEG_CUSTOM, "BiSeg", opts=FCIS_RECIPE_BEFORE),
     Row("biseg_recipe_official", "BiSeg R18-FPN (custom), the official FCIS training recipe", BISEG_CUSTOM, "BiSeg",
         opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),

@@ -15,13 +15,18 @@ runs it with the model's post-processing, needing only torch, torchvision and in
                                     ONNX Runtime (pip install onnxruntime onnx onnxscript)
 
 The graph ends at the dense maps in every format; the post-processing after it is instfcn_d2's
-Python. Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features and RPN outputs),
+Python. ``--whole`` (FCIS and BiSeg; ``exported_program`` or ``aoti``) puts everything in one graph
+instead, image to detections (``whole.pt2`` / ``whole_aoti.pt2``): the ``aoti`` one also runs from
+C++ without Python (tools/deploy/). InstanceFCN and Mask R-CNN export as graphs only. Mask R-CNN is three graphs in the chosen format: ``model.*`` (image -> features and RPN outputs),
 ``box_head.*`` and ``mask_head.*`` (pooled RoI features -> per-RoI outputs).
 
 Examples (PY=.venv/bin/python)::
 
   $PY tools/export_model.py --config-file configs/shapes/fcis_R18_cpu.yaml --format aoti \\
       --output output/export/fcis_aoti MODEL.WEIGHTS output/shapes/fcis_R18_cpu/model_final.pth
+  # the whole model in one AOTInductor artefact (also for C++: tools/deploy/README.md)
+  $PY tools/export_model.py --config-file configs/shapes/fcis_R18_cpu.yaml --format aoti --whole \\
+      --output output/export/fcis_whole MODEL.WEIGHTS output/shapes/fcis_R18_cpu/model_final.pth
   # the same, then the exported model evaluated on DATASETS.TEST (COCO AP, as --eval-only)
   $PY tools/export_model.py --config-file configs/shapes/biseg_fused_7_9_R18_cpu.yaml \\
       --format exported_program --output output/export/biseg_ep --run-eval \\
@@ -57,13 +62,14 @@ from instfcn_d2.checkpoint import MissingWeightsError, load_trained_weights, req
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.deploy import FORMATS, load
-from instfcn_d2.deploy.artefact import graph_files, read_metadata
+from instfcn_d2.deploy.artefact import WHOLE_FORMATS, WHOLE_OUTPUTS, graph_files, read_metadata
 from instfcn_d2.engine import Trainer
 from instfcn_d2.export import export_model
 from instfcn_d2.export.evaluation import DeployedModelAdapter
 from instfcn_d2.export.verify import compare_with_eager
 
 logger = logging.getLogger("instfcn_d2.export_model")
+WHOLE_KINDS = tuple(WHOLE_OUTPUTS)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -71,6 +77,8 @@ def get_parser() -> argparse.ArgumentParser:
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--config-file", required=True, metavar="FILE", help="the model's config")
     p.add_argument("--format", choices=FORMATS, default="exported_program", help="the graph's format")
+    p.add_argument("--whole", action="store_true",
+                   help="one graph from the image to the detections (FCIS, BiSeg; exported_program or aoti)")
     p.add_argument("--output", required=True, metavar="DIR", help="the folder to write (created)")
     p.add_argument("--sample-image", metavar="FILE", help="image to trace / export with (default: the first test image)")
     p.add_argument("--run-eval", action="store_true", help="evaluate the exported model on the config's DATASETS.TEST")
@@ -124,12 +132,20 @@ def test_images(cfg, sample_path):
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.whole and args.format not in WHOLE_FORMATS:
+        parser.error(f"--whole exports to {' or '.join(WHOLE_FORMATS)}, not --format {args.format}")
     setup_logger(name="instfcn_d2")
     setup_logger(name="detectron2", abbrev_name="d2")
     if args.sample_image and not os.path.isfile(args.sample_image):
         raise SystemExit(f"export_model.py: --sample-image {args.sample_image} not found")
     cfg = setup_cfg(args)
+    if args.whole and cfg.MODEL.META_ARCHITECTURE not in WHOLE_KINDS:
+        raise SystemExit(
+            f"export_model.py: --whole: a {cfg.MODEL.META_ARCHITECTURE} exports as a graph only (its "
+            f"post-processing runs in Python after it); the models that export whole: {', '.join(WHOLE_KINDS)}"
+        )
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         load_trained_weights(model, cfg.MODEL.WEIGHTS)
@@ -145,6 +161,7 @@ def main(argv=None) -> int:
         input_format=cfg.INPUT.FORMAT,
         class_names=names,
         test_resize=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
+        whole=args.whole,
     )
     size = sum(os.path.getsize(os.path.join(args.output, f)) for f in graph_files(read_metadata(args.output)).values())
     print(f"[export_model] {args.format}: {path} (graphs {size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s)")

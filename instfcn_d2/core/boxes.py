@@ -12,6 +12,8 @@ import torch
 import torchvision
 from torch import Tensor
 
+from ..layers import nms
+
 __all__ = ["apply_deltas", "clip_boxes", "clamp_boxes", "nonempty", "mask_tight_boxes", "batched_nms"]
 
 
@@ -105,12 +107,14 @@ def mask_tight_boxes(masks: Tensor) -> Tensor:
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """torchvision's ``batched_nms`` (NMS within each ``idxs`` group; kept indices by decreasing
-    score), as detectron2 calls it. While ``torch.export`` traces, the same offset trick that
+    score), as detectron2 calls it. While ``torch.export`` traces: the same offset trick that
     torchvision uses for small inputs, written without its branch on the number of boxes (a
-    branch on a count the data decides cannot be exported); it gives the same kept set."""
+    branch on a count the data decides cannot be exported), and this library's NMS operator
+    (:func:`instfcn_d2.layers.nms`, the same kept set), so that the exported graph needs no
+    torchvision library to run."""
     if not torch.compiler.is_exporting():
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
     # the largest coordinate, 0 for no box (max() of an empty tensor fails)
     max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + 1)
-    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)

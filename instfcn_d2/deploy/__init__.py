@@ -56,6 +56,8 @@ class DeployedModel:
         # name -> graph; "dense" takes the image, Mask R-CNN's "box_head" / "mask_head" pooled features
         self.graphs = {name: load_graph(directory, self.metadata, name) for name in graph_files(self.metadata)}
         self.graph = self.graphs["dense"]
+        # one graph from the image to the detections (FCIS, BiSeg): nothing of the pipeline runs here
+        self.whole = bool(self.metadata.get("whole", False))
         try:
             self.pipeline = _pipeline(self.kind, self.metadata["pipeline"], self.graphs)
         except (KeyError, TypeError, ValueError) as e:
@@ -110,7 +112,23 @@ class DeployedModel:
         image = self.check_image(image)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         output_size = size if output_size is None else (int(output_size[0]), int(output_size[1]))
+        if self.whole:
+            return self.run_whole(image, output_size)
         return self.pipeline.run(self.run_graph, image, size, output_size)
+
+    def run_whole(self, image: Tensor, output_size: Tuple[int, int]) -> Detections:
+        """A whole graph on a ``(3, h, w)`` float32 image: the detections at ``output_size``."""
+        # the output size travels as the shape of an empty tensor (instfcn_d2.export.whole)
+        outputs = self.graph(image.contiguous(), image.new_empty((output_size[0], output_size[1], 0)))
+        if len(outputs) != len(self.output_names):
+            raise ValueError(
+                f"{self.directory}: the graph returned {len(outputs)} tensors, its deploy.json names "
+                f"{len(self.output_names)}: {self.output_names}"
+            )
+        named = dict(zip(self.output_names, outputs))
+        return Detections(
+            output_size, named["boxes"], named["scores"], named["classes"], named["masks"].to(torch.bool), named.get("sem_seg")
+        )
 
     def run_raw(self, image: np.ndarray, rgb: bool = False) -> Detections:
         """Detections of a raw ``(H, W, 3)`` uint8 image at its own size: channels put in the

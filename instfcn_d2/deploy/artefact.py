@@ -27,6 +27,8 @@ __all__ = [
     "KINDS",
     "GRAPH_FILES",
     "METADATA_FILE",
+    "WHOLE_OUTPUTS",
+    "WHOLE_FORMATS",
     "graph_file",
     "graph_files",
     "read_metadata",
@@ -41,6 +43,8 @@ __all__ = [
 #: height and width, that program compiled ahead of time by AOTInductor, and an ONNX graph with
 #: dynamic height and width that ONNX Runtime runs.
 FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
+#: The formats a whole model (image to detections) exports to: ``torch.export`` with unbacked sizes.
+WHOLE_FORMATS = ("exported_program", "aoti")
 GRAPH_FILES = {"torchscript": "model.ts", "exported_program": "model.pt2", "aoti": "model_aoti.pt2", "onnx": "model.onnx"}
 #: What the ``onnx`` format needs besides torch (optional dependencies: exporting needs all three,
 #: running needs onnxruntime).
@@ -54,6 +58,12 @@ REQUIRED_OUTPUTS = {
     "BiSeg": ("rpn_logits_0", "rpn_deltas_0", "inside_outside", "box", "sem_seg_logits", "prior"),
     "InstanceFCN": ("mask_maps", "objectness"),
     "MaskRCNN": ("rpn_logits_0", "rpn_deltas_0"),
+}
+#: The models that export whole (``"whole": true``: one graph from image to detections,
+#: ``instfcn_d2.export.whole``) and the outputs of that graph, in order.
+WHOLE_OUTPUTS = {
+    "FCIS": ("boxes", "scores", "classes", "masks"),
+    "BiSeg": ("boxes", "scores", "classes", "masks", "sem_seg"),
 }
 
 
@@ -138,8 +148,17 @@ def check_metadata(path: str, metadata: dict) -> None:
     outputs = metadata["outputs"]
     if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
         raise bad("outputs", "is not a list of output names")
+    whole = metadata.get("whole", False)
+    if not isinstance(whole, bool):
+        raise bad("whole", f"is {whole!r}, not true or false")
+    if whole:
+        if kind not in WHOLE_OUTPUTS or metadata["format"] not in WHOLE_FORMATS:
+            raise bad("whole", f"is true for a {kind} in {metadata['format']!r}; whole graphs: {sorted(WHOLE_OUTPUTS)} "
+                      f"in {WHOLE_FORMATS}")
+        if tuple(outputs) != WHOLE_OUTPUTS[kind]:
+            raise bad("outputs", f"is {outputs}; a whole {kind} graph returns {list(WHOLE_OUTPUTS[kind])}")
     absent = [n for n in REQUIRED_OUTPUTS[kind] if n not in outputs]
-    if absent:
+    if absent and not whole:
         raise bad("outputs", f"lacks {absent}, which a {kind}'s post-processing reads (it names {outputs})")
     pipeline = metadata["pipeline"]
     if not isinstance(pipeline, dict):
@@ -153,9 +172,9 @@ def check_metadata(path: str, metadata: dict) -> None:
         raise bad("graphs", f"names {sorted(files)}; a MaskRCNN needs 'dense', 'box_head' and 'mask_head'")
 
 
-def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[[Tensor], List[Tensor]]:
-    """The graph ``name`` of an exported model as ``input -> [Tensor, ...]`` (the dense graph:
-    ``image (3, H, W)``)."""
+def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[..., List[Tensor]]:
+    """The graph ``name`` of an exported model as ``inputs -> [Tensor, ...]`` (the dense graph:
+    ``image (3, H, W)``; a whole graph: ``image, output_like``)."""
     files = graph_files(metadata)
     if name not in files:
         raise ValueError(f"{os.path.join(directory, METADATA_FILE)} names no {name!r} graph (it has {sorted(files)})")
@@ -179,8 +198,8 @@ def load_graph(directory: str, metadata: dict, name: str = "dense") -> Callable[
             "re-export the model with tools/export_model.py"
         ) from e
 
-    def graph(x: Tensor) -> List[Tensor]:
-        out = module(x)
+    def graph(*inputs: Tensor) -> List[Tensor]:
+        out = module(*inputs)
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
     return graph

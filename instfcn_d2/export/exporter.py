@@ -1,6 +1,7 @@
 """Write an exported model: the dense graph (:mod:`.graphs`; Mask R-CNN: also its per-RoI box and
 mask head graphs) in one format and ``deploy.json`` with the settings of the post-processing that
-:mod:`instfcn_d2.deploy` runs after it (:mod:`.settings`)."""
+:mod:`instfcn_d2.deploy` runs after it (:mod:`.settings`); or, with ``whole``, one graph from the
+image to the detections (:mod:`.whole`)."""
 import logging
 import os
 import time
@@ -11,9 +12,10 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..core.postprocess import pad_to_divisibility
-from ..deploy.artefact import FORMATS, graph_file, require_onnx, write_metadata
+from ..deploy.artefact import FORMATS, WHOLE_FORMATS, graph_file, require_onnx, write_metadata
 from .graphs import MaskRCNNGraph, dense_graph_for
-from .settings import mask_rcnn_pipeline, pipeline_settings
+from .settings import fcis_pipeline, mask_rcnn_pipeline, pipeline_settings
+from .whole import WHOLE_KINDS, WholeModel, whole_output_names
 
 __all__ = ["export_model", "MIN_SIDE", "MAX_SIDE"]
 
@@ -102,6 +104,27 @@ def _save_graph(module: nn.Module, sample: Tensor, dynamic_shapes, fmt: str, pat
     return None
 
 
+def _save_whole(module: nn.Module, image: Tensor, fmt: str, path: str) -> None:
+    """The whole model (:class:`.whole.WholeModel`) exported with a dynamic image and output size
+    and saved in ``fmt`` (``exported_program`` or ``aoti``)."""
+    from torch.export import Dim
+
+    h, w = image.shape[-2:]
+    # an output size unlike the image's, so that tracing cannot tie the two together
+    output_like = image.new_empty((2 * int(h) + 1, 2 * int(w) + 1, 0))
+    # sizes from 2: torch.export specialises dimensions of size 0 and 1
+    dynamic = {
+        "image": {1: Dim("height", min=MIN_SIDE, max=MAX_SIDE), 2: Dim("width", min=MIN_SIDE, max=MAX_SIDE)},
+        "output_like": {0: Dim("out_height", min=2, max=4 * MAX_SIDE), 1: Dim("out_width", min=2, max=4 * MAX_SIDE)},
+    }
+    program = torch.export.export(module, (image.contiguous(), output_like), dynamic_shapes=dynamic, strict=False)
+    if fmt == "exported_program":
+        torch.export.save(program, path)
+    else:
+        with torch._inductor.config.patch(layout_optimization=False):  # as _save_graph
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+
+
 def _onnx_version() -> str:
     import onnx
 
@@ -118,6 +141,7 @@ def export_model(
     input_format: str = "BGR",
     class_names: Optional[Sequence[str]] = None,
     test_resize: Optional[Tuple[int, int]] = None,
+    whole: bool = False,
 ) -> str:
     """Export ``model`` (FCIS, BiSeg, InstanceFCN or detectron2's Mask R-CNN, built and loaded, on
     the CPU) into ``output_dir``.
@@ -132,18 +156,27 @@ def export_model(
         class_names: recorded for the loader (the test dataset's ``thing_classes``).
         test_resize: ``(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, recorded so that the loaded
             model takes raw images of any size and resizes them as ``DefaultPredictor`` does.
+        whole: one graph from the image to the detections (:mod:`.whole`; FCIS and BiSeg, in the
+            ``exported_program`` and ``aoti`` formats) instead of the dense graph and Python after it.
 
     Returns:
         the path of the (dense) graph file.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {FORMATS}")
+    if whole and fmt not in WHOLE_FORMATS:
+        raise ValueError(f"--whole exports to {WHOLE_FORMATS}, not {fmt!r}")
     if fmt == "onnx":  # before anything is built or written
         require_onnx(what="export_model(..., 'onnx')")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("export_model: export a model on the CPU (MODEL.DEVICE cpu); the artefacts run on the CPU")
     model.eval()
     graph = dense_graph_for(model).eval()
+    if whole and graph.kind not in WHOLE_KINDS:
+        raise ValueError(
+            f"--whole: a {graph.kind} exports as a graph only (its post-processing runs in Python after it); "
+            f"the models that export whole: {WHOLE_KINDS}"
+        )
     divisibility = int(model.backbone.size_divisibility)
     square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
     if square:
@@ -151,10 +184,16 @@ def export_model(
     # contiguous, as the loader hands images to the graph: AOTInductor compiles the input strides in
     image = pad_to_divisibility(sample_image.to(torch.float32), divisibility, model.pixel_mean).contiguous()
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, graph_file(fmt))
     start = time.perf_counter()
-    opset = _save_graph(graph, image, _dynamic_shapes(divisibility), fmt, path, "image", graph.output_names())
-    files = {"dense": graph_file(fmt)}
+    opset = None
+    if whole:
+        files = {"dense": graph_file(fmt, "whole")}
+        path = os.path.join(output_dir, files["dense"])
+        _save_whole(WholeModel(graph, fcis_pipeline(model), divisibility).eval(), sample_image.to(torch.float32), fmt, path)
+    else:
+        path = os.path.join(output_dir, graph_file(fmt))
+        opset = _save_graph(graph, image, _dynamic_shapes(divisibility), fmt, path, "image", graph.output_names())
+        files = {"dense": graph_file(fmt)}
     if isinstance(graph, MaskRCNNGraph):
         from torch.export import Dim
 
@@ -177,7 +216,8 @@ def export_model(
             "input_format": input_format,
             "pixel_mean": model.pixel_mean.flatten().tolist(),
             "size_divisibility": divisibility,
-            "outputs": graph.output_names(),
+            "outputs": whole_output_names(graph.kind) if whole else graph.output_names(),
+            **({"whole": True} if whole else {}),
             "pipeline": pipeline_settings(model, graph.kind),
             "class_names": list(class_names or []),
             **({"test_resize": {"min_size": int(test_resize[0]), "max_size": int(test_resize[1])}} if test_resize else {}),

@@ -1,8 +1,8 @@
 """Loads the compiled extension ``instfcn_d2._C``; importing it registers ``torch.ops.instfcn_d2.*``."""
-import torch  # noqa: F401  (the extension links against libtorch: load torch first)
+import torch  # (the extension links against libtorch: load torch first)
 
 try:
-    from instfcn_d2 import _C
+    from instfcn_d2 import _C  # noqa: F401  (loading it registers the operators)
 except ImportError as e:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         f"instfcn_d2's native extension instfcn_d2._C could not be imported ({e}). "
@@ -26,7 +26,7 @@ def check_sizes(op: str, size_name: str, size: int, group_size: int, why: str) -
 
 def has_cuda() -> bool:
     """True when ``instfcn_d2._C`` was compiled with its CUDA kernels."""
-    return bool(_C.has_cuda())
+    return bool(torch.ops.instfcn_d2.has_cuda())
 
 
 __all__ = ["has_cuda", "check_sizes"]

@@ -65,6 +65,10 @@ def test_deploy_json_that_is_not_json(folder):
         ({"pixel_mean": [1.0, 2.0]}, r"'pixel_mean' is \[1.0, 2.0\], not three numbers"),
         ({"size_divisibility": -1}, r"'size_divisibility' is -1"),
         ({"outputs": "inside_outside"}, r"'outputs' is not a list"),
+        ({"whole": "yes"}, r"'whole' is 'yes', not true or false"),
+        ({"whole": True}, r"'whole' is true for a FCIS in 'torchscript'"),
+        ({"whole": True, "format": "aoti", "model": "InstanceFCN"}, r"'whole' is true for a InstanceFCN in 'aoti'"),
+        ({"whole": True, "format": "exported_program"}, r"'outputs' is \[.*\]; a whole FCIS graph returns \['boxes'"),
     ],
 )
 def test_deploy_json_values_that_cannot_be_right(folder, changes, message):

@@ -102,16 +102,21 @@ def _inputs():
 
 
 @pytest.mark.parametrize(
-    "name, fmt",
+    "name, fmt, whole",
     # AOTInductor compiles for minutes: slow
-    [pytest.param(n, f, marks=[pytest.mark.slow] if f == "aoti" else []) for n in MODELS for f in FORMATS]
+    [pytest.param(n, f, False, marks=[pytest.mark.slow] if f == "aoti" else []) for n in MODELS for f in FORMATS]
     # configs/custom/: the pyramid's five RPN levels and maps on p2 (AOTInductor as for the others)
-    + [(n, f) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")],
+    + [(n, f, False) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")]
+    # the whole model in one graph (its AOTInductor form: tests/tools/test_deploy_cpp.py)
+    + [(n, "exported_program", True) for n in ("fcis", "biseg", "fcis_custom", "biseg_custom")],
 )
-def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt):
+def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt, whole):
     cfg, model = _tiny_model(name)
     inputs = _inputs()
-    export_model(model, fmt, inputs[0][0], str(tmp_path / "artefact"), input_format=cfg.INPUT.FORMAT)
+    export_model(model, fmt, inputs[0][0], str(tmp_path / "artefact"), input_format=cfg.INPUT.FORMAT, whole=whole)
+    if whole:
+        meta = json.loads((tmp_path / "artefact" / "deploy.json").read_text())
+        assert meta["whole"] is True and meta["graph"] == "whole.pt2" and meta["outputs"][:4] == ["boxes", "scores", "classes", "masks"]
     torch.save(inputs, tmp_path / "inputs.pth")
     proc = subprocess.run(
         [sys.executable, "-c", _RUN_WITHOUT_DETECTRON2, str(tmp_path / "artefact"), str(tmp_path / "inputs.pth"),
@@ -143,6 +148,15 @@ def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt):
             else:
                 assert got["sem_seg"] is None
     assert counts[0] != counts[1], counts  # nothing fixed to the sample image's detection count
+
+
+@pytest.mark.parametrize("name, fmt", [("instance_fcn", "exported_program"), ("fcis", "onnx")])
+def test_whole_export_of_what_cannot_be_exported_whole_says_why(tmp_path, name, fmt):
+    cfg, model = _tiny_model(name)
+    why = "exports as a graph only" if name == "instance_fcn" else "--whole exports to"
+    with pytest.raises(ValueError, match=why):
+        export_model(model, fmt, _inputs()[0][0], str(tmp_path), whole=True)
+    assert not (tmp_path / "deploy.json").exists()
 
 
 def test_exported_graph_is_not_specialised_to_the_sample_size(tmp_path):
