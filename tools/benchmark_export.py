@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Inference speed of exported models: eager vs TorchScript vs ExportedProgram vs AOTInductor vs
-ONNX Runtime.
+ONNX Runtime, and the whole model in one AOTInductor package (``aoti_whole``).
 
 For FCIS and BiSeg (the coco128 CPU configs, C = 80, random weights with seed 0: speed needs no
 checkpoint), each exported in the formats of ``tools/export_model.py`` (``--formats``; ONNX needs
@@ -30,8 +30,10 @@ MODELS = {
     "FCIS R18": "configs/coco128/fcis_R18_cpu.yaml",
     "BiSeg R18 fused (7, 9)": "configs/coco128/biseg_fused_7_9_R18_cpu.yaml",
 }
-FORMATS = ("torchscript", "exported_program", "aoti", "onnx")
-TITLES = {"torchscript": "TorchScript", "exported_program": "ExportedProgram", "aoti": "AOTInductor", "onnx": "ONNX Runtime"}
+#: the variants: each graph format of export_model.py, and the whole model in one package (--whole)
+FORMATS = ("torchscript", "exported_program", "aoti", "onnx", "aoti_whole")
+TITLES = {"torchscript": "TorchScript", "exported_program": "ExportedProgram", "aoti": "AOTInductor", "onnx": "ONNX Runtime",
+          "aoti_whole": "AOTInductor, whole model"}
 
 
 def main(argv=None) -> int:
@@ -65,11 +67,14 @@ def main(argv=None) -> int:
             for fmt in formats:
                 start = time.perf_counter()
                 print(f"[{name}] exporting {fmt} ...", flush=True)
-                export_model(model, fmt, inputs[0]["image"], os.path.join(tmp, f"{name}_{fmt}"), input_format=cfg.INPUT.FORMAT)
+                whole = fmt.endswith("_whole")
+                export_model(model, fmt.replace("_whole", ""), inputs[0]["image"], os.path.join(tmp, f"{name}_{fmt}"),
+                             input_format=cfg.INPUT.FORMAT, whole=whole)
                 deployed[fmt] = load(os.path.join(tmp, f"{name}_{fmt}"))
                 print(f"[{name}] {fmt} exported in {time.perf_counter() - start:.0f} s", flush=True)
                 runners[fmt] = lambda x, d=deployed[fmt]: d(x["image"], (x["height"], x["width"]))
-                graph_runners[fmt] = lambda x, d=deployed[fmt]: d.run_graph(x["image"])
+                # a whole model has no graph apart from its post-processing
+                graph_runners[fmt] = (lambda x: None) if whole else (lambda x, d=deployed[fmt]: d.run_graph(x["image"]))
             times = {k: [] for k in runners}
             graph_times = {k: [] for k in runners}
             for i, x in enumerate(inputs):
@@ -107,8 +112,8 @@ def main(argv=None) -> int:
     print("| model | eager | " + " | ".join(TITLES[f] for f in formats) + " | graph share of eager |")
     print("|---|---:|" + "---:|" * len(formats) + "---:|")
     for name, g in graph_rows.items():
-        print(f"| {name} | {g['eager']:.3f} | " + " | ".join(f"{g[f]:.3f} ({g['eager'] / g[f]:.2f}x)" for f in formats)
-              + f" | {g['eager'] / rows[name]['eager']:.0%} |")
+        cells = ["-" if f.endswith("_whole") else f"{g[f]:.3f} ({g['eager'] / g[f]:.2f}x)" for f in formats]
+        print(f"| {name} | {g['eager']:.3f} | " + " | ".join(cells) + f" | {g['eager'] / rows[name]['eager']:.0%} |")
     if args.out:
         import matplotlib
 

@@ -111,8 +111,11 @@ RECIPE_ROWS = [
       for k, (label, change) in RECIPE_CHANGES.items()],
     Row("fcis_recipe_official", "FCIS R18-FPN (custom), the official training recipe (no OHEM, as its VOC config)",
         FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
-    Row("fcis_recipe_official_2", "FCIS R18-FPN (custom), the official training recipe, second run (seed 43)",
-        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING + ("SEED", "43")),
+    # the two official settings that did not lose AP at the CPU configs' rate, together
+    Row("fcis_recipe_box_conv", "FCIS R18-FPN (custom), official box statistics + conv_new at 3x",
+        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]),
+    Row("biseg_recipe_box_conv", "BiSeg R18-FPN (custom), official box statistics + conv_new at 3x", BISEG_CUSTOM, "BiSeg",
+        opts=FCIS_RECIPE_BEFORE + RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]),
     # the official mask loss weighs a pixel ~100x more: at the CPU configs' BASE_LR 0.02 (40x the
     # official rate per image) it diverges in the first steps; at a tenth of it, with a control row
     *[Row(f"{key}_lr_tenth", f"{label}, BASE_LR 0.002", FCIS_CUSTOM, "FCIS", opts=opts + ("SOLVER.BASE_LR", "0.002"))

@@ -89,10 +89,8 @@ def mask_tight_boxes(masks: Tensor) -> Tensor:
     The same boxes as detectron2's ``BitMasks.get_bounding_boxes`` (the tests use it as the oracle),
     written again because that one loops over the masks in Python and builds its result on the CPU;
     this runs on every voted or pasted mask at inference, on the masks' device."""
-    P, H, W = masks.shape
+    H, W = masks.shape[-2:]
     device = masks.device
-    if P == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=device)
     x_any = masks.any(dim=1)  # (P, W)
     y_any = masks.any(dim=2)  # (P, H)
     xs = torch.arange(W, device=device)

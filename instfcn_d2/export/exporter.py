@@ -177,6 +177,14 @@ def export_model(
             f"--whole: a {graph.kind} exports as a graph only (its post-processing runs in Python after it); "
             f"the models that export whole: {WHOLE_KINDS}"
         )
+    if whole and int(model.backbone.size_divisibility) > 1:
+        # padding inside the graph makes the padded size a remainder expression, and torch.export
+        # cannot prove the FPN levels' sizes consistent for every image size
+        raise ValueError(
+            f"--whole: this {graph.kind} pads its input to multiples of {model.backbone.size_divisibility} (an FPN "
+            "trunk); whole graphs take the dilated trunks (size divisibility 1, the paper's configs) for now; "
+            "export this one without --whole"
+        )
     divisibility = int(model.backbone.size_divisibility)
     square = getattr(model.backbone, "padding_constraints", {}).get("square_size", 0)
     if square:

@@ -15,6 +15,9 @@ graph's sizes stay symbolic). Outputs: ``boxes`` ``(K, 4)``, ``scores`` ``(K,)``
 ``(K,)`` int64, ``masks`` ``(K, height, width)`` bool, and for BiSeg ``sem_seg``
 ``(C+1, height, width)``.
 
+The trunk must not pad (size divisibility 1: the dilated trunks of the paper's configs): with an
+FPN trunk's padding to multiples of 32 inside the graph the padded size is a remainder expression,
+and ``torch.export`` cannot prove the pyramid levels' sizes consistent for every image size.
 InstanceFCN (its post-processing pastes windows in groups of equal size, a loop over sizes the
 data decides) and detectron2's Mask R-CNN (its box and mask heads run between data-dependent
 steps, in detectron2's own code) export as graphs only.

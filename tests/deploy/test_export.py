@@ -108,7 +108,7 @@ def _inputs():
     # configs/custom/: the pyramid's five RPN levels and maps on p2 (AOTInductor as for the others)
     + [(n, f, False) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")]
     # the whole model in one graph (its AOTInductor form: tests/tools/test_deploy_cpp.py)
-    + [(n, "exported_program", True) for n in ("fcis", "biseg", "fcis_custom", "biseg_custom")],
+    + [(n, "exported_program", True) for n in ("fcis", "biseg")],
 )
 def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt, whole):
     cfg, model = _tiny_model(name)
@@ -150,10 +150,13 @@ def test_exported_model_without_detectron2_equals_eager(tmp_path, name, fmt, who
     assert counts[0] != counts[1], counts  # nothing fixed to the sample image's detection count
 
 
-@pytest.mark.parametrize("name, fmt", [("instance_fcn", "exported_program"), ("fcis", "onnx")])
-def test_whole_export_of_what_cannot_be_exported_whole_says_why(tmp_path, name, fmt):
+@pytest.mark.parametrize(
+    "name, fmt, why",
+    [("instance_fcn", "exported_program", "exports as a graph only"), ("fcis", "onnx", "--whole exports to"),
+     ("fcis_custom", "exported_program", "pads its input to multiples of 32")],
+)
+def test_whole_export_of_what_cannot_be_exported_whole_says_why(tmp_path, name, fmt, why):
     cfg, model = _tiny_model(name)
-    why = "exports as a graph only" if name == "instance_fcn" else "--whole exports to"
     with pytest.raises(ValueError, match=why):
         export_model(model, fmt, _inputs()[0][0], str(tmp_path), whole=True)
     assert not (tmp_path / "deploy.json").exists()
