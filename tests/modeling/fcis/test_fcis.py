@@ -51,6 +51,9 @@ TINY = [
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
+#: the mask loss of the CPU configs that train from scratch (configs/shapes/fcis_R18_cpu.yaml)
+FROM_SCRATCH_RECIPE = ["MODEL.FCIS.MASK_LOSS_NORMALIZATION", "pixel_mean", "MODEL.FCIS.MASK_LOSS_WEIGHT", "1.0"]
+
 
 def _cfg(*opts):
     return get_instfcn_cfg(BASE, TINY + list(opts))
@@ -633,7 +636,9 @@ def _correct_fraction(model, samples, score_thresh=0.5):
 @pytest.mark.slow
 def test_overfit_a_few_images_learns_masks_and_classes():
     samples = [_sample(20 + i, size=(112, 112), sides=(44, 40)) for i in range(3)]
-    model = _model("MODEL.FCIS.CONV_NEW_DIM", "64", seed=1)
+    # from scratch at this rate: the mean mask loss (the official summed one needs the official,
+    # lower rate; docs/results.md, "The training recipe")
+    model = _model("MODEL.FCIS.CONV_NEW_DIM", "64", *FROM_SCRATCH_RECIPE, seed=1)
     before = _correct_fraction(model, samples)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
