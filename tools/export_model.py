@@ -62,14 +62,14 @@ from instfcn_d2.checkpoint import MissingWeightsError, load_trained_weights, req
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.data.coco_json import apply_coco_json_config
 from instfcn_d2.deploy import FORMATS, load
-from instfcn_d2.deploy.artefact import WHOLE_FORMATS, WHOLE_OUTPUTS, graph_files, read_metadata
+from instfcn_d2.deploy.artefact import WHOLE_FORMATS, graph_files, read_metadata
 from instfcn_d2.engine import Trainer
 from instfcn_d2.export import export_model
 from instfcn_d2.export.evaluation import DeployedModelAdapter
 from instfcn_d2.export.verify import compare_with_eager
+from instfcn_d2.export.whole import WHOLE_KINDS
 
 logger = logging.getLogger("instfcn_d2.export_model")
-WHOLE_KINDS = tuple(WHOLE_OUTPUTS)
 
 
 def get_parser() -> argparse.ArgumentParser:

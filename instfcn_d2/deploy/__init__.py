@@ -77,13 +77,17 @@ class DeployedModel:
         # contiguous: the exported graphs were made with a contiguous image, and an AOTInductor
         # graph reads its input with those strides (a transposed HWC image would be misread)
         padded = self.pad(image).contiguous()
-        outputs = self.graph(padded)
+        outputs = self._named(self.graph(padded))
+        return outputs, (int(padded.shape[-2]), int(padded.shape[-1]))
+
+    def _named(self, outputs: List[Tensor]) -> Dict[str, Tensor]:
+        """The graph's outputs by the names deploy.json gives them (their count checked)."""
         if len(outputs) != len(self.output_names):
             raise ValueError(
                 f"{self.directory}: the graph returned {len(outputs)} tensors, its deploy.json names "
                 f"{len(self.output_names)}: {self.output_names}"
             )
-        return dict(zip(self.output_names, outputs)), (int(padded.shape[-2]), int(padded.shape[-1]))
+        return dict(zip(self.output_names, outputs))
 
     @torch.no_grad()
     def __call__(
@@ -119,13 +123,7 @@ class DeployedModel:
     def run_whole(self, image: Tensor, output_size: Tuple[int, int]) -> Detections:
         """A whole graph on a ``(3, h, w)`` float32 image: the detections at ``output_size``."""
         # the output size travels as the shape of an empty tensor (instfcn_d2.export.whole)
-        outputs = self.graph(image.contiguous(), image.new_empty((output_size[0], output_size[1], 0)))
-        if len(outputs) != len(self.output_names):
-            raise ValueError(
-                f"{self.directory}: the graph returned {len(outputs)} tensors, its deploy.json names "
-                f"{len(self.output_names)}: {self.output_names}"
-            )
-        named = dict(zip(self.output_names, outputs))
+        named = self._named(self.graph(image.contiguous(), image.new_empty((output_size[0], output_size[1], 0))))
         return Detections(
             output_size, named["boxes"], named["scores"], named["classes"], named["masks"].to(torch.bool), named.get("sem_seg")
         )

@@ -92,7 +92,12 @@ def _save_graph(module: nn.Module, sample: Tensor, dynamic_shapes, fmt: str, pat
         return None
     if fmt == "onnx":
         return _save_onnx(module, sample, dynamic_shapes, path, input_name, output_names)
-    program = torch.export.export(module, (sample,), dynamic_shapes=dynamic_shapes)
+    _write_program(torch.export.export(module, (sample,), dynamic_shapes=dynamic_shapes), fmt, path)
+    return None
+
+
+def _write_program(program, fmt: str, path: str) -> None:
+    """An exported program saved as is (``exported_program``) or compiled by AOTInductor (``aoti``)."""
     if fmt == "exported_program":
         torch.export.save(program, path)
     else:
@@ -101,7 +106,6 @@ def _save_graph(module: nn.Module, sample: Tensor, dynamic_shapes, fmt: str, pat
         # for eager's contiguous layout, and 0.61 s with the layout kept (layout_optimization off)
         with torch._inductor.config.patch(layout_optimization=False):
             torch._inductor.aoti_compile_and_package(program, package_path=path)
-    return None
 
 
 def _save_whole(module: nn.Module, image: Tensor, fmt: str, path: str) -> None:
@@ -118,11 +122,7 @@ def _save_whole(module: nn.Module, image: Tensor, fmt: str, path: str) -> None:
         "output_like": {0: Dim("out_height", min=2, max=4 * MAX_SIDE), 1: Dim("out_width", min=2, max=4 * MAX_SIDE)},
     }
     program = torch.export.export(module, (image.contiguous(), output_like), dynamic_shapes=dynamic, strict=False)
-    if fmt == "exported_program":
-        torch.export.save(program, path)
-    else:
-        with torch._inductor.config.patch(layout_optimization=False):  # as _save_graph
-            torch._inductor.aoti_compile_and_package(program, package_path=path)
+    _write_program(program, fmt, path)
 
 
 def _onnx_version() -> str:
