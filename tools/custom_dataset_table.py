@@ -3,9 +3,11 @@
 
   python tools/custom_dataset_table.py --dataset-dir DIR --budget-minutes 12 --output output/table
   python tools/custom_dataset_table.py --dataset-dir DIR --rows fcis,mask_rcnn --jobs 1   # some rows
+  python tools/custom_dataset_table.py --builtin --rows mask_rcnn,fcis_shapes_recipe_before  # shapes configs
 
 ``DIR`` holds ``train.json``, ``val.json`` (COCO instances, polygons or RLE) and ``images/`` (or
-give ``--train-json`` / ``--val-json`` / ``--image-root``). Each row is a committed config trained
+give ``--train-json`` / ``--val-json`` / ``--image-root``); ``--builtin`` instead trains each row on
+its config's own datasets and scales (``configs/shapes/``: the built-in shapes). Each row is a committed config trained
 from scratch with ``tools/train_net.py --budget-minutes``, its dataset given by the
 ``DATASETS.COCO_JSON_*`` keys (the classes follow the JSON; BiSeg derives its semantic labels from
 the instances), with the same number of detections (proposals) per image for every model and the
@@ -134,11 +136,33 @@ RECIPE_ROWS = [
         "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
         opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "window_sum")),
 ]
+#: the same recipe rows on the shipped CPU configs (``configs/shapes/``: dilated R18-GN, maps at
+#: stride 8), meant for their built-in synthetic shapes dataset (``--builtin``)
+FCIS_SHAPES = "configs/shapes/fcis_R18_cpu.yaml"
+BISEG_SHAPES = "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"
+BOX_CONV = RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]
+SHAPES_RECIPE_ROWS = [
+    Row("fcis_shapes_recipe_before", "FCIS R18 (shapes), recipe before", FCIS_SHAPES, "FCIS", opts=FCIS_RECIPE_BEFORE),
+    *[Row(f"fcis_shapes_recipe_{k}", f"FCIS R18 (shapes), {label}", FCIS_SHAPES, "FCIS", opts=FCIS_RECIPE_BEFORE + change)
+      for k, (label, change) in RECIPE_CHANGES.items()],
+    Row("fcis_shapes_recipe_official", "FCIS R18 (shapes), the official training recipe (no OHEM)", FCIS_SHAPES, "FCIS",
+        opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
+    Row("fcis_shapes_recipe_box_conv", "FCIS R18 (shapes), official box statistics + conv_new at 3x", FCIS_SHAPES, "FCIS",
+        opts=FCIS_RECIPE_BEFORE + BOX_CONV),
+    Row("biseg_shapes_recipe_before", "BiSeg fused (7, 9) R18 (shapes), recipe before", BISEG_SHAPES, "BiSeg",
+        opts=FCIS_RECIPE_BEFORE),
+    Row("biseg_shapes_recipe_box_conv", "BiSeg fused (7, 9) R18 (shapes), official box statistics + conv_new at 3x",
+        BISEG_SHAPES, "BiSeg", opts=FCIS_RECIPE_BEFORE + BOX_CONV),
+    *[Row(f"instance_fcn_shapes_recipe_{reduction}", f"InstanceFCN R18 (shapes), mask loss: {label}",
+          "configs/shapes/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
+          opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", reduction))
+      for reduction, label in (("pixel_mean", "mean over pixels"), ("window_sum", "summed over a window (Eq. 1)"))],
+]
 #: every row: the shipped configs, their "_auto" variants, the custom-data configs and ablations
 ROWS = BASE_ROWS + [
     dataclasses.replace(r, key=r.key + suffix, label=f"{r.label}, auto {' + '.join(parts)}", auto_sizes=parts)
     for suffix, parts in AUTO_VARIANTS.items() for r in BASE_ROWS if r.detector
-] + CUSTOM_ROWS + RECIPE_ROWS
+] + CUSTOM_ROWS + RECIPE_ROWS + SHAPES_RECIPE_ROWS
 DEFAULT_ROWS = [r.key for r in BASE_ROWS]
 
 
@@ -160,10 +184,12 @@ PROPOSAL_COLUMNS = [("proposals/AR@10", "AR@10"), ("proposals/AR@100", "AR@100")
 
 def row_opts(row: Row, args) -> List[str]:
     """The command-line overrides of one row: its ablation, the dataset, then the shared test settings."""
-    opts = list(row.opts) + [
+    opts = list(row.opts) + ["OUTPUT_DIR", os.path.join(args.output, row.key), "TEST.EVAL_PERIOD", "0"]
+    if args.builtin:  # each config's own datasets and input scales
+        return opts + detection_opts(row.meta_architecture, args.detections_per_image) + list(args.opts)
+    opts += [
         "DATASETS.COCO_JSON_TRAIN", args.train_json, "DATASETS.COCO_IMAGE_ROOT_TRAIN", args.image_root,
         "DATASETS.COCO_JSON_TEST", args.val_json, "DATASETS.COCO_IMAGE_ROOT_TEST", args.image_root,
-        "OUTPUT_DIR", os.path.join(args.output, row.key), "TEST.EVAL_PERIOD", "0",
     ]
     if row.auto_sizes:
         from instfcn_d2.data.object_sizes import config_overrides, suggest_sizes
@@ -260,7 +286,7 @@ def plot(rows: List[Row], args, path: str) -> None:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.1f}", ha="center", va="bottom")
     ax.set_ylabel("mask AP (val)")
-    ax.set_title(f"{os.path.basename(os.path.normpath(args.dataset_dir or args.output))}: {args.budget_minutes:g} min each")
+    ax.set_title(f"{'built-in datasets' if args.builtin else os.path.basename(os.path.normpath(args.dataset_dir or args.output))}: {args.budget_minutes:g} min each")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -269,6 +295,9 @@ def plot(rows: List[Row], args, path: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset-dir", help="folder with train.json, val.json and images/")
+    p.add_argument("--builtin", action="store_true",
+                   help="train and evaluate each row on its config's own DATASETS and input scales (the built-in "
+                   "shapes for configs/shapes/) instead of a COCO-format dataset")
     p.add_argument("--train-json"), p.add_argument("--val-json"), p.add_argument("--image-root")
     p.add_argument("--output", default="output/custom_dataset_table", help="one OUTPUT_DIR per row under it")
     p.add_argument("--budget-minutes", type=float, default=12.0, help="wall-clock training budget of each row")
@@ -286,7 +315,13 @@ def parse_args(argv=None):
     p.add_argument("--retrain", action="store_true", help="train rows whose OUTPUT_DIR already has a finished run")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every row")
     args = p.parse_args(argv)
+    given = [f"--{name}" for name in ("dataset-dir", "train-json", "val-json", "image-root")
+             if getattr(args, name.replace("-", "_"))]
+    if args.builtin and given:
+        p.error(f"--builtin trains on the configs' own datasets; drop {', '.join(given)}")
     for name, default in (("train_json", "train.json"), ("val_json", "val.json"), ("image_root", "images")):
+        if args.builtin:
+            break
         if getattr(args, name) is None:
             if not args.dataset_dir:
                 p.error(f"give --dataset-dir or --{name.replace('_', '-')}")
@@ -300,6 +335,8 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--rows: unknown {unknown}; choose from {list(known)}")
     args.row_list = [known[k] for k in args.rows.split(",")]
+    if args.builtin and any(r.auto_sizes for r in args.row_list):
+        p.error("'_auto' rows are sized from a COCO-format training set; they cannot run with --builtin")
     args.output = os.path.abspath(args.output)
     return args
 

@@ -135,3 +135,28 @@ def test_custom_rows_ablate_one_setting_of_their_config_and_compare_with_both_ba
     text = tool.table(args.row_list, args)
     assert "relative to mask_rcnn: fcis_custom 1.60x, biseg_custom 1.80x" in text
     assert "relative to mask_rcnn_custom: fcis_custom 0.80x, biseg_custom 0.90x" in text
+
+
+def test_builtin_rows_train_on_their_configs_datasets(tmp_path, capsys):
+    """--builtin: no dataset keys or shared scales, each config's own DATASETS; the shapes recipe
+    rows state the whole recipe; a dataset flag or an '_auto' row with it is refused."""
+    tool = load_tool("custom_dataset_table")
+    rows = "mask_rcnn,fcis_shapes_recipe_before,fcis_shapes_recipe_box_conv,instance_fcn_shapes_recipe_window_sum"
+    args = tool.parse_args(["--builtin", "--output", str(tmp_path / "out"), "--rows", rows])
+    commands = {r.key: tool.command(r, args) for r in args.row_list}
+    for key, cmd in commands.items():
+        assert not any(a.startswith("DATASETS.") or a.startswith("INPUT.") for a in cmd), key
+        assert cmd[cmd.index("OUTPUT_DIR") + 1] == str(tmp_path / "out" / key)
+    box_conv = commands["fcis_shapes_recipe_box_conv"]
+    assert box_conv[box_conv.index("--config-file") + 1] == "configs/shapes/fcis_R18_cpu.yaml"
+    # the later of two values of a key wins: the row's change over the recipe before
+    assert box_conv[len(box_conv) - 1 - box_conv[::-1].index("MODEL.FCIS.BBOX_REG_WEIGHTS") + 1] == "(5.0, 5.0, 2.0, 2.0)"
+    assert "MODEL.FCIS.MASK_LOSS_NORMALIZATION" in box_conv
+    window_sum = commands["instance_fcn_shapes_recipe_window_sum"]
+    assert window_sum[window_sum.index("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION") + 1] == "window_sum"
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--builtin", "--dataset-dir", str(_dataset(tmp_path))])
+    assert "--builtin trains on the configs' own datasets; drop --dataset-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--builtin", "--rows", "fcis_auto"])
+    assert "cannot run with --builtin" in capsys.readouterr().err
