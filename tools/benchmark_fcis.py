@@ -75,11 +75,12 @@ def instrument(model, name: str, timer: StageTimer) -> None:
         if hasattr(model, "sem_seg_head"):
             timer.hook_module(model.sem_seg_head, "semantic")
             timer.wrap_attr(model, "extra_outputs", "semantic")  # sem_seg resized to the output
-        # roi_class_logits is FCIS's fused native read-out; BiSeg's calls roi_inside_outside per
-        # chunk: the same stage nested in itself, which StageTimer counts once (each call's
-        # exclusive time, the inner ones subtracted)
-        # the per-RoI reading belongs to the heads' reader (instfcn_d2.core), which inference calls
-        for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class", "roi_box_deltas"):
+        # roi_class_logits is FCIS's and BiSeg's native read-out (a reader with its own likelihoods
+        # calls roi_inside_outside per chunk: the same stage nested in itself, which StageTimer
+        # counts once); roi_inside_outside_of_classes assembles the detections' masks, all classes
+        # at once. The per-RoI reading belongs to the heads' reader (instfcn_d2.core).
+        for attr in ("roi_class_logits", "roi_inside_outside", "roi_inside_outside_of_class",
+                     "roi_inside_outside_of_classes", "roi_box_deltas"):
             timer.wrap_attr(heads.reader, attr, "assemble")
         timer.wrap_attr(fcis_reading, "fcis_inference_single_image", "nms")
         timer.wrap_attr(fcis_inference, "mask_voting", "voting")

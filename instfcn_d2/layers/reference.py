@@ -4,15 +4,17 @@ They are vectorised and differentiable through ordinary autograd, follow the sam
 the native kernels (see ``ps_roi_assemble.py`` and ``window_assemble.py``) and run on any device
 and floating dtype, but are much slower and use much more memory: use them to check, not to train.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "MAX_ADAPTIVE_SAMPLES",
     "ps_roi_assemble_reference",
     "ps_roi_class_logits_reference",
+    "biseg_roi_class_logits_reference",
     "window_assemble_reference",
 ]
 
@@ -151,6 +153,41 @@ def ps_roi_class_logits_reference(
     assembled = ps_roi_assemble_reference(input, rois, output_size, group_size, spatial_scale, sampling_ratio, aligned)
     R, m = assembled.shape[0], output_size
     return assembled.view(R, 2, num_classes + 1, m, m).amax(dim=1).mean(dim=(-2, -1))
+
+
+def biseg_roi_class_logits_reference(
+    coarse: Tensor,
+    fine: Optional[Tensor],
+    prior: Optional[Tensor],
+    rois: Tensor,
+    mask_size: int,
+    group_size: int,
+    fine_group_size: int,
+    num_classes: int,
+    spatial_scale: float,
+    fine_spatial_scale: float,
+    sampling_ratio: int = -1,
+    aligned: bool = True,
+    prior_mode: str = "product",
+    eps: float = 1e-6,
+) -> Tensor:
+    """Reference for :func:`instfcn_d2.layers.biseg_roi_class_logits`, written out from its
+    definition: the coarse set assembled at ``M/2`` and upsampled x2 (bilinear,
+    ``align_corners=False``) plus the fine set at ``M`` (or the coarse set at ``M``), the prior
+    cropped at ``M`` with ``k = 1`` entering the inside maps, then FCIS's read-out -> ``(R, C+1)``."""
+    M, K = mask_size, num_classes + 1
+    if fine is None:
+        likelihoods = ps_roi_assemble_reference(coarse, rois, M, group_size, spatial_scale, sampling_ratio, aligned)
+    else:
+        half = ps_roi_assemble_reference(coarse, rois, M // 2, group_size, spatial_scale, sampling_ratio, aligned)
+        likelihoods = F.interpolate(half, size=(M, M), mode="bilinear", align_corners=False) + ps_roi_assemble_reference(
+            fine, rois, M, fine_group_size, fine_spatial_scale, sampling_ratio, aligned
+        )
+    inside, outside = likelihoods[:, :K], likelihoods[:, K:]
+    if prior_mode != "none":
+        p = ps_roi_assemble_reference(prior, rois, M, 1, spatial_scale, sampling_ratio, True)
+        inside = inside * p if prior_mode == "product" else inside + torch.log(p + eps)
+    return torch.maximum(inside, outside).mean(dim=(-2, -1))
 
 
 def window_assemble_reference(input: Tensor, positions: Tensor, window_size: int, group_size: int) -> Tensor:

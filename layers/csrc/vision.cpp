@@ -11,6 +11,7 @@
 // built against the limited C API and not linked to libtorch_python.
 #include <torch/library.h>
 
+#include "biseg_roi_class_logits/biseg_roi_class_logits.h"
 #include "ps_roi_assemble/ps_roi_assemble.h"
 #include "nms/nms.h"
 #include "ps_roi_class_logits/ps_roi_class_logits.h"
@@ -39,6 +40,10 @@ TORCH_LIBRARY(instfcn_d2, m) {
   m.def(
       "ps_roi_class_logits(Tensor input, Tensor rois, float spatial_scale, int output_size, int group_size, "
       "int sampling_ratio, bool aligned, int num_classes) -> Tensor");
+  m.def(
+      "biseg_roi_class_logits(Tensor coarse, Tensor? fine, Tensor? prior, Tensor rois, float spatial_scale, "
+      "int group_size, float fine_spatial_scale, int fine_group_size, int mask_size, int sampling_ratio, "
+      "bool aligned, int num_classes, int prior_mode, float eps) -> Tensor");
   m.def("window_assemble(Tensor input, Tensor positions, int window_size, int group_size) -> Tensor");
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def(
@@ -50,6 +55,7 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cpu);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cpu);
   m.impl("ps_roi_class_logits", &instfcn_d2::ps_roi_class_logits_cpu);
+  m.impl("biseg_roi_class_logits", &instfcn_d2::biseg_roi_class_logits_cpu);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cpu);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cpu);
   m.impl("nms", &instfcn_d2::nms_cpu);
@@ -60,6 +66,7 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CUDA, m) {
   m.impl("ps_roi_assemble", &instfcn_d2::ps_roi_assemble_forward_cuda);
   m.impl("ps_roi_assemble_backward", &instfcn_d2::ps_roi_assemble_backward_cuda);
   m.impl("ps_roi_class_logits", &instfcn_d2::ps_roi_class_logits_cuda);
+  m.impl("biseg_roi_class_logits", &instfcn_d2::biseg_roi_class_logits_cuda);
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cuda);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cuda);
   m.impl("nms", &instfcn_d2::nms_cuda);

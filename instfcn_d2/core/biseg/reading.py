@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ...layers import ps_roi_assemble
+from ...layers import biseg_roi_class_logits, ps_roi_assemble
 from ..fcis.layout import split_inside_outside
 from ..fcis.reading import FCISMaps, FCISReader
 from .prior import PRIOR_MODES, combine_prior, crop_roi_prior, fuse_likelihoods
@@ -95,6 +95,39 @@ class BiSegReader(FCISReader):
         )
         inside, outside = combine_prior(likelihoods[:, :1], likelihoods[:, 1:], prior, self.prior_mode)
         return torch.cat([inside, outside], dim=1)
+
+    def roi_class_logits(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
+        """``(R, 5)`` RoIs -> ``(R, C+1)`` class logits, read by the native
+        :func:`~instfcn_d2.layers.biseg_roi_class_logits` from the two map sets and the prior
+        without assembling the ``(R, 2, C+1, M, M)`` likelihoods (the values of
+        :meth:`roi_class_logits_chunked` to float rounding). Maps that need a gradient, or a reader
+        whose likelihoods are not BiSeg's (a subclass overriding them), take the chunked reference."""
+        cls = type(self)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (maps.inside_outside, maps.fine, maps.prior)
+        )
+        if (
+            needs_grad
+            or cls.roi_inside_outside is not BiSegReader.roi_inside_outside
+            or cls._assembled_likelihoods is not BiSegReader._assembled_likelihoods
+        ):
+            return self.roi_class_logits_chunked(maps, rois)
+        coarse = maps.inside_outside
+        return biseg_roi_class_logits(
+            coarse,
+            maps.fine if self.fuse else None,
+            None if self.prior_mode == "none" else maps.prior,
+            rois.to(coarse.dtype),
+            self.mask_size,
+            self.group_size,
+            self.fine_group_size,
+            self.num_classes,
+            self.spatial_scale,
+            self.fine_spatial_scale,
+            self.sampling_ratio,
+            self.aligned,
+            self.prior_mode,
+        )
 
     def fused_likelihoods(self, maps: BiSegMaps, rois: Tensor) -> Tensor:
         """``(R, 2, C+1, M, M)`` likelihoods before the prior: FCIS's set at ``M/2`` upsampled x2

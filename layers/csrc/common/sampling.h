@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 namespace instfcn_d2 {
 
@@ -243,6 +244,62 @@ C10_HOST_DEVICE inline int64_t outside_channel(int64_t c, int64_t C1) {
 template <typename T>
 C10_HOST_DEVICE inline T inside_outside_max(T inside, T outside) {
   return (inside > outside || inside != inside) ? inside : outside;
+}
+
+// ---------------------------------------------------------------------------------------------
+// biseg_roi_class_logits: BiSeg's cell likelihoods from two assembled sets and its semantic prior
+// (instfcn_d2/core/biseg/prior.py: fuse_likelihoods, combine_prior).
+
+// Bilinear x2 upsampling of an h-long axis to 2h, as torch's upsample_bilinear2d with
+// align_corners=False: output index i reads input rows lo and hi with weights wlo and whi.
+template <typename T>
+struct UpsampleTap {
+  int64_t lo, hi;
+  T wlo, whi;
+};
+
+template <typename T>
+C10_HOST_DEVICE inline UpsampleTap<T> upsample2x_tap(int64_t i, int64_t h) {
+  // torch: source = scale * (i + 0.5) - 0.5 with scale = h / 2h, clamped at 0
+  T src = static_cast<T>(0.5) * (static_cast<T>(i) + static_cast<T>(0.5)) - static_cast<T>(0.5);
+  src = src < static_cast<T>(0) ? static_cast<T>(0) : src;
+  UpsampleTap<T> t;
+  t.lo = static_cast<int64_t>(src);
+  t.hi = t.lo + (t.lo < h - 1 ? 1 : 0);
+  t.whi = src - static_cast<T>(t.lo);
+  t.wlo = static_cast<T>(1) - t.whi;
+  return t;
+}
+
+// One cell of the x2-upsampled h x h plane `p`, torch's expression order (rows, then columns).
+template <typename T, typename S>
+C10_HOST_DEVICE inline T upsample2x_at(const S* p, int64_t h, const UpsampleTap<T>& y, const UpsampleTap<T>& x) {
+  return y.wlo * (x.wlo * static_cast<T>(p[y.lo * h + x.lo]) + x.whi * static_cast<T>(p[y.lo * h + x.hi])) +
+      y.whi * (x.wlo * static_cast<T>(p[y.hi * h + x.lo]) + x.whi * static_cast<T>(p[y.hi * h + x.hi]));
+}
+
+// MODEL.BISEG.PRIOR_MODE as the kernels take it.
+enum PriorMode : int64_t { kPriorNone = 0, kPriorProduct = 1, kPriorLog = 2 };
+
+// The inside likelihood of a cell with the semantic prior p of its class: the paper's product,
+// or Bayes in log space (inside + log(p + eps)); the outside likelihood takes no prior.
+template <typename T>
+C10_HOST_DEVICE inline T apply_prior(T inside, T p, int64_t mode, T eps) {
+  if (mode == kPriorProduct) {
+    return inside * p;
+  }
+  if (mode == kPriorLog) {
+#if defined(__CUDA_ARCH__)
+    if constexpr (std::is_same<T, float>::value) {
+      return inside + ::logf(p + eps);
+    } else {
+      return inside + ::log(p + eps);
+    }
+#else
+    return inside + std::log(p + eps);
+#endif
+  }
+  return inside;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,10 @@
 """FCISReader.roi_class_logits: FCIS's class logits read by the native ps_roi_class_logits, equal
-to the chunked path through roi_inside_outside, which any other reader (BiSeg's) keeps."""
+to the chunked path through roi_inside_outside, which a reader with its own likelihoods keeps."""
 import dataclasses
 
 import pytest
 import torch
 
-from instfcn_d2.core.biseg import BiSegMaps, BiSegReader
 from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISReader
 from instfcn_d2.core.fcis.layout import inside_outside_class_logits
 
@@ -92,38 +91,3 @@ def test_a_reader_with_its_own_inside_outside_keeps_the_chunked_path():
     logits = reader.roi_class_logits(maps, rois)
     assert calls == [CLASS_LOGITS_ROIS_PER_CHUNK, 3]
     torch.testing.assert_close(logits, 2 * _reader().roi_class_logits(maps, rois))
-
-
-@pytest.mark.parametrize("fuse", [True, False])
-@pytest.mark.parametrize("prior_mode", ["product", "none"])
-def test_biseg_class_logits_are_those_of_its_own_likelihoods(monkeypatch, fuse, prior_mode):
-    """BiSeg's inside/outside logits are fused and prior-weighted: its class logits must come from
-    them (the chunked path), not from FCIS's set alone."""
-    k2, H8, W8 = 5, 20, 24
-    g = torch.Generator().manual_seed(3)
-    base = _maps()
-    prior = torch.softmax(torch.randn(2, C + 1, 10, 12, generator=g, dtype=torch.float64), dim=1)
-    fine = torch.randn(2, k2 * k2 * 2 * (C + 1), H8, W8, generator=g, dtype=torch.float64)
-    maps = BiSegMaps(base.inside_outside, base.box, fine=fine if fuse else None, sem_seg_logits=None, prior=prior)
-    reader = BiSegReader(
-        num_classes=C,
-        group_size=K,
-        mask_size=2 * M,
-        spatial_scale=1 / 16,
-        fuse=fuse,
-        prior_mode=prior_mode,
-        fine_group_size=k2,
-        fine_spatial_scale=1 / STRIDE,
-    )
-    rois = _rois(CLASS_LOGITS_ROIS_PER_CHUNK + 4, size=190)
-    expected = inside_outside_class_logits(reader.roi_inside_outside(maps, rois))
-    sizes = _spy_inside_outside(monkeypatch, BiSegReader)
-    logits = reader.roi_class_logits(maps, rois)
-    assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, 4]
-    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
-    # what FCIS's reading of the same maps gives (the native path, were BiSeg to take it): other values
-    fcis_only = inside_outside_class_logits(FCISReader.roi_inside_outside(reader, maps, rois))
-    if fuse or prior_mode != "none":
-        assert (fcis_only - logits).abs().max() > 1e-3
-    else:  # FCIS's set alone at M, no prior: the same logits
-        torch.testing.assert_close(fcis_only, logits, rtol=1e-10, atol=1e-10)
