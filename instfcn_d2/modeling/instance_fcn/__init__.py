@@ -13,7 +13,13 @@ Read top to bottom:
   owns as a :class:`~instfcn_d2.core.instance_fcn.WindowProposer` and exported models run too.
 """
 from .config import add_instance_fcn_config
-from .heads import INSTANCE_FCN_MASK_HEAD_REGISTRY, DeepMaskHead, InstanceSensitiveMaskHead, ObjectnessHead
+from .heads import (
+    INSTANCE_FCN_MASK_HEAD_REGISTRY,
+    DeepMaskHead,
+    DeepMaskObjectnessHead,
+    InstanceSensitiveMaskHead,
+    ObjectnessHead,
+)
 from .meta_arch import InstanceFCN, WindowTraining
 
 __all__ = [
@@ -22,6 +28,7 @@ __all__ = [
     "InstanceSensitiveMaskHead",
     "DeepMaskHead",
     "ObjectnessHead",
+    "DeepMaskObjectnessHead",
     "InstanceFCN",
     "WindowTraining",
 ]

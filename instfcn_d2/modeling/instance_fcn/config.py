@@ -28,7 +28,7 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.MASK_HEAD = "InstanceSensitive"
     # Channels of the 1x1 conv of the mask branch (and of ~DeepMask's extra 1x1 conv).
     _C.MASK_BRANCH_DIM = 512
-    # Channels of the 3x3 conv of the objectness branch.
+    # Channels of the 3x3 conv of the objectness branch (InstanceFCN's; see DEEPMASK.SCORE_BRANCH).
     _C.OBJECTNESS_DIM = 512
     _C.DEEPMASK = CN()
     # Each window's m x m features are RoIAligned to R x R (14: DeepMask's 224-px crop at stride 16).
@@ -39,6 +39,12 @@ def add_instance_fcn_config(cfg: CN) -> CN:
     _C.DEEPMASK.FC_RELU = False
     # Side of the mask predicted by the fc layer (56 x 56 in DeepMask).
     _C.DEEPMASK.MASK_SIZE = 56
+    # ~DeepMask's objectness: "DeepMask", "constructed as in DeepMask" (InstanceFCN Sec. 4; DeepMask
+    # Sec. 3.1: the window's pooled features, 2x2 max pooling, fc 512 and fc 1024 with ReLU and
+    # dropout, fc 1), or "InstanceFCN" (its 3x3 conv branch, OBJECTNESS_DIM). With MASK_HEAD "DeepMask" only.
+    _C.DEEPMASK.SCORE_BRANCH = "DeepMask"
+    _C.DEEPMASK.SCORE_FC_DIMS = (512, 1024)
+    _C.DEEPMASK.SCORE_DROPOUT = 0.5
 
     # ---- training: DeepMask's positive / negative windows, as fractions of the window side
     _C.WINDOWS_PER_IMAGE = 256

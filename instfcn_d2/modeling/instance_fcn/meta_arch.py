@@ -22,7 +22,9 @@ NMS) is the model's ``proposer``, an :class:`instfcn_d2.core.instance_fcn.Window
 exported models run too; the model hands it its maps and its mask head's assembling.
 
 With ``MODEL.INSTANCE_FCN.MASK_HEAD = "DeepMask"`` the mask branch is the paper's ~DeepMask
-baseline (window features -> fc 512 -> fc 56^2); everything else is unchanged.
+baseline (window features -> fc 512 -> fc 56^2) and, with ``DEEPMASK.SCORE_BRANCH "DeepMask"``, so
+is the objectness (window features -> 2x2 max pooling -> fc 512 -> fc 1024 -> fc 1, scored window
+by window); everything else is unchanged.
 """
 import logging
 import time
@@ -42,7 +44,7 @@ from ...core.boxes import mask_tight_boxes
 from ...core.instance_fcn import ProposalTest, WindowProposer, window_boxes, window_top_left
 from ..common import init_new_layers, require_config_node
 from ..instances import detections_to_instances
-from .heads import ObjectnessHead, build_instance_fcn_mask_head
+from .heads import build_instance_fcn_mask_head, build_objectness_head
 from .window_labels import WindowLabelParams, label_windows, sample_windows, window_mask_targets
 
 __all__ = ["InstanceFCN", "WindowTraining"]
@@ -105,7 +107,8 @@ class InstanceFCN(nn.Module):
         Args:
             backbone: returns ``in_feature`` (stride 8 in the paper).
             mask_head: a :mod:`.heads` mask head (``forward`` + ``assemble``).
-            objectness_head: ``(N, C, H, W) -> (N, H, W)`` window logits.
+            objectness_head: ``(N, C, H, W) -> (N, H, W)`` window logits, and
+                ``score_windows(features, centres (P, 3)) -> (P,)`` of listed windows (training).
             feature_reduce: optional ``(N, C_in, H, W) -> (N, C, H, W)`` module between the trunk
                 and both branches (``MODEL.INSTANCE_FCN.REDUCE_DIM``).
             window_size: ``m`` in feature pixels.
@@ -155,7 +158,7 @@ class InstanceFCN(nn.Module):
             "backbone": backbone,
             "in_feature": c.IN_FEATURE,
             "mask_head": build_instance_fcn_mask_head(cfg, shape),
-            "objectness_head": ObjectnessHead(shape.channels, conv_dim=c.OBJECTNESS_DIM),
+            "objectness_head": build_objectness_head(cfg, shape),
             "window_size": c.WINDOW_SIZE,
             "feature_reduce": feature_reduce,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -196,9 +199,9 @@ class InstanceFCN(nn.Module):
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("InstanceFCN training needs 'instances' in every input dict (from the dataset mapper)")
         images = self.preprocess_image([x["image"] for x in batched_inputs])
-        mask_maps, objectness = self.compute_maps(images)
+        features = self.branch_features(images)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-        return self.losses(mask_maps, objectness, images.image_sizes, gt_instances)
+        return self.losses(self.mask_head(features), features, images.image_sizes, gt_instances)
 
     # ---- trunk -> maps ---------------------------------------------------------------------------
     def preprocess_image(self, images: List[Tensor]) -> ImageList:
@@ -206,30 +209,35 @@ class InstanceFCN(nn.Module):
         images = [(x.to(self.device) - self.pixel_mean) / self.pixel_std for x in images]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
-    def compute_maps(self, images: ImageList) -> Tuple[Tensor, Tensor]:
-        """-> the mask head's maps (``(N, k*k, H, W)`` for InstanceFCN) and objectness logits ``(N, H, W)``."""
+    def branch_features(self, images: ImageList) -> Tensor:
+        """-> ``(N, C, H, W)``, the map both branches read (``IN_FEATURE``, reduced by ``REDUCE_DIM``)."""
         features = self.backbone(images.tensor)[self.in_feature]
         if self.feature_reduce is not None:
             features = self.feature_reduce(features)
+        return features
+
+    def compute_maps(self, images: ImageList) -> Tuple[Tensor, Tensor]:
+        """-> the mask head's maps (``(N, k*k, H, W)`` for InstanceFCN) and objectness logits ``(N, H, W)``."""
+        features = self.branch_features(images)
         return self.mask_head(features), self.objectness_head(features)
 
     # ---- assemble -> losses (training) ----------------------------------------------------------
     def losses(
-        self, mask_maps: Tensor, objectness: Tensor, image_sizes: List[Tuple[int, int]], gt_instances: List[Instances]
+        self, mask_maps: Tensor, features: Tensor, image_sizes: List[Tuple[int, int]], gt_instances: List[Instances]
     ) -> Dict[str, Tensor]:
         """Logistic loss on the objectness of the sampled windows (mean over windows) + per-pixel
         logistic loss on the assembled masks of the positive ones (``mask_loss_reduction``: summed
         over each window's pixels and averaged over the sampled windows, or the mean over their pixels)."""
         m, train = self.window_size, self.training_params
-        obj_logits, obj_targets, pos_rows, mask_targets = [], [], [], []
+        obj_rows, obj_targets, pos_rows, mask_targets = [], [], [], []
         for i, (gt, image_size) in enumerate(zip(gt_instances, image_sizes)):
-            centres = self.proposer.window_centres(image_size, objectness.shape[-2:], device=self.device)
+            centres = self.proposer.window_centres(image_size, features.shape[-2:], device=self.device)
             boxes = window_boxes(centres, m, self.stride)
             gt_masks, gt_boxes = _gt_masks_and_boxes(gt, self.device)
             labels, matched = label_windows(gt_boxes, boxes, train.label_params)
             pos_idx, neg_idx = sample_windows(labels, train.windows_per_image, train.positive_fraction)
             sampled = centres[torch.cat([pos_idx, neg_idx])]
-            obj_logits.append(objectness[i, sampled[:, 0], sampled[:, 1]])
+            obj_rows.append(torch.cat([torch.full_like(sampled[:, :1], i), sampled], dim=1))
             obj_targets.append((torch.arange(len(sampled), device=self.device) < len(pos_idx)).to(torch.float32))
             tl = window_top_left(centres[pos_idx], m)
             pos_rows.append(torch.cat([torch.full_like(tl[:, :1], i), tl], dim=1))
@@ -238,7 +246,8 @@ class InstanceFCN(nn.Module):
                     window_mask_targets(gt_masks, matched[pos_idx], boxes[pos_idx], self.mask_head.mask_size)
                 )
 
-        obj_logits, obj_targets, pos_rows = torch.cat(obj_logits), torch.cat(obj_targets), torch.cat(pos_rows)
+        obj_targets, pos_rows = torch.cat(obj_targets), torch.cat(pos_rows)
+        obj_logits = self.objectness_head.score_windows(features, torch.cat(obj_rows))
         if len(pos_rows) == 0:
             self._warn_if_images_smaller_than_a_window(image_sizes, gt_instances)
         loss_objectness = F.binary_cross_entropy_with_logits(obj_logits, obj_targets, reduction="mean")

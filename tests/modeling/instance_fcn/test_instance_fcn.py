@@ -16,7 +16,12 @@ from conftest import REPO_ROOT
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.layers.reference import window_assemble_reference
-from instfcn_d2.modeling.instance_fcn.heads import DeepMaskHead, InstanceSensitiveMaskHead
+from instfcn_d2.modeling.instance_fcn.heads import (
+    DeepMaskHead,
+    DeepMaskObjectnessHead,
+    InstanceSensitiveMaskHead,
+    ObjectnessHead,
+)
 from instfcn_d2.core.instance_fcn.inference import resize_shortest_edge_shape
 from instfcn_d2.modeling.instances import detections_to_instances
 from instfcn_d2.core.instance_fcn.postprocessing import (
@@ -472,16 +477,21 @@ def test_mask_layer_parameters_instance_sensitive_vs_deepmask():
     assert deepmask_params / ifcn_params > 450  # "only 1/500 of parameters"
 
 
-def test_deepmask_head_trains_and_predicts():
+@pytest.mark.parametrize("score_branch", ["DeepMask", "InstanceFCN"])
+def test_deepmask_head_trains_and_predicts(score_branch):
     opts = ["MODEL.INSTANCE_FCN.MASK_HEAD", "DeepMask", "MODEL.INSTANCE_FCN.DEEPMASK.POOLER_RESOLUTION", "4",
-            "MODEL.INSTANCE_FCN.DEEPMASK.FC_DIM", "32", "MODEL.INSTANCE_FCN.DEEPMASK.MASK_SIZE", "14"]
+            "MODEL.INSTANCE_FCN.DEEPMASK.FC_DIM", "32", "MODEL.INSTANCE_FCN.DEEPMASK.MASK_SIZE", "14",
+            "MODEL.INSTANCE_FCN.DEEPMASK.SCORE_FC_DIMS", "(16, 24)", "MODEL.INSTANCE_FCN.DEEPMASK.SCORE_BRANCH", score_branch]
     model = _model(*opts)
     assert isinstance(model.mask_head, DeepMaskHead) and model.mask_head.mask_size == 14
+    head_type = DeepMaskObjectnessHead if score_branch == "DeepMask" else ObjectnessHead
+    assert type(model.objectness_head) is head_type
     losses, stats = _train_step(model, [_sample(0), _sample(1)])
     assert stats["instance_fcn/num_pos_windows"] > 0 and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert model.mask_head.mask_fc.weight.grad.abs().sum() > 0
-    assert model.objectness_head.logits.weight.grad.abs().sum() > 0
+    last = model.objectness_head.fc[-1] if score_branch == "DeepMask" else model.objectness_head.logits
+    assert last.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         inst = model([_test_input(_sample(2, size=(40, 50)))])[0]["instances"]  # smaller than a window
@@ -516,6 +526,40 @@ def test_deepmask_mask_fcs_are_a_linear_pair_unless_asked():
     assert not odd_part_is_zero()
 
 
+def test_deepmask_objectness_scores_each_window_as_deepmask():
+    """DeepMask's score branch: the window's pooled features, 2x2 max pooling, fc + ReLU, fc + ReLU,
+    fc 1; the dense map is every centred window's score, those hanging off the map reading 0."""
+    torch.manual_seed(0)
+    head = DeepMaskObjectnessHead(3, conv_dim=2, window_size=4, pooler_resolution=4, fc_dims=(5, 6)).eval()
+    features = torch.randn(2, 3, 5, 6)
+    dense = head(features)
+    assert dense.shape == (2, 5, 6)
+    centres = torch.tensor([[0, 2, 2], [1, 0, 5], [1, 4, 0]])
+    torch.testing.assert_close(head.score_windows(features, centres), dense[centres[:, 0], centres[:, 1], centres[:, 2]])
+    # by hand: window centred at (2, 2) starts at (0, 0) and is 4 x 4 = its 4 x 4 pooling
+    reduced = torch.relu(head.reduce(features))
+    x = torch.nn.functional.max_pool2d(reduced[:1, :, 0:4, 0:4], 2).flatten(1)
+    fc = [m for m in head.fc if isinstance(m, torch.nn.Linear)]
+    by_hand = fc[2](torch.relu(fc[1](torch.relu(fc[0](x)))))[0, 0]
+    torch.testing.assert_close(dense[0, 2, 2], by_hand)
+    # centred at (0, 5) of image 1: rows -2, -1 and columns 6, 7 are off the map and read 0
+    window = torch.zeros(1, 2, 4, 4)
+    window[:, :, 2:, :3] = reduced[1:, :, 0:2, 3:6]
+    by_hand = fc[2](torch.relu(fc[1](torch.relu(fc[0](torch.nn.functional.max_pool2d(window, 2).flatten(1))))))[0, 0]
+    torch.testing.assert_close(dense[1, 0, 5], by_hand)
+    assert head.score_windows(features, centres[:0]).shape == (0,)
+
+
+def test_deepmask_objectness_uses_dropout_in_training_only():
+    torch.manual_seed(0)
+    head = DeepMaskObjectnessHead(3, conv_dim=2, window_size=4, pooler_resolution=4, fc_dims=(64, 64))
+    features = torch.randn(1, 3, 5, 6)
+    head.eval()
+    torch.testing.assert_close(head(features), head(features))
+    head.train()
+    assert not torch.allclose(head(features), head(features))
+
+
 # ---- configuration ------------------------------------------------------------------------------------
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="IN_FEATURE = 'res5'.*res3"):
@@ -524,6 +568,8 @@ def test_config_errors_name_the_key():
         _model("MODEL.INSTANCE_FCN.MASK_HEAD", "Nope")
     with pytest.raises(ValueError, match="GROUP_SIZE"):
         _model("MODEL.INSTANCE_FCN.GROUP_SIZE", "9")
+    with pytest.raises(ValueError, match="DEEPMASK.SCORE_BRANCH = 'fc'; expected one of"):
+        _model("MODEL.INSTANCE_FCN.DEEPMASK.SCORE_BRANCH", "fc")
 
 
 @pytest.mark.parametrize(
