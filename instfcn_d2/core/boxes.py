@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from ..layers import nms
+from ..layers import batched_nms as native_batched_nms
 
 __all__ = ["apply_deltas", "clip_boxes", "clamp_boxes", "nonempty", "mask_tight_boxes", "batched_nms"]
 
@@ -105,14 +105,10 @@ def mask_tight_boxes(masks: Tensor) -> Tensor:
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """torchvision's ``batched_nms`` (NMS within each ``idxs`` group; kept indices by decreasing
-    score), as detectron2 calls it. While ``torch.export`` traces: the same offset trick that
-    torchvision uses for small inputs, written without its branch on the number of boxes (a
-    branch on a count the data decides cannot be exported), and this library's NMS operator
-    (:func:`instfcn_d2.layers.nms`, the same kept set), so that the exported graph needs no
+    score), as detectron2 calls it. While ``torch.export`` traces: this library's
+    :func:`instfcn_d2.layers.batched_nms` (the same kept set; one operator, no branch on the number
+    of boxes, which torchvision's has and a graph cannot), so that the exported graph needs no
     torchvision library to run."""
     if not torch.compiler.is_exporting():
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
-    # the largest coordinate, 0 for no box (max() of an empty tensor fails)
-    max_coordinate = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
-    offsets = idxs.to(boxes) * (max_coordinate + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return native_batched_nms(boxes, scores, idxs, iou_threshold)

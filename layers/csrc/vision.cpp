@@ -46,6 +46,7 @@ TORCH_LIBRARY(instfcn_d2, m) {
       "bool aligned, int num_classes, int prior_mode, float eps) -> Tensor");
   m.def("window_assemble(Tensor input, Tensor positions, int window_size, int group_size) -> Tensor");
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
   m.def(
       "window_assemble_backward(Tensor grad, Tensor positions, int window_size, int group_size, "
       "SymInt batch_size, SymInt height, SymInt width) -> Tensor");
@@ -59,6 +60,7 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CPU, m) {
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cpu);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cpu);
   m.impl("nms", &instfcn_d2::nms_cpu);
+  m.impl("batched_nms", &instfcn_d2::batched_nms_cpu);
 }
 
 #ifdef WITH_CUDA
@@ -70,6 +72,7 @@ TORCH_LIBRARY_IMPL(instfcn_d2, CUDA, m) {
   m.impl("window_assemble", &instfcn_d2::window_assemble_forward_cuda);
   m.impl("window_assemble_backward", &instfcn_d2::window_assemble_backward_cuda);
   m.impl("nms", &instfcn_d2::nms_cuda);
+  m.impl("batched_nms", &instfcn_d2::batched_nms_cuda);
 }
 #endif
 

@@ -35,9 +35,13 @@ C10_HOST_DEVICE inline T box_iou(const T* a, const T* b) {
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+// NMS within each group of idxs (torchvision's batched_nms): the kept indices by decreasing score,
+// the same as nms of the boxes moved apart by group (the offset trick), in the same order.
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold);
 
 #ifdef WITH_CUDA
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold);
 #endif
 
 inline void nms_check(const at::Tensor& boxes, const at::Tensor& scores) {
@@ -47,6 +51,15 @@ inline void nms_check(const at::Tensor& boxes, const at::Tensor& scores) {
   TORCH_CHECK(boxes.scalar_type() == scores.scalar_type(), "nms: boxes and scores dtypes differ: ",
               boxes.scalar_type(), " and ", scores.scalar_type());
   TORCH_CHECK(boxes.device() == scores.device(), "nms: boxes and scores are on different devices");
+}
+
+inline void batched_nms_check(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs) {
+  nms_check(boxes, scores);
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0),
+              "batched_nms: idxs must be (N,) with N = ", boxes.size(0), ", got ", idxs.sizes());
+  TORCH_CHECK(!at::isFloatingType(idxs.scalar_type()) && idxs.scalar_type() != at::kBool,
+              "batched_nms: idxs must hold integer group ids, got ", idxs.scalar_type());
+  TORCH_CHECK(idxs.device() == boxes.device(), "batched_nms: idxs and boxes are on different devices");
 }
 
 }  // namespace instfcn_d2

@@ -82,4 +82,14 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   return order.index_select(0, kept);
 }
 
+// On the GPU the offset trick (torchvision's for small inputs): every pair is compared in parallel.
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
+  batched_nms_check(boxes, scores, idxs);
+  if (boxes.size(0) == 0) {
+    return at::empty({0}, boxes.options().dtype(at::kLong));
+  }
+  const at::Tensor offsets = idxs.to(boxes.scalar_type()) * (boxes.max() + 1);
+  return nms_cuda(boxes + offsets.unsqueeze(1), scores, iou_threshold);
+}
+
 }  // namespace instfcn_d2
