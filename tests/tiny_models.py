@@ -86,11 +86,14 @@ FCIS_HEADS = [
     "MODEL.FCIS.SCORE_THRESH_TEST", "0.0",
     "MODEL.FCIS.DETECTIONS_PER_IMAGE", "10",
 ]
+#: the box weights the checkpoints' outputs were saved with (the shapes configs' recipe then): how
+#: box deltas are decoded, not a parameter, so the outputs are compared with the same decoding
+SAVED_BOX_WEIGHTS = ["MODEL.FCIS.BBOX_REG_WEIGHTS", "(10.0, 10.0, 5.0, 5.0)"]
 TINY_CHECKPOINT_MODELS = {
-    "fcis": ("configs/shapes/fcis_R18_cpu.yaml", FCIS_HEADS),
+    "fcis": ("configs/shapes/fcis_R18_cpu.yaml", FCIS_HEADS + SAVED_BOX_WEIGHTS),
     "biseg": (
         "configs/shapes/biseg_fused_7_9_R18_cpu.yaml",
-        FCIS_HEADS + ["MODEL.BISEG.GROUP_SIZE_FINE", "5", "MODEL.BISEG.SEM_SEG_CONV_DIM", "16",
+        FCIS_HEADS + SAVED_BOX_WEIGHTS + ["MODEL.BISEG.GROUP_SIZE_FINE", "5", "MODEL.BISEG.SEM_SEG_CONV_DIM", "16",
                       "MODEL.BISEG.FINE_CONV_NEW_DIM", "8", "MODEL.BISEG.MASK_SIZE", "0"],
     ),
     "instance_fcn": (

@@ -4,6 +4,7 @@ derived semantic labels let the smaller instance win wherever instances nest, wh
 the annotations; every model trains on it through tools/train_net.py; and the detectors can predict
 every class, reported under the JSON's own category ids."""
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ MODELS = {
     "mask_rcnn_custom": (
         "configs/custom/mask_rcnn_R18_FPN_cpu.yaml",
         ALL_CLASSES + ["MODEL.RPN.POST_NMS_TOPK_TEST", "30", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-                       "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
+                       "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
                        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
     ),
     "instance_fcn": (
@@ -103,10 +104,12 @@ def test_detectors_train_and_can_predict_every_class(name, nested_files, tmp_pat
     assert {f"AP-{c}" for c in NAMES} <= set(results["segm"])
     if name == "biseg_custom":  # the semantic branch is scored on every class's derived labels
         assert {f"IoU-{c}" for c in NAMES} <= set(results["sem_seg"])
-    (val_name,) = [d.name for d in (tmp_path / "inference").iterdir()]
-    predictions = torch.load(tmp_path / "inference" / val_name / "instances_predictions.pth", weights_only=False)
-    predicted = {p["category_id"] for image in predictions for p in image["instances"]}
-    assert predicted == {c["id"] for c in NESTED_CATEGORIES}  # every class, under the JSON's ids
+    (val_dir,) = list((tmp_path / "inference").iterdir())
+    # the model's classes (contiguous), then what the evaluation scored: the JSON's own ids
+    predictions = torch.load(val_dir / "instances_predictions.pth", weights_only=False)
+    assert {p["category_id"] for image in predictions for p in image["instances"]} == set(range(len(NAMES)))
+    scored = json.loads((val_dir / "coco_instances_results.json").read_text())
+    assert {r["category_id"] for r in scored} == {c["id"] for c in NESTED_CATEGORIES}
 
 
 @pytest.mark.slow
