@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from reader_spy import spy_inside_outside
 from instfcn_d2.core.biseg import BiSegMaps, BiSegReader
 from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISReader
 from instfcn_d2.core.fcis.layout import inside_outside_class_logits
@@ -35,18 +36,6 @@ def _reader(fuse, prior_mode, cls=BiSegReader):
                fine_group_size=K2, fine_spatial_scale=1 / 8)
 
 
-def _spy_inside_outside(monkeypatch, cls):
-    sizes = []
-    original = cls.roi_inside_outside
-
-    def spy(self, maps, rois):
-        sizes.append(len(rois))
-        return original(self, maps, rois)
-
-    monkeypatch.setattr(cls, "roi_inside_outside", spy)
-    return sizes
-
-
 @pytest.mark.parametrize("fuse", [True, False])
 @pytest.mark.parametrize("prior_mode", ["product", "log", "none"])
 def test_native_class_logits_are_those_of_its_own_likelihoods(monkeypatch, fuse, prior_mode):
@@ -54,7 +43,7 @@ def test_native_class_logits_are_those_of_its_own_likelihoods(monkeypatch, fuse,
     rois = _rois(CLASS_LOGITS_ROIS_PER_CHUNK + 4)
     expected = inside_outside_class_logits(reader.roi_inside_outside(maps, rois))
     torch.testing.assert_close(reader.roi_class_logits_chunked(maps, rois), expected, rtol=1e-10, atol=1e-10)
-    sizes = _spy_inside_outside(monkeypatch, BiSegReader)
+    sizes = spy_inside_outside(monkeypatch, BiSegReader)
     logits = reader.roi_class_logits(maps, rois)
     assert sizes == []  # nothing assembled
     torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
@@ -75,7 +64,7 @@ def test_maps_that_need_a_gradient_take_the_chunked_path(monkeypatch):
     reader, maps = _reader(True, "product"), _maps(True)
     maps.prior.requires_grad_()
     rois = _rois(5)
-    sizes = _spy_inside_outside(monkeypatch, BiSegReader)
+    sizes = spy_inside_outside(monkeypatch, BiSegReader)
     logits = reader.roi_class_logits(maps, rois)
     assert sizes == [5]
     (grad,) = torch.autograd.grad(logits.sum(), maps.prior)

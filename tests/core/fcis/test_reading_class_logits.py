@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from reader_spy import spy_inside_outside
 from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISReader
 from instfcn_d2.core.fcis.layout import inside_outside_class_logits
 
@@ -30,18 +31,6 @@ def _reader(**changes):
     return FCISReader(num_classes=C, group_size=K, mask_size=M, spatial_scale=1 / STRIDE, **changes)
 
 
-def _spy_inside_outside(monkeypatch, cls):
-    sizes = []
-    original = cls.roi_inside_outside
-
-    def spy(self, maps, rois):
-        sizes.append(len(rois))
-        return original(self, maps, rois)
-
-    monkeypatch.setattr(cls, "roi_inside_outside", spy)
-    return sizes
-
-
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_native_class_logits_equal_the_chunked_ones(monkeypatch, aligned, sampling_ratio):
@@ -50,7 +39,7 @@ def test_native_class_logits_equal_the_chunked_ones(monkeypatch, aligned, sampli
     rois = _rois(2 * CLASS_LOGITS_ROIS_PER_CHUNK + 7)
     chunked = reader.roi_class_logits_chunked(maps, rois)
     torch.testing.assert_close(chunked, inside_outside_class_logits(reader.roi_inside_outside(maps, rois)))
-    sizes = _spy_inside_outside(monkeypatch, FCISReader)
+    sizes = spy_inside_outside(monkeypatch, FCISReader)
     native = reader.roi_class_logits(maps, rois)
     assert sizes == []  # nothing assembled
     torch.testing.assert_close(native, chunked, rtol=1e-10, atol=1e-10)
@@ -67,7 +56,7 @@ def test_maps_that_need_a_gradient_take_the_chunked_path(monkeypatch):
     maps = _maps()
     maps.inside_outside.requires_grad_()
     rois = _rois(5)
-    sizes = _spy_inside_outside(monkeypatch, FCISReader)
+    sizes = spy_inside_outside(monkeypatch, FCISReader)
     logits = reader.roi_class_logits(maps, rois)
     assert sizes == [5]
     (grad,) = torch.autograd.grad(logits.sum(), maps.inside_outside)
