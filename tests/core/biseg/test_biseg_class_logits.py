@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reader_spy import spy_inside_outside
+
 from instfcn_d2.core.biseg import BiSegMaps, BiSegReader
 from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISReader
 from instfcn_d2.core.fcis.layout import inside_outside_class_logits
