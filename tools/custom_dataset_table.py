@@ -107,17 +107,32 @@ RECIPE_CHANGES = {
     "ohem": ("OHEM (the 64 hardest of all labelled RoIs)", ("MODEL.FCIS.OHEM", "True", "MODEL.FCIS.OHEM_BATCH_SIZE", "64")),
 }
 OFFICIAL_TRAINING = sum((RECIPE_CHANGES[k][1] for k in ("mask_loss", "box_stats", "mask_thresh", "conv_new_lr")), ())
-RECIPE_ROWS = [
-    Row("fcis_recipe_before", "FCIS R18-FPN (custom), recipe before", FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE),
-    *[Row(f"fcis_recipe_{k}", f"FCIS R18-FPN (custom), {label}", FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + change)
-      for k, (label, change) in RECIPE_CHANGES.items()],
-    Row("fcis_recipe_official", "FCIS R18-FPN (custom), the official training recipe (no OHEM, as its VOC config)",
-        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
-    # the two official settings that did not lose AP at the CPU configs' rate, together
-    Row("fcis_recipe_box_conv", "FCIS R18-FPN (custom), official box statistics + conv_new at 3x",
-        FCIS_CUSTOM, "FCIS", opts=FCIS_RECIPE_BEFORE + RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]),
-    Row("biseg_recipe_box_conv", "BiSeg R18-FPN (custom), official box statistics + conv_new at 3x", BISEG_CUSTOM, "BiSeg",
-        opts=FCIS_RECIPE_BEFORE + RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]),
+BOX_CONV = RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]
+
+
+def recipe_rows(tag: str, fcis: Tuple[str, str], biseg: Tuple[str, str], instance_fcn: Tuple[str, str]) -> List[Row]:
+    """The recipe rows of one set of configs: each ``(label, config)``; keys ``<model>_<tag>_*``."""
+    (fcis_label, fcis_cfg), (biseg_label, biseg_cfg), (ifcn_label, ifcn_cfg) = fcis, biseg, instance_fcn
+    return [
+        Row(f"fcis_{tag}_before", f"{fcis_label}, recipe before", fcis_cfg, "FCIS", opts=FCIS_RECIPE_BEFORE),
+        *[Row(f"fcis_{tag}_{k}", f"{fcis_label}, {label}", fcis_cfg, "FCIS", opts=FCIS_RECIPE_BEFORE + change)
+          for k, (label, change) in RECIPE_CHANGES.items()],
+        Row(f"fcis_{tag}_official", f"{fcis_label}, the official training recipe (no OHEM, as its VOC config)",
+            fcis_cfg, "FCIS", opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
+        # the two official settings that did not lose AP at the CPU configs' rate, together
+        Row(f"fcis_{tag}_box_conv", f"{fcis_label}, official box statistics + conv_new at 3x", fcis_cfg, "FCIS",
+            opts=FCIS_RECIPE_BEFORE + BOX_CONV),
+        Row(f"biseg_{tag}_before", f"{biseg_label}, recipe before", biseg_cfg, "BiSeg", opts=FCIS_RECIPE_BEFORE),
+        Row(f"biseg_{tag}_box_conv", f"{biseg_label}, official box statistics + conv_new at 3x", biseg_cfg, "BiSeg",
+            opts=FCIS_RECIPE_BEFORE + BOX_CONV),
+        *[Row(f"instance_fcn_{tag}_{reduction}", f"{ifcn_label}, mask loss: {label}", ifcn_cfg, "InstanceFCN",
+              detector=False, opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", reduction))
+          for reduction, label in (("pixel_mean", "mean over pixels"), ("window_sum", "summed over a window (Eq. 1)"))],
+    ]
+
+
+RECIPE_ROWS = recipe_rows("recipe", ("FCIS R18-FPN (custom)", FCIS_CUSTOM), ("BiSeg R18-FPN (custom)", BISEG_CUSTOM),
+                          ("InstanceFCN R18 (custom)", "configs/custom/instance_fcn_R18_cpu.yaml")) + [
     # the official mask loss weighs a pixel ~100x more: at the CPU configs' BASE_LR 0.02 (40x the
     # official rate per image) it diverges in the first steps; at a tenth of it, with a control row
     *[Row(f"{key}_lr_tenth", f"{label}, BASE_LR 0.002", FCIS_CUSTOM, "FCIS", opts=opts + ("SOLVER.BASE_LR", "0.002"))
@@ -126,38 +141,16 @@ RECIPE_ROWS = [
           ("fcis_recipe_mask_loss", "FCIS R18-FPN (custom), official mask loss", FCIS_RECIPE_BEFORE + RECIPE_CHANGES["mask_loss"][1]),
           ("fcis_recipe_official", "FCIS R18-FPN (custom), the official training recipe", FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
       ]],
-    Row("biseg_recipe_before", "BiSeg R18-FPN (custom), recipe before", BISEG_CUSTOM, "BiSeg", opts=FCIS_RECIPE_BEFORE),
     Row("biseg_recipe_official", "BiSeg R18-FPN (custom), the official FCIS training recipe", BISEG_CUSTOM, "BiSeg",
         opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
-    Row("instance_fcn_recipe_pixel_mean", "InstanceFCN R18 (custom), mask loss: mean over pixels",
-        "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
-        opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "pixel_mean")),
-    Row("instance_fcn_recipe_window_sum", "InstanceFCN R18 (custom), mask loss: summed over a window (Eq. 1)",
-        "configs/custom/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
-        opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", "window_sum")),
 ]
 #: the same recipe rows on the shipped CPU configs (``configs/shapes/``: dilated R18-GN, maps at
 #: stride 8), meant for their built-in synthetic shapes dataset (``--builtin``)
-FCIS_SHAPES = "configs/shapes/fcis_R18_cpu.yaml"
-BISEG_SHAPES = "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"
-BOX_CONV = RECIPE_CHANGES["box_stats"][1] + RECIPE_CHANGES["conv_new_lr"][1]
-SHAPES_RECIPE_ROWS = [
-    Row("fcis_shapes_recipe_before", "FCIS R18 (shapes), recipe before", FCIS_SHAPES, "FCIS", opts=FCIS_RECIPE_BEFORE),
-    *[Row(f"fcis_shapes_recipe_{k}", f"FCIS R18 (shapes), {label}", FCIS_SHAPES, "FCIS", opts=FCIS_RECIPE_BEFORE + change)
-      for k, (label, change) in RECIPE_CHANGES.items()],
-    Row("fcis_shapes_recipe_official", "FCIS R18 (shapes), the official training recipe (no OHEM)", FCIS_SHAPES, "FCIS",
-        opts=FCIS_RECIPE_BEFORE + OFFICIAL_TRAINING),
-    Row("fcis_shapes_recipe_box_conv", "FCIS R18 (shapes), official box statistics + conv_new at 3x", FCIS_SHAPES, "FCIS",
-        opts=FCIS_RECIPE_BEFORE + BOX_CONV),
-    Row("biseg_shapes_recipe_before", "BiSeg fused (7, 9) R18 (shapes), recipe before", BISEG_SHAPES, "BiSeg",
-        opts=FCIS_RECIPE_BEFORE),
-    Row("biseg_shapes_recipe_box_conv", "BiSeg fused (7, 9) R18 (shapes), official box statistics + conv_new at 3x",
-        BISEG_SHAPES, "BiSeg", opts=FCIS_RECIPE_BEFORE + BOX_CONV),
-    *[Row(f"instance_fcn_shapes_recipe_{reduction}", f"InstanceFCN R18 (shapes), mask loss: {label}",
-          "configs/shapes/instance_fcn_R18_cpu.yaml", "InstanceFCN", detector=False,
-          opts=("MODEL.INSTANCE_FCN.MASK_LOSS_REDUCTION", reduction))
-      for reduction, label in (("pixel_mean", "mean over pixels"), ("window_sum", "summed over a window (Eq. 1)"))],
-]
+SHAPES_RECIPE_ROWS = recipe_rows(
+    "shapes_recipe", ("FCIS R18 (shapes)", "configs/shapes/fcis_R18_cpu.yaml"),
+    ("BiSeg fused (7, 9) R18 (shapes)", "configs/shapes/biseg_fused_7_9_R18_cpu.yaml"),
+    ("InstanceFCN R18 (shapes)", "configs/shapes/instance_fcn_R18_cpu.yaml"),
+)
 #: every row: the shipped configs, their "_auto" variants, the custom-data configs and ablations
 ROWS = BASE_ROWS + [
     dataclasses.replace(r, key=r.key + suffix, label=f"{r.label}, auto {' + '.join(parts)}", auto_sizes=parts)
