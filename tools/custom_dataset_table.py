@@ -70,6 +70,10 @@ CUSTOM_ROWS = [
     Row("fcis_custom", "FCIS R18-FPN, half width, maps on p2", FCIS_CUSTOM, "FCIS"),
     Row("fcis_custom_p3", "FCIS R18-FPN, half width, maps on p3", FCIS_CUSTOM, "FCIS",
         opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p3"]')),
+    # maps on every level, each RoI read from the level that fits its size (as ROIPooler pools
+    # Mask R-CNN's RoIs)
+    Row("fcis_custom_levels", "FCIS R18-FPN, half width, maps on p2 ... p5 (RoI's level)", FCIS_CUSTOM, "FCIS",
+        opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]')),
     Row("fcis_custom_full_width", "FCIS R18-FPN, full width, maps on p2", FCIS_CUSTOM,
         "FCIS", opts=FULL_WIDTH),
     Row("biseg_custom", "BiSeg R18-FPN, half width, both sets on p2", BISEG_CUSTOM, "BiSeg"),

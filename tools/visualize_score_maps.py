@@ -101,6 +101,9 @@ def fcis_panels(model, prepared: Prepared, detection: int = 0) -> Optional[Dict[
     c = int(result.pred_classes[detection])
     rois = torch.cat([box.new_zeros(1), box])[None]
     k, kk = reader.group_size, reader.group_size ** 2
+    if reader.levels is not None:  # maps on several levels: the level this detection is read from
+        level = int(reader.levels.assign(box[None])[0])
+        maps, reader = maps.levels[level], reader.replace(levels=None, spatial_scale=reader.levels.spatial_scales[level])
     class_maps = reader.maps_by_class(maps.inside_outside, k)[c : c + 1]  # (1, 2*k*k, H, W): image 0, class c
     cells = class_maps[0].view(2, kk, *maps.inside_outside.shape[-2:])
     s = reader.spatial_scale

@@ -14,7 +14,15 @@ from torch import Tensor
 
 from ..layers import batched_nms as native_batched_nms
 
-__all__ = ["apply_deltas", "clip_boxes", "clamp_boxes", "nonempty", "mask_tight_boxes", "batched_nms"]
+__all__ = [
+    "apply_deltas",
+    "clip_boxes",
+    "clamp_boxes",
+    "nonempty",
+    "mask_tight_boxes",
+    "batched_nms",
+    "assign_boxes_to_levels",
+]
 
 
 def apply_deltas(
@@ -112,3 +120,17 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if not torch.compiler.is_exporting():
         return torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)
     return native_batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def assign_boxes_to_levels(
+    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: float, canonical_level: int
+) -> Tensor:
+    """``(R,)`` int64 level index (offset from ``min_level``) of each ``(R, 4)`` box by its size
+    ``sqrt(area)``: detectron2's ``assign_boxes_to_levels`` for the boxes of any images (FPN paper,
+    eq. 1), which pools Mask R-CNN's RoIs and chooses FCIS's map level. A box with NaN coordinates
+    (diverged weights) gets ``min_level`` rather than an index of no level."""
+    box_sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    level_assignments = torch.floor(canonical_level + torch.log2(box_sizes / canonical_box_size + 1e-8))
+    level_assignments = torch.nan_to_num(level_assignments, nan=float(min_level))
+    level_assignments = torch.clamp(level_assignments, min=min_level, max=max_level)
+    return level_assignments.to(torch.int64) - min_level

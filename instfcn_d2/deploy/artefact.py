@@ -157,7 +157,11 @@ def check_metadata(path: str, metadata: dict) -> None:
                       f"in {WHOLE_FORMATS}")
         if tuple(outputs) != WHOLE_OUTPUTS[kind]:
             raise bad("outputs", f"is {outputs}; a whole {kind} graph returns {list(WHOLE_OUTPUTS[kind])}")
-    absent = [n for n in REQUIRED_OUTPUTS[kind] if n not in outputs]
+    required = list(REQUIRED_OUTPUTS[kind])
+    if kind == "FCIS" and "inside_outside_0" in outputs:  # maps on several pyramid levels, finest first
+        levels = sum(n.startswith("inside_outside_") for n in outputs)
+        required = required[:2] + [f"{name}_{level}" for level in range(levels) for name in ("inside_outside", "box")]
+    absent = [n for n in required if n not in outputs]
     if absent and not whole:
         raise bad("outputs", f"lacks {absent}, which a {kind}'s post-processing reads (it names {outputs})")
     pipeline = metadata["pipeline"]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..core.biseg import BiSegMaps, BiSegReader
 from ..core.detections import Detections
-from ..core.fcis import FCISMaps, FCISReader
+from ..core.fcis import FCISLevelMaps, FCISMaps, FCISReader
 from ..core.postprocess import detector_postprocess, sem_seg_postprocess
 from ..core.rpn import RPNParams, rpn_proposals
 
@@ -26,7 +26,7 @@ class FCISOutputs:
 
     rpn_logits: Sequence[Tensor]  # per level (1, A, H_i, W_i)
     rpn_deltas: Sequence[Tensor]  # per level (1, A*4, H_i, W_i)
-    maps: FCISMaps  # FCISMaps, or BiSegMaps for BiSeg
+    maps: FCISMaps  # FCISMaps (FCISLevelMaps with maps on several levels), or BiSegMaps for BiSeg
 
     @classmethod
     def from_graph(cls, by_name: Dict[str, Tensor], biseg: bool) -> "FCISOutputs":
@@ -40,6 +40,11 @@ class FCISOutputs:
                 fine=by_name.get("fine"),
                 sem_seg_logits=by_name["sem_seg_logits"],
                 prior=by_name["prior"],
+            )
+        elif "inside_outside_0" in by_name:  # one map set per pyramid level
+            count = sum(n.startswith("inside_outside_") for n in by_name)
+            maps = FCISLevelMaps(
+                [FCISMaps(inside_outside=by_name[f"inside_outside_{l}"], box=by_name[f"box_{l}"]) for l in range(count)]
             )
         else:
             maps = FCISMaps(inside_outside=by_name["inside_outside"], box=by_name["box"])

@@ -25,7 +25,7 @@ import torchvision
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..core.boxes import apply_deltas, clip_boxes
+from ..core.boxes import apply_deltas, assign_boxes_to_levels, clip_boxes
 from ..core.detections import Detections
 from ..core.postprocess import detector_postprocess
 from ..core.rpn import RPNParams, rpn_proposals
@@ -35,7 +35,6 @@ __all__ = [
     "BoxPredictorParams",
     "MaskRCNNPipeline",
     "MaskRCNNRun",
-    "assign_boxes_to_levels",
     "roi_pool",
     "predict_boxes_and_probs",
     "fast_rcnn_inference_single_image",
@@ -75,17 +74,6 @@ class PoolerParams:
             canonical_box_size=int(d["canonical_box_size"]),
             canonical_level=int(d["canonical_level"]),
         )
-
-
-def assign_boxes_to_levels(
-    boxes: Tensor, min_level: int, max_level: int, canonical_box_size: int, canonical_level: int
-) -> Tensor:
-    """``(R,)`` int64 level index (offset from ``min_level``) of each ``(R, 4)`` box by its size
-    ``sqrt(area)``: detectron2's ``assign_boxes_to_levels`` for one image (FPN paper, eq. 1)."""
-    box_sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    level_assignments = torch.floor(canonical_level + torch.log2(box_sizes / canonical_box_size + 1e-8))
-    level_assignments = torch.clamp(level_assignments, min=min_level, max=max_level)
-    return level_assignments.to(torch.int64) - min_level
 
 
 def roi_pool(features: Sequence[Tensor], boxes: Tensor, params: PoolerParams) -> Tensor:

@@ -22,6 +22,8 @@ from typing import Dict, List, Tuple
 
 from torch import Tensor, nn
 
+from ..core.fcis import FCISLevelMaps
+
 __all__ = [
     "DenseGraph",
     "FCISGraph",
@@ -59,7 +61,9 @@ class FCISGraph(DenseGraph):
     """FCIS: the RPN head's outputs per level and the inside/outside and box maps.
 
     Outputs: ``rpn_logits_i`` ``(1, A, H_i, W_i)`` and ``rpn_deltas_i`` ``(1, A*4, H_i, W_i)`` for
-    each RPN level ``i``, ``inside_outside`` ``(1, k*k*2*(C+1), H, W)``, ``box`` ``(1, k*k*4, H, W)``.
+    each RPN level ``i``, ``inside_outside`` ``(1, k*k*2*(C+1), H, W)``, ``box`` ``(1, k*k*4, H, W)``;
+    with maps on several pyramid levels (the reader's ``levels``) ``inside_outside_l`` and ``box_l``
+    for each level ``l``, finest first.
     """
 
     kind = "FCIS"
@@ -71,7 +75,12 @@ class FCISGraph(DenseGraph):
         names = []
         for i in range(self.rpn_levels()):
             names += [f"rpn_logits_{i}", f"rpn_deltas_{i}"]
-        return names + ["inside_outside", "box"]
+        levels = self.model.roi_heads.reader.levels
+        if levels is None:
+            return names + ["inside_outside", "box"]
+        for level in range(len(levels.strides)):
+            names += [f"inside_outside_{level}", f"box_{level}"]
+        return names
 
     def rpn_outputs(self, features) -> List[Tensor]:
         rpn = self.model.proposal_generator
@@ -85,6 +94,8 @@ class FCISGraph(DenseGraph):
         """The outputs of a normalised, padded ``(1, 3, H, W)`` input."""
         features = self.model.backbone(x)
         maps = self.model.score_maps(None, features)  # FCIS's score_maps reads only the features
+        if isinstance(maps, FCISLevelMaps):
+            return (*self.rpn_outputs(features), *[t for m in maps.levels for t in (m.inside_outside, m.box)])
         return (*self.rpn_outputs(features), maps.inside_outside, maps.box)
 
 

@@ -1,5 +1,5 @@
 """instfcn_d2.core's ports of detectron2's post-processing against detectron2 itself: box decoding,
-clipping, RPN proposals, mask pasting, detector_postprocess, sem_seg_postprocess. Bit-equal
+clipping, pyramid level assignment, RPN proposals, mask pasting, detector_postprocess, sem_seg_postprocess. Bit-equal
 (``torch.equal``) everywhere on the CPU; the modules must import without detectron2."""
 import json
 import math
@@ -17,13 +17,14 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.layers import mask_ops as d2_mask_ops
 from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
 from detectron2.modeling.postprocessing import detector_postprocess as d2_detector_postprocess
 from detectron2.modeling.postprocessing import sem_seg_postprocess as d2_sem_seg_postprocess
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.structures import Boxes, ImageList, Instances
 
 from instfcn_d2.core import postprocess as deploy_postprocess
-from instfcn_d2.core.boxes import apply_deltas, clip_boxes, nonempty
+from instfcn_d2.core.boxes import apply_deltas, assign_boxes_to_levels, clip_boxes, nonempty
 from instfcn_d2.core.postprocess import detector_postprocess, paste_masks_in_image, sem_seg_postprocess
 from instfcn_d2.core.rpn import RPNParams, rpn_proposals
 from instfcn_d2.export.settings import rpn_params_from_detectron2
@@ -291,3 +292,13 @@ def test_rpn_proposals_cuda(case):
     # one kernel with fused multiply-adds, a rounding away from eager PyTorch; the selection is the same
     assert torch.equal(scores, proposals[0].objectness_logits)
     torch.testing.assert_close(boxes, proposals[0].proposal_boxes.tensor, rtol=1e-6, atol=1e-4)
+
+
+def test_assign_boxes_to_levels():
+    g = torch.Generator().manual_seed(0)
+    x0, y0 = torch.rand(400, generator=g) * 300, torch.rand(400, generator=g) * 200
+    side = torch.rand(400, 2, generator=g) ** 2 * 900.0 + 0.1  # under a pixel to 900 px
+    boxes = torch.stack([x0, y0, x0 + side[:, 0], y0 + side[:, 1]], dim=1)
+    expected = d2_assign_boxes_to_levels([Boxes(boxes[:150]), Boxes(boxes[150:])], 2, 5, 224, 4)
+    assert len(expected.unique()) == 4  # every level used
+    assert torch.equal(assign_boxes_to_levels(boxes, 2, 5, 224, 4), expected)

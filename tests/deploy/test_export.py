@@ -65,22 +65,25 @@ def _tiny_mask_rcnn(config="configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml", *opts
 
 
 def _tiny_custom(name):
-    """configs/custom/'s FCIS / BiSeg (FPN trunk, maps on p2) at toy size, randomly initialised."""
+    """configs/custom/'s FCIS / BiSeg (FPN trunk, maps on p2; ``fcis_custom_levels``: FCIS's maps on
+    p2 ... p5, each RoI read from its level) at toy size, randomly initialised."""
     from instfcn_d2.config import get_instfcn_cfg
     from tiny_models import TINY_CHECKPOINT_MODELS, TINY_TRUNK
 
-    path = {"fcis_custom": "configs/custom/fcis_R18_FPN_cpu.yaml", "biseg_custom": "configs/custom/biseg_R18_FPN_cpu.yaml"}[name]
-    heads = TINY_CHECKPOINT_MODELS[name.replace("_custom", "")][1]
+    path = {"fcis": "configs/custom/fcis_R18_FPN_cpu.yaml", "biseg": "configs/custom/biseg_R18_FPN_cpu.yaml"}[name.split("_")[0]]
+    heads = TINY_CHECKPOINT_MODELS[name.split("_")[0]][1]
     # 40 RoIs: with 30 both test images happen to keep 22 detections
     opts = TINY_TRUNK + heads + ["MODEL.FPN.OUT_CHANNELS", "16", "MODEL.FPN.NORM", "", "MODEL.RPN.POST_NMS_TOPK_TEST", "40",
                                  "MODEL.FCIS.DETECTIONS_PER_IMAGE", "1000"]
+    if name.endswith("_levels"):
+        opts += ["MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]']
     cfg = get_instfcn_cfg(str(REPO_ROOT / path), opts)
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
 
 
 def _tiny_model(name):
-    if name.endswith("_custom"):
+    if "_custom" in name:
         return _tiny_custom(name)
     if name == "mask_rcnn":
         return _tiny_mask_rcnn()
@@ -107,6 +110,8 @@ def _inputs():
     [pytest.param(n, f, False, marks=[pytest.mark.slow] if f == "aoti" else []) for n in MODELS for f in FORMATS]
     # configs/custom/: the pyramid's five RPN levels and maps on p2 (AOTInductor as for the others)
     + [(n, f, False) for n in ("fcis_custom", "biseg_custom") for f in ("torchscript", "exported_program")]
+    # FCIS's maps on four pyramid levels: one inside/outside and box set per level in the graph
+    + [("fcis_custom_levels", f, False) for f in ("torchscript", "exported_program")]
     # the whole model in one graph (its AOTInductor form: tests/tools/test_deploy_cpp.py)
     + [(n, "exported_program", True) for n in ("fcis", "biseg")],
 )

@@ -6,7 +6,6 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.poolers import assign_boxes_to_levels as d2_assign_boxes_to_levels
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image as d2_fast_rcnn_inference
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference as d2_mask_rcnn_inference
@@ -14,7 +13,6 @@ from detectron2.structures import Boxes, Instances
 
 from instfcn_d2.deploy.mask_rcnn import (
     BoxPredictorParams,
-    assign_boxes_to_levels,
     fast_rcnn_inference_single_image,
     mask_rcnn_inference,
     predict_boxes_and_probs,
@@ -31,14 +29,6 @@ def _boxes(n, height, width, generator, max_side=120.0):
     y0 = torch.rand(n, generator=generator) * height
     side = torch.rand(n, 2, generator=generator) ** 2 * max_side + 0.1
     return torch.stack([x0, y0, x0 + side[:, 0], y0 + side[:, 1]], dim=1)
-
-
-def test_assign_boxes_to_levels():
-    g = torch.Generator().manual_seed(0)
-    boxes = _boxes(400, 200, 300, g, max_side=900.0)
-    expected = d2_assign_boxes_to_levels([Boxes(boxes)], 2, 5, 224, 4)
-    assert len(expected.unique()) == 4  # every level used
-    assert torch.equal(assign_boxes_to_levels(boxes, 2, 5, 224, 4), expected)
 
 
 @pytest.mark.parametrize(

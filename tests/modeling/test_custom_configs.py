@@ -65,3 +65,55 @@ def test_mask_rcnn_baseline_builds_on_the_same_narrow_trunk():
 def test_instance_fcn_keeps_room_for_crowded_images():
     cfg = _cfg("instance_fcn_R18_cpu")
     assert cfg.MODEL.INSTANCE_FCN.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.INSTANCE_FCN.PRE_NMS_TOPK_TEST >= 600
+
+
+def test_fcis_maps_on_every_pyramid_level_train_and_detect():
+    """ROI_HEADS.IN_FEATURES p2 ... p5: one map set per level from the same layers, each RoI read
+    from the level detectron2's ROIPooler would pool it from; a training step reaches the maps of
+    every level read, and inference detects."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from instfcn_d2.core.fcis import FCISLevelMaps
+
+    torch.manual_seed(0)
+    levels = ["p2", "p3", "p4", "p5"]
+    cfg = _cfg(
+        "fcis_R18_FPN_cpu", "MODEL.ROI_HEADS.IN_FEATURES", str(levels), "MODEL.FCIS.SCORE_THRESH_TEST", "0.0",
+        "MODEL.FCIS.DETECTIONS_PER_IMAGE", "5", "MODEL.FCIS.CONV_NEW_DIM", "32",
+    )
+    model = build_model(cfg)
+    reader = model.roi_heads.reader
+    assert reader.levels.strides == (4, 8, 16, 32) and reader.spatial_scale == 0.25
+    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8)
+    instances = Instances((128, 128), gt_boxes=Boxes(torch.tensor([[8.0, 8.0, 24.0, 20.0], [10.0, 4.0, 120.0, 124.0]])),
+                          gt_classes=torch.tensor([0, 1]))
+    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
+    masks[0, 8:20, 8:24] = True
+    masks[1, 4:124, 10:120] = True
+    instances.gt_masks = BitMasks(masks)
+    model.train()
+    with EventStorage():
+        losses = model([{"image": image, "instances": instances}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.roi_heads.conv_new.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        maps = model.score_maps(images, model.backbone(images.tensor))
+        (result,) = model([{"image": image, "height": 128, "width": 128}])
+    assert isinstance(maps, FCISLevelMaps)
+    assert [m.inside_outside.shape[-1] for m in maps.levels] == [32, 16, 8, 4]
+    assert len(result["instances"]) == 5 and result["instances"].pred_masks.shape == (5, 128, 128)
+
+
+@pytest.mark.parametrize(
+    "name, levels, message",
+    [("fcis_R18_FPN_cpu", ["p2", "p4"], "consecutive powers of two"),
+     ("fcis_R18_FPN_cpu", ["p2", "p7"], "not outputs: \\['p7'\\]"),
+     ("biseg_R18_FPN_cpu", ["p2", "p3"], "BiSeg reads one map level")],
+)
+def test_map_levels_that_cannot_be_read_are_named(name, levels, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(_cfg(name, "MODEL.ROI_HEADS.IN_FEATURES", str(levels)))

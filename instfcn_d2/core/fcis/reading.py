@@ -15,11 +15,14 @@ detectron2. The heads own one (``FCISROIHeads.reader``), the exporter writes it 
 - :meth:`~FCISReader.detect`: test time: the RoIs and their box-regressed versions are scored,
   then :mod:`.inference` (per-class NMS, mask voting, the top detections) per image.
 
+With :attr:`FCISReader.levels` set the maps are :class:`FCISLevelMaps`, one set per pyramid level,
+and every per-RoI method reads each RoI from the level that fits its size (:mod:`.levels`).
+
 RoIs are ``(R, 5)`` rows ``(batch_index, x1, y1, x2, y2)`` in input-image coordinates.
 """
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,8 +32,9 @@ from ..boxes import apply_deltas, clamp_boxes
 from ..detections import Detections
 from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
 from .layout import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
+from .levels import PyramidLevels
 
-__all__ = ["FCISMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
+__all__ = ["FCISMaps", "FCISLevelMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
 
 #: ``MODEL.FCIS.TEST_CANDIDATES`` values.
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
@@ -55,6 +59,18 @@ class FCISMaps:
     box: Tensor  # (N, k*k*4, H, W)
 
 
+@dataclass
+class FCISLevelMaps:
+    """:class:`FCISMaps` of each pyramid level, finest first (the reader's ``levels.strides``),
+    made by the same layers from each level's features."""
+
+    levels: List[FCISMaps]
+
+
+#: What a reader's per-RoI methods read: one map set, or one per pyramid level.
+AnyFCISMaps = Union[FCISMaps, FCISLevelMaps]
+
+
 @dataclass(frozen=True)
 class FCISReader:
     """FCIS's per-RoI reading of :class:`FCISMaps` with the heads' settings.
@@ -73,6 +89,9 @@ class FCISReader:
     test_params: FCISTestParams = None  # default: FCISTestParams(num_classes)
     box_weights: Tuple[float, float, float, float] = (5.0, 5.0, 2.0, 2.0)  # MODEL.FCIS.BBOX_REG_WEIGHTS
     box_scale_clamp: float = DEFAULT_SCALE_CLAMP
+    # maps on several pyramid levels (None: one map set at spatial_scale, the paper's); with
+    # levels, spatial_scale is the finest level's
+    levels: Optional[PyramidLevels] = None
 
     def __post_init__(self):
         if self.test_params is None:
@@ -86,6 +105,10 @@ class FCISReader:
             raise ValueError(f"MODEL.FCIS.TEST_CANDIDATES = {self.test_candidates!r}; expected one of {TEST_CANDIDATES}")
         if self.test_params.num_classes != self.num_classes:
             raise ValueError(f"test_params.num_classes = {self.test_params.num_classes}, the reader has {self.num_classes}")
+        if self.levels is not None and not math.isclose(self.spatial_scale, self.levels.spatial_scales[0]):
+            raise ValueError(
+                f"spatial_scale {self.spatial_scale} must be the finest level's, 1 / {self.levels.strides[0]}"
+            )
 
     def replace(self, **changes) -> "FCISReader":
         """A copy with some settings changed (the reader is frozen)."""
@@ -107,12 +130,35 @@ class FCISReader:
         d = dict(d)
         d["test_params"] = FCISTestParams(**d["test_params"])
         d["box_weights"] = tuple(float(w) for w in d["box_weights"])
+        if d.get("levels") is not None:
+            d["levels"] = PyramidLevels(**d["levels"])
         return cls(**d)
 
     def apply_box_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
         """``(R, 4)`` class-agnostic deltas applied to ``(R, 4)`` boxes (``BBOX_REG_WEIGHTS``):
         detectron2's ``Box2BoxTransform.apply_deltas``, bit-equal."""
         return apply_deltas(deltas, boxes, self.box_weights, self.box_scale_clamp)
+
+    # ---- per pyramid level ---------------------------------------------------------------------------
+    def read_by_level(
+        self, maps: AnyFCISMaps, rois: Tensor, read: Callable[["FCISReader", FCISMaps, Tensor], Tensor]
+    ) -> Tensor:
+        """``read(level_reader, level_maps, rows)`` for the RoIs ``rois[rows]`` of each level, put
+        back in the order of ``rois``: ``level_reader`` is this reader at that level's scale and
+        without levels. Every RoI has exactly one level, so the result has one row per RoI."""
+        if not isinstance(maps, FCISLevelMaps) or len(maps.levels) != len(self.levels.strides):
+            got = f"{len(maps.levels)} levels" if isinstance(maps, FCISLevelMaps) else type(maps).__name__
+            raise ValueError(f"a reader of the levels {self.levels.strides} reads FCISLevelMaps of as many levels, got {got}")
+        assignment = self.levels.assign(rois[:, 1:])
+        order, values = [], []
+        for index, (level_maps, scale) in enumerate(zip(maps.levels, self.levels.spatial_scales)):
+            rows = (assignment == index).nonzero().squeeze(1)
+            values.append(read(replace(self, levels=None, spatial_scale=scale), level_maps, rows))
+            order.append(rows)
+        order = torch.cat(order)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(values)[inverse]
 
     # ---- per RoI ------------------------------------------------------------------------------------
     def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:
@@ -125,6 +171,8 @@ class FCISReader:
         Returns:
             ``(R, 2, C+1, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
         """
+        if self.levels is not None:
+            return self.read_by_level(maps, rois, lambda reader, m, rows: reader.roi_inside_outside(m, rois[rows]))
         return split_inside_outside(self._assemble_at_mask_size(maps.inside_outside, rois))
 
     def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
@@ -156,6 +204,10 @@ class FCISReader:
         Returns:
             ``(R, 2, M, M)``: ``[:, 0]`` inside logits, ``[:, 1]`` outside logits.
         """
+        if self.levels is not None:
+            return self.read_by_level(
+                maps, rois, lambda reader, m, rows: reader.roi_inside_outside_of_classes(m, rois[rows], classes[rows])
+            )
         return self._assemble_at_mask_size(
             self.maps_by_class(maps.inside_outside, self.group_size), self.rois_by_class(rois, classes)
         )
@@ -203,6 +255,8 @@ class FCISReader:
         float rounding). A reader whose inside/outside logits are not FCIS's assembly (it overrides
         :meth:`roi_inside_outside`, as BiSeg's does), or maps that need a gradient, take
         :meth:`roi_class_logits_chunked`, the reference."""
+        if self.levels is not None:
+            return self.read_by_level(maps, rois, lambda reader, m, rows: reader.roi_class_logits(m, rois[rows]))
         if not self._reads_class_logits_natively(maps):
             return self.roi_class_logits_chunked(maps, rois)
         io = maps.inside_outside
@@ -245,6 +299,8 @@ class FCISReader:
 
     def roi_box_deltas(self, maps: FCISMaps, rois: Tensor) -> Tensor:
         """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (:meth:`apply_box_deltas` space)."""
+        if self.levels is not None:
+            return self.read_by_level(maps, rois, lambda reader, m, rows: reader.roi_box_deltas(m, rois[rows]))
         return assemble_box_deltas(maps.box, rois, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     # ---- test time --------------------------------------------------------------------------------------

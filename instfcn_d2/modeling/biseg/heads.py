@@ -95,6 +95,13 @@ class BiSegROIHeads(FCISROIHeads):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         require_config_node(cfg, "BISEG")
         b = cfg.MODEL.BISEG
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        if len(in_features) != 1:
+            # the prior, the fused stride-8 set and the native read-out take one coarse map set
+            raise ValueError(
+                f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: BiSeg reads one map level (its prior and "
+                "fused set are defined on one); maps on several levels are FCIS's option"
+            )
         ret = super().from_config(cfg, input_shape)
         mask_size = b.MASK_SIZE or (2 * cfg.MODEL.FCIS.MASK_SIZE if b.FUSE else cfg.MODEL.FCIS.MASK_SIZE)
         fine_stride = 8

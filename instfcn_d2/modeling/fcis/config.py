@@ -2,8 +2,9 @@
 
 FCIS also reads these detectron2 keys, with their detectron2 meaning:
 
-- ``MODEL.ROI_HEADS.NAME`` (``"FCISROIHeads"``), ``NUM_CLASSES`` (C), ``IN_FEATURES`` (exactly one
-  map, the stride-16 res5 of the dilated trunk), ``IOU_THRESHOLDS`` / ``IOU_LABELS`` (RoI positive
+- ``MODEL.ROI_HEADS.NAME`` (``"FCISROIHeads"``), ``NUM_CLASSES`` (C), ``IN_FEATURES`` (one map, the
+  stride-16 res5 of the dilated trunk; or consecutive FPN levels, finest first, each RoI then read
+  from the level detectron2's ``ROIPooler`` would pool it from), ``IOU_THRESHOLDS`` / ``IOU_LABELS`` (RoI positive
   at IoU >= 0.5), ``POSITIVE_FRACTION`` (0.25 as FCIS), ``PROPOSAL_APPEND_GT``;
 - ``MODEL.RPN.*`` and ``MODEL.ANCHOR_GENERATOR.*`` (RPN on res4; ``POST_NMS_TOPK_TEST`` = the 300
   test RoIs), ``MODEL.BACKBONE`` / ``RESNETS`` / ``DILATED_RESNET`` (the trunk).

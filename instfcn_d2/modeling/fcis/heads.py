@@ -3,7 +3,9 @@
 Per image (fully convolutional, computed once, :meth:`FCISROIHeads.score_maps` -> :class:`FCISMaps`):
 res5 -> ``conv_new_1`` (1x1 conv 1024 + ReLU) -> inside/outside maps ``(N, k*k*2*(C+1), H, W)``
 and class-agnostic box maps ``(N, k*k*4, H, W)`` (:class:`.score_maps.PSScoreMaps`; channel
-layout in :mod:`.score_maps`).
+layout in :mod:`.score_maps`). With several ``ROI_HEADS.IN_FEATURES`` (FPN levels) the same layers
+make one such set per level (:class:`FCISLevelMaps`) and each RoI is read from the level that fits
+its size, as ``ROIPooler`` reads Mask R-CNN's (:mod:`instfcn_d2.core.fcis.levels`).
 
 Per RoI (parameter free: the reader the heads own, ``self.reader``, an
 :class:`instfcn_d2.core.fcis.FCISReader`): the maps are assembled to ``(R, 2, C+1, M, M)``
@@ -23,7 +25,7 @@ probabilities in the box frame (pasted and binarised at ``MASK_BINARIZE_THRESH``
 meta-architecture).
 """
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,7 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...core.fcis import FCISMaps, FCISReader, FCISTestParams
+from ...core.fcis import FCISLevelMaps, FCISMaps, FCISReader, FCISTestParams, PyramidLevels
 from ...core.fcis.layout import inside_outside_class_logits
 from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node, set_lr_multiplier
 from ..instances import detections_to_instances
@@ -61,7 +63,7 @@ class FCISROIHeads(ROIHeads):
     def __init__(
         self,
         *,
-        in_feature: str,
+        in_features: Sequence[str],
         in_channels: int,
         reader: FCISReader,
         conv_new_dim: int = 1024,
@@ -77,8 +79,9 @@ class FCISROIHeads(ROIHeads):
     ):
         """
         Args:
-            in_feature: the ``features`` entry the maps are computed from (stride 16 res5).
-            in_channels: its channels.
+            in_features: the ``features`` entries the maps are computed from: one (the paper's
+                stride-16 res5), or pyramid levels finest first (the reader's ``levels``).
+            in_channels: their channels.
             reader: the per-RoI reading and its settings (``k``, ``M``, the maps' scale, the
                 sampling, the test candidates, NMS and voting; its ``num_classes`` is the heads').
             conv_new_dim: channels of ``conv_new_1``.
@@ -109,7 +112,11 @@ class FCISROIHeads(ROIHeads):
         weights = tuple(float(w) for w in self.box_regression.transform.weights)
         if weights != reader.box_weights:
             raise ValueError(f"box regression weights {weights} differ from the reader's {reader.box_weights}")
-        self.in_feature = in_feature
+        in_features = tuple(in_features)
+        expected_levels = 1 if reader.levels is None else len(reader.levels.strides)
+        if len(in_features) != expected_levels:
+            raise ValueError(f"in_features {in_features}: the reader reads {expected_levels} map level(s)")
+        self.in_features = in_features
         self.reader = reader
         self.ohem = ohem
         self.ohem_batch_size = ohem_batch_size
@@ -131,19 +138,34 @@ class FCISROIHeads(ROIHeads):
         require_config_node(cfg, "FCIS")
         c = cfg.MODEL.FCIS
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        if len(in_features) != 1 or in_features[0] not in input_shape:
+        missing = [f for f in in_features if f not in input_shape]
+        if not in_features or missing:
             raise ValueError(
-                f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: FCIS reads exactly one backbone map, one of "
-                f"{sorted(input_shape)} (the stride-16 res5; set MODEL.RESNETS.OUT_FEATURES)"
+                f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: FCIS reads one backbone map (the stride-16 res5) "
+                f"or several pyramid levels, each one of {sorted(input_shape)}; not outputs: {missing} "
+                "(set MODEL.RESNETS.OUT_FEATURES)"
             )
-        shape = input_shape[in_features[0]]
-        if shape.stride != 16:  # a choice (an FPN level for small objects), not a mistake
+        shapes = [input_shape[f] for f in in_features]
+        shape = shapes[0]
+        levels = None
+        if len(shapes) > 1:
+            if len({s.channels for s in shapes}) != 1:
+                raise ValueError(
+                    f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: the levels share FCIS's layers, so they need "
+                    f"the same channels, got {[s.channels for s in shapes]} (FPN levels have MODEL.FPN.OUT_CHANNELS)"
+                )
+            try:
+                levels = PyramidLevels(tuple(s.stride for s in shapes))
+            except ValueError as e:
+                raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: {e}") from None
+            logger.info("FCIS: maps on %s, each RoI read from the level that fits its size", in_features)
+        elif shape.stride != 16:  # a choice (an FPN level for small objects), not a mistake
             logger.info("FCIS: maps on %s at stride %s (the paper: res5 at stride 16)", in_features[0], shape.stride)
         ret = super().from_config(cfg)
         ret["batch_size_per_image"] = c.BATCH_SIZE_PER_IMAGE
         transform = Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS))
         ret.update(
-            in_feature=in_features[0],
+            in_features=in_features,
             in_channels=shape.channels,
             reader=FCISReader(
                 num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES,
@@ -167,6 +189,7 @@ class FCISROIHeads(ROIHeads):
                 ),
                 box_weights=tuple(float(w) for w in transform.weights),
                 box_scale_clamp=float(transform.scale_clamp),
+                levels=levels,
             ),
             conv_new_dim=c.CONV_NEW_DIM,
             conv_new_init=c.CONV_NEW_INIT,
@@ -185,9 +208,14 @@ class FCISROIHeads(ROIHeads):
         return ret
 
     # ---- per-image maps ----------------------------------------------------------------------------
-    def score_maps(self, features: Dict[str, Tensor]) -> FCISMaps:
-        """The batch's inside/outside and box maps, from ``features[in_feature]`` (res5)."""
-        conv_new = F.relu(self.conv_new(features[self.in_feature]))  # (N, CONV_NEW_DIM, H, W)
+    def score_maps(self, features: Dict[str, Tensor]) -> Union[FCISMaps, FCISLevelMaps]:
+        """The batch's inside/outside and box maps, from ``features[in_features[0]]`` (res5), or
+        one set per level from each of ``in_features`` (the same layers on every level)."""
+        maps = [self._maps_of(features[f]) for f in self.in_features]
+        return maps[0] if self.reader.levels is None else FCISLevelMaps(maps)
+
+    def _maps_of(self, feature: Tensor) -> FCISMaps:
+        conv_new = F.relu(self.conv_new(feature))  # (N, CONV_NEW_DIM, H, W)
         return FCISMaps(inside_outside=self.inside_outside_maps(conv_new), box=self.box_maps(conv_new))
 
     # ---- forward ------------------------------------------------------------------------------------------
