@@ -51,3 +51,28 @@ def test_parts_apply_separately(tmp_path):
     assert config_overrides(s, "FCIS", ("anchors",)) == ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8,16,32,64]]"]
     assert config_overrides(s, "GeneralizedRCNN", ("stride",)) == []  # FPN's strides are its own
     assert config_overrides(s, "InstanceFCN", ("scale",))[:2] == ["INPUT.MIN_SIZE_TRAIN", "(320,352,384,)"]
+
+
+@pytest.mark.parametrize("classes, width", [(1, 256), (2, 128), (3, 128), (4, 64), (10, 64), (80, 64)])
+def test_map_width_keeps_the_one_class_cost(tmp_path, classes, width):
+    path = _json(tmp_path, [20] * 10)
+    data = json.loads(open(path).read())
+    data["categories"] = [{"id": c, "name": str(c)} for c in range(1, classes + 1)]
+    open(path, "w").write(json.dumps(data))
+    s = suggest_sizes(path)
+    assert s.num_classes == classes and s.conv_new_dim == width
+    assert width * 2 * (classes + 1) <= 256 * 2 * 2 or width == 64  # the maps' conv costs at most the C = 1 one
+
+
+def test_map_levels_span_the_objects_by_the_roi_level_rule(tmp_path):
+    small = suggest_sizes(_json(tmp_path, [10] * 50 + [40] * 50, short=512))
+    assert small.pyramid_levels == (2,)  # under 112 px: p2 only
+    spread = suggest_sizes(_json(tmp_path, [10] * 50 + [40] * 50 + [460], short=512))
+    assert spread.pyramid_levels == (2, 3, 4, 5)  # one 460-px object: up to p5 (>= 448 px)
+    fcis = dict(zip(*[iter(config_overrides(spread, "FCIS", fpn=True))] * 2))
+    biseg = dict(zip(*[iter(config_overrides(spread, "BiSeg", fpn=True))] * 2))
+    assert fcis["MODEL.ROI_HEADS.IN_FEATURES"] == '["p2","p3","p4","p5"]'
+    assert "MODEL.DILATED_RESNET.RES4_DILATION" not in fcis  # an FPN trunk has no dilation to set
+    assert biseg["MODEL.ROI_HEADS.IN_FEATURES"] == '["p2"]' and biseg["MODEL.BISEG.FINE_IN_FEATURE"] == "p2"
+    assert fcis["MODEL.ANCHOR_GENERATOR.SIZES"] == "[[8],[16],[32],[64],[128]]"
+    assert "p2 ... p5" in spread.describe()
