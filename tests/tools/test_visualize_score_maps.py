@@ -77,3 +77,27 @@ def test_main_refuses_a_random_model(tool, tmp_path):
     with pytest.raises(SystemExit):
         tool.main(["--config-file", "configs/shapes/fcis_R18_cpu.yaml", "--input", str(tmp_path / "x.png"),
                    "--output", str(tmp_path)])
+
+
+def test_fcis_panels_of_maps_on_several_levels_read_the_detections_level(tool, tmp_path):
+    """With maps on p2 ... p5 the panels show the level the detection is read from."""
+    from instfcn_d2.config import get_instfcn_cfg
+
+    opts = TINY_TRUNK + TINY_CHECKPOINT_MODELS["fcis"][1] + [
+        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.FPN.NORM", "", "MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]',
+        "MODEL.FCIS.SCORE_THRESH_TEST", "0.0"]
+    cfg = get_instfcn_cfg(str(REPO_ROOT / "configs" / "custom" / "fcis_R18_FPN_cpu.yaml"), opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = tmp_path / "image.png"
+    cv2.imwrite(str(path), tiny_checkpoint_image().permute(1, 2, 0).numpy())
+    prepared = tool.prepare(cfg, str(path))
+    panels = tool.fcis_panels(model, prepared)
+    reader = model.roi_heads.reader
+    rois = torch.cat([panels["box"].new_zeros(1), panels["box"]])[None]
+    with torch.no_grad():
+        images = model.preprocess_image([prepared.inputs])
+        maps = model.score_maps(images, model.backbone(images.tensor))
+        io = reader.roi_inside_outside_of_class(maps, rois, int(panels["class_index"]))[0]
+    torch.testing.assert_close(panels["assembled"], io)
+    assert panels["cell_maps"].shape[:2] == (2, reader.group_size ** 2)
