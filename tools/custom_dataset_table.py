@@ -266,6 +266,12 @@ def table(rows: List[Row], args) -> str:
                   if r.meta_architecture != "GeneralizedRCNN" and "segm/AP" in runs[r.key]["metrics"] and base > 0]
         if ratios:
             lines += ["", f"Mask AP relative to {baseline}: " + ", ".join(ratios)]
+    # COCOEvaluator's per-category AP (several classes): which classes a model loses
+    classes = sorted({k[len("segm/AP-"):] for r in detectors for k in runs[r.key]["metrics"] if k.startswith("segm/AP-")})
+    if len(classes) > 1:
+        lines += ["", "Mask AP per class:", "", "| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+        for r in detectors:
+            lines.append(f"| {r.key} | " + " | ".join(cell(runs[r.key]["metrics"], f"segm/AP-{c}") for c in classes) + " |")
     return "\n".join(lines)
 
 

@@ -160,3 +160,17 @@ def test_builtin_rows_train_on_their_configs_datasets(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.parse_args(["--builtin", "--rows", "fcis_auto"])
     assert "cannot run with --builtin" in capsys.readouterr().err
+
+
+def test_several_classes_get_a_per_class_table_and_the_levels_row_reads_every_level(tmp_path):
+    tool = load_tool("custom_dataset_table")
+    d = _dataset(tmp_path)
+    out = tmp_path / "out"
+    args = tool.parse_args(["--dataset-dir", str(d), "--output", str(out), "--rows", "mask_rcnn_custom,fcis_custom_levels"])
+    levels = dict(zip(*[iter(tool.row_opts(args.row_list[1], args))] * 2))
+    assert levels["MODEL.ROI_HEADS.IN_FEATURES"] == '["p2", "p3", "p4", "p5"]'
+    _fake_run(out / "mask_rcnn_custom", {"segm/AP": 4.0, "segm/AP-window": 19.5, "segm/AP-facade": 14.8})
+    _fake_run(out / "fcis_custom_levels", {"segm/AP": 2.0, "segm/AP-window": 3.9, "segm/AP-facade": 0.07})
+    text = tool.table(args.row_list, args)
+    assert "| model | facade | window |" in text
+    assert "| mask_rcnn_custom | 14.8 | 19.5 |" in text and "| fcis_custom_levels | 0.1 | 3.9 |" in text
