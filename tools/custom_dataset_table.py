@@ -74,6 +74,13 @@ CUSTOM_ROWS = [
     # Mask R-CNN's RoIs)
     Row("fcis_custom_levels", "FCIS R18-FPN, half width, maps on p2 ... p5 (RoI's level)", FCIS_CUSTOM, "FCIS",
         opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]')),
+    # the class scores of Mask R-CNN's box head on p2 ... p5 instead of the assembled maps (masks and
+    # boxes still from the maps): how fast FCIS's joint classification learns, against Mask R-CNN's
+    Row("fcis_custom_fc_class", "FCIS R18-FPN, maps on p2, class scores from an fc box head", FCIS_CUSTOM, "FCIS",
+        opts=("MODEL.FCIS.CLASS_HEAD", "fc", "MODEL.FCIS.CLASS_HEAD_IN_FEATURES", '["p2", "p3", "p4", "p5"]',
+              # the box head of the Mask R-CNN baseline (configs/shapes/mask_rcnn_R18_FPN_GN_cpu.yaml)
+              "MODEL.ROI_BOX_HEAD.NUM_FC", "2", "MODEL.ROI_BOX_HEAD.FC_DIM", "256",
+              "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "7")),
     Row("fcis_custom_full_width", "FCIS R18-FPN, full width, maps on p2", FCIS_CUSTOM,
         "FCIS", opts=FULL_WIDTH),
     Row("biseg_custom", "BiSeg R18-FPN, half width, both sets on p2", BISEG_CUSTOM, "BiSeg"),

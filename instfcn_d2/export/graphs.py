@@ -226,6 +226,11 @@ def dense_graph_for(model: nn.Module) -> DenseGraph:
     from ..modeling import BiSeg, FCIS, InstanceFCN
     from ..modeling.instance_fcn.heads import InstanceSensitiveMaskHead
 
+    if isinstance(model, FCIS) and getattr(model.roi_heads, "class_head", None) is not None:
+        raise ValueError(
+            'export: MODEL.FCIS.CLASS_HEAD "fc" is not exportable: its box head runs on the RoIs after the '
+            'data-dependent proposal selection; export a model with the assembled class scores ("assembled")'
+        )
     if isinstance(model, BiSeg):
         return BiSegGraph(model)
     if isinstance(model, FCIS):

@@ -117,3 +117,48 @@ def test_fcis_maps_on_every_pyramid_level_train_and_detect():
 def test_map_levels_that_cannot_be_read_are_named(name, levels, message):
     with pytest.raises(ValueError, match=message):
         build_model(_cfg(name, "MODEL.ROI_HEADS.IN_FEATURES", str(levels)))
+
+
+def test_class_scores_from_an_fc_head_train_and_detect_and_refuse_export(tmp_path):
+    """MODEL.FCIS.CLASS_HEAD "fc": the class logits come from detectron2's box head on RoIAlign
+    features of p2 ... p5 (one row per RoI, in the RoIs' order whatever their images), the masks
+    from the maps; a training step reaches the head; the exporter refuses the model by name."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from instfcn_d2.export import export_model
+
+    torch.manual_seed(0)
+    cfg = _cfg("fcis_R18_FPN_cpu", "MODEL.FCIS.CLASS_HEAD", "fc", "MODEL.FCIS.CLASS_HEAD_IN_FEATURES",
+               '["p2", "p3", "p4", "p5"]', "MODEL.FCIS.SCORE_THRESH_TEST", "0.0", "MODEL.FCIS.DETECTIONS_PER_IMAGE", "5",
+               "MODEL.FCIS.CONV_NEW_DIM", "32", "MODEL.ROI_BOX_HEAD.NUM_FC", "2", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+               "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "7")
+    model = build_model(cfg)
+    head = model.roi_heads.class_head
+    assert head.in_features == ("p2", "p3", "p4", "p5") and head.cls_score.out_features == 3
+    images = [torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8) for _ in range(2)]
+    model.eval()
+    with torch.no_grad():
+        batch = model.preprocess_image([{"image": im} for im in images])
+        features = model.backbone(batch.tensor)
+        rois = torch.tensor([[1, 10, 10, 60, 50], [0, 5, 5, 90, 90], [1, 0, 0, 127, 95], [0, 30, 20, 40, 36.0]])
+        mixed = head(features, rois)
+        by_image = torch.cat([head(features, rois[rois[:, 0] == i]) for i in (0, 1)])
+    torch.testing.assert_close(mixed[[1, 3, 0, 2]], by_image)  # rows follow the RoIs, not the images
+    instances = Instances((96, 128), gt_boxes=Boxes(torch.tensor([[8.0, 8.0, 40.0, 30.0]])), gt_classes=torch.tensor([1]))
+    masks = torch.zeros(1, 96, 128, dtype=torch.bool)
+    masks[0, 8:30, 8:40] = True
+    instances.gt_masks = BitMasks(masks)
+    model.train()
+    with EventStorage():
+        losses = model([{"image": images[0], "instances": instances}])
+    sum(losses.values()).backward()
+    assert head.cls_score.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        (result,) = model([{"image": images[0], "height": 96, "width": 128}])
+    assert len(result["instances"]) == 5
+    with pytest.raises(ValueError, match='CLASS_HEAD "fc" is not exportable'):
+        export_model(model, "torchscript", images[0].float(), str(tmp_path / "out"), input_format="BGR")
+    with pytest.raises(ValueError, match="CLASS_HEAD = 'mlp'"):
+        build_model(_cfg("fcis_R18_FPN_cpu", "MODEL.FCIS.CLASS_HEAD", "mlp"))

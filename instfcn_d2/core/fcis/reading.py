@@ -340,13 +340,20 @@ class FCISReader:
 
     @torch.no_grad()
     def detect(
-        self, maps: FCISMaps, rois: Tensor, rois_per_image: Sequence[int], image_sizes: Sequence[Tuple[int, int]]
+        self,
+        maps: FCISMaps,
+        rois: Tensor,
+        rois_per_image: Sequence[int],
+        image_sizes: Sequence[Tuple[int, int]],
+        class_logits: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> List[Detections]:
         """Detections per image (at the network input resolution) from the RPN's RoIs
-        (arguments as :meth:`candidates`)."""
+        (arguments as :meth:`candidates`). ``class_logits``: ``(P, 5)`` candidates -> ``(P, C+1)``
+        logits from elsewhere than the maps (default: :meth:`roi_class_logits`)."""
         candidates = self.candidates(maps, rois, rois_per_image, image_sizes)
         # the class scores of every candidate, chunked; the masks later, per (candidate, class) used
-        scores = torch.softmax(self.roi_class_logits(maps, candidates), dim=1)
+        logits = self.roi_class_logits(maps, candidates) if class_logits is None else class_logits(candidates)
+        scores = torch.softmax(logits, dim=1)
         results = []
         for i, image_size in enumerate(image_sizes):
             image_rois, image_scores = candidates, scores

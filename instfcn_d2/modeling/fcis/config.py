@@ -39,6 +39,13 @@ def add_fcis_config(cfg: CN) -> CN:
     # kernel averages integer bins, alignment is worth ~3 AP in Mask R-CNN Table 2c).
     _C.POOLER_SAMPLING_RATIO = 0
     _C.POOLER_ALIGNED = True
+    # Where the class scores come from: "assembled" (the paper's joint formulation: the assembled
+    # inside/outside maps, max per cell, averaged) or "fc" (an ablation: Mask R-CNN's box head,
+    # MODEL.ROI_BOX_HEAD.NUM_FC / FC_DIM / POOLER_RESOLUTION, which detectron2 defaults to no fc layer,
+    # on RoIAlign features of CLASS_HEAD_IN_FEATURES, empty: the maps' levels; masks and boxes still
+    # from the maps; not exportable).
+    _C.CLASS_HEAD = "assembled"
+    _C.CLASS_HEAD_IN_FEATURES = []
 
     # ---- training: the official recipe (msracver/FCIS, experiments/fcis/cfgs/*.yaml and
     # fcis/symbols/resnet_v1_101_fcis.py) is the default; the CPU configs that train from scratch

@@ -42,6 +42,7 @@ from ...core.fcis import FCISLevelMaps, FCISMaps, FCISReader, FCISTestParams, Py
 from ...core.fcis.layout import inside_outside_class_logits
 from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node, set_lr_multiplier
 from ..instances import detections_to_instances
+from .class_head import CLASS_HEADS, FCClassHead
 from .losses import MASK_LOSS_NORMALIZATIONS, BoxRegression, ohem_select, per_roi_losses
 from .score_maps import PSScoreMaps
 
@@ -75,6 +76,7 @@ class FCISROIHeads(ROIHeads):
         mask_target_thresh: float = 0.5,
         conv_new_lr_multiplier: float = 1.0,
         box_regression: BoxRegression = None,
+        class_head: Optional[FCClassHead] = None,
         **kwargs,
     ):
         """
@@ -93,6 +95,8 @@ class FCISROIHeads(ROIHeads):
             conv_new_lr_multiplier: learning-rate factor of ``conv_new`` (the official CONVNEW3: 3).
             box_regression: the class-agnostic box regression's training part (its transform's
                 weights must be the reader's ``box_weights``).
+            class_head: class scores from Mask R-CNN's box head instead of the assembled maps
+                (``MODEL.FCIS.CLASS_HEAD "fc"``, an ablation; None: the paper's).
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
         """
         super().__init__(**kwargs)
@@ -132,6 +136,7 @@ class FCISROIHeads(ROIHeads):
         set_lr_multiplier(self.conv_new, conv_new_lr_multiplier)
         self.inside_outside_maps = PSScoreMaps(conv_new_dim, reader.group_size, 2 * (self.num_classes + 1))
         self.box_maps = PSScoreMaps(conv_new_dim, reader.group_size, 4)
+        self.class_head = class_head
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -163,6 +168,10 @@ class FCISROIHeads(ROIHeads):
             logger.info("FCIS: maps on %s at stride %s (the paper: res5 at stride 16)", in_features[0], shape.stride)
         ret = super().from_config(cfg)
         ret["batch_size_per_image"] = c.BATCH_SIZE_PER_IMAGE
+        if c.CLASS_HEAD not in CLASS_HEADS:
+            raise ValueError(f"MODEL.FCIS.CLASS_HEAD = {c.CLASS_HEAD!r}; expected one of {CLASS_HEADS}")
+        if c.CLASS_HEAD == "fc":
+            ret["class_head"] = FCClassHead.from_config(cfg, input_shape, list(c.CLASS_HEAD_IN_FEATURES) or in_features)
         transform = Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS))
         ret.update(
             in_features=in_features,
@@ -237,8 +246,8 @@ class FCISROIHeads(ROIHeads):
             if targets is None:
                 raise ValueError("FCISROIHeads: training needs the ground-truth instances (targets)")
             proposals = self.label_and_sample_proposals(proposals, targets)
-            return proposals, self.losses(maps, proposals)
-        return self.inference(maps, proposals), {}
+            return proposals, self.losses(maps, proposals, features)
+        return self.inference(maps, proposals, features), {}
 
     def _sample_proposals(self, matched_idxs: Tensor, matched_labels: Tensor, gt_classes: Tensor):
         """detectron2's sampling (``BATCH_SIZE_PER_IMAGE`` RoIs, at most ``POSITIVE_FRACTION``
@@ -259,11 +268,17 @@ class FCISROIHeads(ROIHeads):
         return convert_boxes_to_pooler_format([p.proposal_boxes for p in proposals]).to(self.conv_new.weight.device)
 
     # ---- training -----------------------------------------------------------------------------------------
-    def losses(self, maps: FCISMaps, proposals: List[Instances]) -> Dict[str, Tensor]:
-        """Classification, mask and box losses of the sampled RoIs (or of the OHEM-selected ones)."""
+    def losses(
+        self, maps: FCISMaps, proposals: List[Instances], features: Optional[Dict[str, Tensor]] = None
+    ) -> Dict[str, Tensor]:
+        """Classification, mask and box losses of the sampled RoIs (or of the OHEM-selected ones).
+        ``features``: the backbone's, read by the ``class_head`` ablation only."""
         rois = self._rois(proposals)
         inside_outside = self.reader.roi_inside_outside(maps, rois)
-        class_logits = inside_outside_class_logits(inside_outside)
+        if self.class_head is not None:
+            class_logits = self.class_head(self._features_for_class_head(features), rois)
+        else:
+            class_logits = inside_outside_class_logits(inside_outside)
         deltas = self.reader.roi_box_deltas(maps, rois)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         per_roi = per_roi_losses(
@@ -277,7 +292,7 @@ class FCISROIHeads(ROIHeads):
         fg_selected = selected[gt_classes[selected] < self.num_classes]
         # zero losses that still reach every parameter when there is nothing to learn from
         # (DistributedDataParallel fails on parameters without a gradient)
-        zero = inside_outside.sum() * 0.0 + deltas.sum() * 0.0
+        zero = inside_outside.sum() * 0.0 + deltas.sum() * 0.0 + class_logits.sum() * 0.0
         loss_cls = per_roi["loss_cls"][selected].sum() / num + zero
         loss_box = per_roi["loss_box_reg"][selected].sum() / num + zero
         if not len(fg_selected):
@@ -303,11 +318,24 @@ class FCISROIHeads(ROIHeads):
 
     # ---- inference ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def inference(self, maps: FCISMaps, proposals: List[Instances]) -> List[Instances]:
+    def inference(
+        self, maps: FCISMaps, proposals: List[Instances], features: Optional[Dict[str, Tensor]] = None
+    ) -> List[Instances]:
         """Detections per image (at the network input resolution) from the RPN proposals
         (:meth:`instfcn_d2.core.fcis.FCISReader.detect`)."""
-        detections = self.reader.detect(maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals])
+        class_logits = None
+        if self.class_head is not None:
+            features = self._features_for_class_head(features)
+            class_logits = lambda candidates: self.class_head(features, candidates)  # noqa: E731
+        detections = self.reader.detect(
+            maps, self._rois(proposals), [len(p) for p in proposals], [p.image_size for p in proposals], class_logits
+        )
         return [detections_to_instances(d) for d in detections]
+
+    def _features_for_class_head(self, features: Optional[Dict[str, Tensor]]) -> Dict[str, Tensor]:
+        if features is None:
+            raise ValueError("FCISROIHeads: MODEL.FCIS.CLASS_HEAD 'fc' reads the backbone features; pass them")
+        return features
 
     def inference_candidates(self, maps: FCISMaps, proposals: List[Instances]) -> Tensor:
         """``(P, 5)`` RoIs scored at test time (``test_candidates``): the proposals and / or their
