@@ -84,3 +84,12 @@ def test_a_subclass_with_its_own_likelihoods_keeps_the_chunked_path():
     maps, rois = _maps(True), _rois(7)
     doubled = _reader(True, "product", Doubled).roi_class_logits(maps, rois)
     torch.testing.assert_close(doubled, 2 * _reader(True, "product").roi_class_logits(maps, rois))
+
+
+def test_the_native_read_out_knows_every_prior_mode_the_reader_takes():
+    """The op encodes the modes by number (layers); the reader names them (core): one set of names."""
+    from instfcn_d2.core.biseg import BISEG_PRIOR_MODES
+    from instfcn_d2.layers.biseg_roi_class_logits import PRIOR_MODE_CODES
+
+    assert set(PRIOR_MODE_CODES) == set(BISEG_PRIOR_MODES)
+    assert len(set(PRIOR_MODE_CODES.values())) == len(PRIOR_MODE_CODES)
