@@ -18,6 +18,9 @@ Rows (``--models``, default all):
 - ``fcis_levels``: maps on p2 ... p5, each RoI read from its level;
 - ``fcis_width`` / ``fcis_levels_width``: the same with ``MODEL.FCIS.CONV_NEW_DIM`` from the number
   of classes (``suggest_sizes``' width rule);
+- ``fcis_from_features``, ``fcis_levels_from_features``, ``fcis_levels_width_from_features``: the
+  same, trained with ``MODEL.FCIS.ASSEMBLE_FROM_FEATURES`` (the sampled RoIs read from conv_new's
+  features and the map convs' weights, the maps never made);
 - ``biseg``: ``configs/custom/biseg_R18_FPN_cpu.yaml`` (both sets on p2); ``biseg_width``: with the
   width rule.
 
@@ -47,17 +50,24 @@ TARGETS = {"fcis": 1.2, "biseg": 1.5}  # at most this many times Mask R-CNN's se
 FCIS_CONFIG = "configs/custom/fcis_R18_FPN_cpu.yaml"
 BISEG_CONFIG = "configs/custom/biseg_R18_FPN_cpu.yaml"
 LEVELS = ["MODEL.ROI_HEADS.IN_FEATURES", '["p2","p3","p4","p5"]']
+FROM_FEATURES = ["MODEL.FCIS.ASSEMBLE_FROM_FEATURES", "True"]
 
 
 def model_specs(conv_new_dim: int) -> Dict[str, tuple]:
     """``key -> (label, config, overrides)``."""
     width = ["MODEL.FCIS.CONV_NEW_DIM", str(conv_new_dim)]
     return {
-        "mask_rcnn": ("Mask R-CNN R18-FPN", "configs/custom/mask_rcnn_R18_FPN_cpu.yaml", []),
+        "mask_rcnn": ("Mask R-CNN R18-FPN, half width", "configs/custom/mask_rcnn_R18_FPN_cpu.yaml", []),
         "fcis": ("FCIS, maps on p2", FCIS_CONFIG, []),
         "fcis_levels": ("FCIS, maps on p2 ... p5", FCIS_CONFIG, LEVELS),
         "fcis_width": (f"FCIS, maps on p2, CONV_NEW_DIM {conv_new_dim}", FCIS_CONFIG, width),
         "fcis_levels_width": (f"FCIS, maps on p2 ... p5, CONV_NEW_DIM {conv_new_dim}", FCIS_CONFIG, LEVELS + width),
+        "fcis_from_features": ("FCIS, maps on p2, from features", FCIS_CONFIG, FROM_FEATURES),
+        "fcis_levels_from_features": ("FCIS, maps on p2 ... p5, from features", FCIS_CONFIG, LEVELS + FROM_FEATURES),
+        "fcis_levels_width_from_features": (
+            f"FCIS, maps on p2 ... p5, CONV_NEW_DIM {conv_new_dim}, from features", FCIS_CONFIG,
+            LEVELS + width + FROM_FEATURES,
+        ),
         "biseg": ("BiSeg, both sets on p2", BISEG_CONFIG, []),
         "biseg_width": (f"BiSeg, both sets on p2, CONV_NEW_DIM {conv_new_dim}", BISEG_CONFIG, width),
     }

@@ -162,3 +162,52 @@ def test_class_scores_from_an_fc_head_train_and_detect_and_refuse_export(tmp_pat
         export_model(model, "torchscript", images[0].float(), str(tmp_path / "out"), input_format="BGR")
     with pytest.raises(ValueError, match="CLASS_HEAD = 'mlp'"):
         build_model(_cfg("fcis_R18_FPN_cpu", "MODEL.FCIS.CLASS_HEAD", "mlp"))
+
+
+@pytest.mark.parametrize("levels", [["p2"], ["p2", "p3", "p4", "p5"]])
+def test_training_from_features_gives_the_losses_and_gradients_of_the_maps(levels):
+    """MODEL.FCIS.ASSEMBLE_FROM_FEATURES: training reads the sampled RoIs from conv_new's features and
+    the map convs' weights; the losses and every gradient are those of reading the maps."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from instfcn_d2.core.fcis import FCISFeatureMaps, FCISLevelMaps
+
+    torch.manual_seed(0)
+    cfg = _cfg("fcis_R18_FPN_cpu", "MODEL.ROI_HEADS.IN_FEATURES", str(levels), "MODEL.FCIS.CONV_NEW_DIM", "32",
+               "MODEL.FCIS.ASSEMBLE_FROM_FEATURES", "True")
+    model = build_model(cfg).train()
+    image = torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8)
+    gt = Instances((128, 128), gt_boxes=Boxes(torch.tensor([[8.0, 8.0, 40.0, 30.0], [10.0, 4.0, 120.0, 124.0]])),
+                   gt_classes=torch.tensor([1, 0]))
+    masks = torch.zeros(2, 128, 128, dtype=torch.bool)
+    masks[0, 8:30, 8:40] = masks[1, 4:124, 10:120] = True
+    gt.gt_masks = BitMasks(masks)
+    heads = model.roi_heads
+    results = {}
+    for from_features in (True, False):
+        heads.assemble_from_features = from_features
+        model.zero_grad()
+        with EventStorage():
+            images = model.preprocess_image([{"image": image}])
+            features = model.backbone(images.tensor)
+            maps = model.score_maps(images, features)
+            first = maps.levels[0] if isinstance(maps, FCISLevelMaps) else maps
+            assert isinstance(first, FCISFeatureMaps) == from_features
+            torch.manual_seed(1)  # the same RoI sampling
+            proposals, _ = model.proposal_generator(images, features, [gt])
+            _, losses = heads(images, features, proposals, [gt], maps=maps)
+        sum(losses.values()).backward()
+        results[from_features] = ({k: v.detach() for k, v in losses.items()},
+                                  {n: p.grad.clone() for n, p in heads.named_parameters() if p.grad is not None})
+    (lazy, lazy_grads), (dense, dense_grads) = results[True], results[False]
+    for k in dense:
+        torch.testing.assert_close(lazy[k], dense[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert lazy_grads.keys() == dense_grads.keys() and "inside_outside_maps.conv.weight" in dense_grads
+    for n in dense_grads:
+        torch.testing.assert_close(lazy_grads[n], dense_grads[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_biseg_refuses_training_from_features():
+    with pytest.raises(ValueError, match="ASSEMBLE_FROM_FEATURES True: BiSeg reads its maps"):
+        build_model(_cfg("biseg_R18_FPN_cpu", "MODEL.FCIS.ASSEMBLE_FROM_FEATURES", "True"))

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import load_tool
-from tiny_coco import write_nested_coco
+from data.tiny_coco import write_nested_coco  # tests/data/tiny_coco.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +26,7 @@ def test_every_model_trains_and_the_table_has_the_ratios(dataset, tmp_path, caps
                       "--models", "fcis_levels_width,biseg", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     rows = [line for line in text.splitlines() if line.startswith("| ") and "s / it" not in line]
-    assert [r.split(" | ")[0] for r in rows] == ["| Mask R-CNN R18-FPN", "| FCIS, maps on p2 ... p5, CONV_NEW_DIM 64",
+    assert [r.split(" | ")[0] for r in rows] == ["| Mask R-CNN R18-FPN, half width", "| FCIS, maps on p2 ... p5, CONV_NEW_DIM 64",
                                                  "| BiSeg, both sets on p2"]
     assert rows[0].split(" | ")[2] == "1.00"  # the baseline's own ratio
     assert "(target <= 1.2x)" in text and "(target <= 1.5x)" in text

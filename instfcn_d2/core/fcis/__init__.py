@@ -9,11 +9,12 @@
 """
 from .inference import MASK_VOTING_FRAMES, FCISTestParams, fcis_inference_single_image
 from .levels import PyramidLevels
-from .reading import CLASS_LOGITS_ROIS_PER_CHUNK, TEST_CANDIDATES, FCISLevelMaps, FCISMaps, FCISReader
+from .reading import CLASS_LOGITS_ROIS_PER_CHUNK, TEST_CANDIDATES, FCISFeatureMaps, FCISLevelMaps, FCISMaps, FCISReader
 
 __all__ = [
     "FCISMaps",
     "FCISLevelMaps",
+    "FCISFeatureMaps",
     "PyramidLevels",
     "FCISReader",
     "FCISTestParams",

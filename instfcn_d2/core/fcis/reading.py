@@ -31,10 +31,16 @@ from ...layers import ps_roi_assemble, ps_roi_class_logits
 from ..boxes import apply_deltas, clamp_boxes
 from ..detections import Detections
 from .inference import FCISTestParams, MaskLogits, fcis_inference_single_image
-from .layout import assemble_box_deltas, inside_outside_channel, inside_outside_class_logits, split_inside_outside
+from .layout import (
+    assemble_box_deltas,
+    assemble_conv1x1,
+    inside_outside_channel,
+    inside_outside_class_logits,
+    split_inside_outside,
+)
 from .levels import PyramidLevels
 
-__all__ = ["FCISMaps", "FCISLevelMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
+__all__ = ["FCISMaps", "FCISFeatureMaps", "FCISLevelMaps", "FCISReader", "CLASS_LOGITS_ROIS_PER_CHUNK", "TEST_CANDIDATES", "clip_finite"]
 
 #: ``MODEL.FCIS.TEST_CANDIDATES`` values.
 TEST_CANDIDATES = ("rois+regressed", "regressed", "rois")
@@ -60,6 +66,20 @@ class FCISMaps:
 
 
 @dataclass
+class FCISFeatureMaps:
+    """:class:`FCISMaps` left as the 1x1 convs that make them: the ``conv_new`` features and the two
+    map sets' weights. Every per-RoI read assembles the features and applies the weights per bin
+    (:func:`.layout.assemble_conv1x1`), the same values as reading the maps; cheaper where few
+    RoIs are read per image (training: the sampled RoIs), and the maps are never made."""
+
+    features: Tensor  # (N, D, H, W)
+    inside_outside_weight: Tensor  # (k*k*2*(C+1), D)
+    inside_outside_bias: Tensor  # (k*k*2*(C+1),)
+    box_weight: Tensor  # (k*k*4, D)
+    box_bias: Tensor  # (k*k*4,)
+
+
+@dataclass
 class FCISLevelMaps:
     """:class:`FCISMaps` of each pyramid level, finest first (the reader's ``levels.strides``),
     made by the same layers from each level's features."""
@@ -67,8 +87,9 @@ class FCISLevelMaps:
     levels: List[FCISMaps]
 
 
-#: What a reader's per-RoI methods read: one map set, or one per pyramid level.
-AnyFCISMaps = Union[FCISMaps, FCISLevelMaps]
+#: What a reader's per-RoI methods read: one map set (or the convs that make it), or one per
+#: pyramid level.
+AnyFCISMaps = Union[FCISMaps, FCISFeatureMaps, FCISLevelMaps]
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,13 @@ class FCISReader:
         """
         if self.levels is not None:
             return self.read_by_level(maps, rois, lambda reader, m, rows: reader.roi_inside_outside(m, rois[rows]))
+        if isinstance(maps, FCISFeatureMaps):
+            return split_inside_outside(
+                assemble_conv1x1(
+                    maps.features, maps.inside_outside_weight, maps.inside_outside_bias, rois, self.mask_size,
+                    self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned,
+                )
+            )
         return split_inside_outside(self._assemble_at_mask_size(maps.inside_outside, rois))
 
     def _assemble_at_mask_size(self, maps: Tensor, rois: Tensor) -> Tensor:
@@ -208,6 +236,8 @@ class FCISReader:
             return self.read_by_level(
                 maps, rois, lambda reader, m, rows: reader.roi_inside_outside_of_classes(m, rois[rows], classes[rows])
             )
+        if isinstance(maps, FCISFeatureMaps):  # every class, then each RoI's own
+            return self.roi_inside_outside(maps, rois)[torch.arange(len(rois), device=rois.device), :, classes]
         return self._assemble_at_mask_size(
             self.maps_by_class(maps.inside_outside, self.group_size), self.rois_by_class(rois, classes)
         )
@@ -277,7 +307,8 @@ class FCISReader:
         and no gradient is needed (the op has none)."""
         cls = type(self)
         return (
-            cls.roi_inside_outside is FCISReader.roi_inside_outside
+            isinstance(maps, FCISMaps)
+            and cls.roi_inside_outside is FCISReader.roi_inside_outside
             and cls._assemble_at_mask_size is FCISReader._assemble_at_mask_size
             and not (torch.is_grad_enabled() and maps.inside_outside.requires_grad)
         )
@@ -301,6 +332,13 @@ class FCISReader:
         """``(R, 5)`` RoIs -> ``(R, 4)`` class-agnostic box deltas (:meth:`apply_box_deltas` space)."""
         if self.levels is not None:
             return self.read_by_level(maps, rois, lambda reader, m, rows: reader.roi_box_deltas(m, rois[rows]))
+        if isinstance(maps, FCISFeatureMaps):
+            k = self.group_size
+            cells = assemble_conv1x1(
+                maps.features, maps.box_weight, maps.box_bias, rois, k, k, self.spatial_scale, self.sampling_ratio,
+                self.aligned,
+            )
+            return cells.mean(dim=(2, 3))
         return assemble_box_deltas(maps.box, rois, self.group_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 
     # ---- test time --------------------------------------------------------------------------------------

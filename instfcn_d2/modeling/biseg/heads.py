@@ -102,6 +102,11 @@ class BiSegROIHeads(FCISROIHeads):
                 f"MODEL.ROI_HEADS.IN_FEATURES = {in_features}: BiSeg reads one map level (its prior and "
                 "fused set are defined on one); maps on several levels are FCIS's option"
             )
+        if cfg.MODEL.FCIS.ASSEMBLE_FROM_FEATURES:
+            raise ValueError(
+                "MODEL.FCIS.ASSEMBLE_FROM_FEATURES True: BiSeg reads its maps themselves (its prior and fused set "
+                "combine maps); set it False"
+            )
         ret = super().from_config(cfg, input_shape)
         mask_size = b.MASK_SIZE or (2 * cfg.MODEL.FCIS.MASK_SIZE if b.FUSE else cfg.MODEL.FCIS.MASK_SIZE)
         fine_stride = 8

@@ -46,6 +46,11 @@ def add_fcis_config(cfg: CN) -> CN:
     # from the maps; not exportable).
     _C.CLASS_HEAD = "assembled"
     _C.CLASS_HEAD_IN_FEATURES = []
+    # Training reads the sampled RoIs' assembled maps from the conv_new features and the map convs'
+    # weights (FCISFeatureMaps: the same values to float rounding, the maps never made) instead of
+    # making the maps: cheaper when the maps are large and the RoIs few (maps at stride 4 with
+    # several classes), dearer for small maps. Inference always makes the maps. FCIS only.
+    _C.ASSEMBLE_FROM_FEATURES = False
 
     # ---- training: the official recipe (msracver/FCIS, experiments/fcis/cfgs/*.yaml and
     # fcis/symbols/resnet_v1_101_fcis.py) is the default; the CPU configs that train from scratch

@@ -38,7 +38,7 @@ from detectron2.structures import ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...core.fcis import FCISLevelMaps, FCISMaps, FCISReader, FCISTestParams, PyramidLevels
+from ...core.fcis import FCISFeatureMaps, FCISLevelMaps, FCISMaps, FCISReader, FCISTestParams, PyramidLevels
 from ...core.fcis.layout import inside_outside_class_logits
 from ..common import NEW_LAYER_INITS, init_new_layers, require_config_node, set_lr_multiplier
 from ..instances import detections_to_instances
@@ -77,6 +77,7 @@ class FCISROIHeads(ROIHeads):
         conv_new_lr_multiplier: float = 1.0,
         box_regression: BoxRegression = None,
         class_head: Optional[FCClassHead] = None,
+        assemble_from_features: bool = False,
         **kwargs,
     ):
         """
@@ -97,6 +98,9 @@ class FCISROIHeads(ROIHeads):
                 weights must be the reader's ``box_weights``).
             class_head: class scores from Mask R-CNN's box head instead of the assembled maps
                 (``MODEL.FCIS.CLASS_HEAD "fc"``, an ablation; None: the paper's).
+            assemble_from_features: in training, :meth:`score_maps` returns
+                :class:`FCISFeatureMaps` (the RoIs read from conv_new's features and the map convs'
+                weights) instead of the maps.
             kwargs: :class:`ROIHeads` arguments (num_classes, batch_size_per_image, ...).
         """
         super().__init__(**kwargs)
@@ -137,6 +141,7 @@ class FCISROIHeads(ROIHeads):
         self.inside_outside_maps = PSScoreMaps(conv_new_dim, reader.group_size, 2 * (self.num_classes + 1))
         self.box_maps = PSScoreMaps(conv_new_dim, reader.group_size, 4)
         self.class_head = class_head
+        self.assemble_from_features = assemble_from_features
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -172,6 +177,7 @@ class FCISROIHeads(ROIHeads):
             raise ValueError(f"MODEL.FCIS.CLASS_HEAD = {c.CLASS_HEAD!r}; expected one of {CLASS_HEADS}")
         if c.CLASS_HEAD == "fc":
             ret["class_head"] = FCClassHead.from_config(cfg, input_shape, list(c.CLASS_HEAD_IN_FEATURES) or in_features)
+        ret["assemble_from_features"] = c.ASSEMBLE_FROM_FEATURES
         transform = Box2BoxTransform(weights=tuple(c.BBOX_REG_WEIGHTS))
         ret.update(
             in_features=in_features,
@@ -223,8 +229,11 @@ class FCISROIHeads(ROIHeads):
         maps = [self._maps_of(features[f]) for f in self.in_features]
         return maps[0] if self.reader.levels is None else FCISLevelMaps(maps)
 
-    def _maps_of(self, feature: Tensor) -> FCISMaps:
+    def _maps_of(self, feature: Tensor) -> Union[FCISMaps, FCISFeatureMaps]:
         conv_new = F.relu(self.conv_new(feature))  # (N, CONV_NEW_DIM, H, W)
+        if self.training and self.assemble_from_features:
+            io, box = self.inside_outside_maps.conv, self.box_maps.conv
+            return FCISFeatureMaps(conv_new, io.weight.flatten(1), io.bias, box.weight.flatten(1), box.bias)
         return FCISMaps(inside_outside=self.inside_outside_maps(conv_new), box=self.box_maps(conv_new))
 
     # ---- forward ------------------------------------------------------------------------------------------
