@@ -71,10 +71,14 @@ class FCISGraph(DenseGraph):
     def rpn_levels(self) -> int:
         return len(self.model.proposal_generator.in_features)
 
-    def output_names(self) -> List[str]:
+    def rpn_output_names(self) -> List[str]:
         names = []
         for i in range(self.rpn_levels()):
             names += [f"rpn_logits_{i}", f"rpn_deltas_{i}"]
+        return names
+
+    def output_names(self) -> List[str]:
+        names = self.rpn_output_names()
         levels = self.model.roi_heads.reader.levels
         if levels is None:
             return names + ["inside_outside", "box"]
@@ -150,7 +154,7 @@ class MaskRCNNGraph(FCISGraph):
         return names
 
     def output_names(self) -> List[str]:
-        rpn = [n for n in super().output_names() if n.startswith("rpn_")]
+        rpn = self.rpn_output_names()
         return rpn + [f"feature_{f}" for f in self.feature_names()]
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
