@@ -74,6 +74,9 @@ CUSTOM_ROWS = [
     # Mask R-CNN's RoIs)
     Row("fcis_custom_levels", "FCIS R18-FPN, half width, maps on p2 ... p5 (RoI's level)", FCIS_CUSTOM, "FCIS",
         opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]')),
+    # the levels and the width tools/suggest_sizes.py proposes for ten classes of very different sizes
+    Row("fcis_custom_levels_width", "FCIS R18-FPN, half width, maps on p2 ... p5, CONV_NEW_DIM 64", FCIS_CUSTOM,
+        "FCIS", opts=("MODEL.ROI_HEADS.IN_FEATURES", '["p2", "p3", "p4", "p5"]', "MODEL.FCIS.CONV_NEW_DIM", "64")),
     # the class scores of Mask R-CNN's box head on p2 ... p5 instead of the assembled maps (masks and
     # boxes still from the maps): how fast FCIS's joint classification learns, against Mask R-CNN's
     Row("fcis_custom_fc_class", "FCIS R18-FPN, maps on p2, class scores from an fc box head", FCIS_CUSTOM, "FCIS",
