@@ -176,10 +176,7 @@ class FCISReader:
             rows = (assignment == index).nonzero().squeeze(1)
             values.append(read(replace(self, levels=None, spatial_scale=scale), level_maps, rows))
             order.append(rows)
-        order = torch.cat(order)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(values)[inverse]
+        return torch.cat(values)[torch.argsort(torch.cat(order))]  # argsort: the inverse permutation
 
     # ---- per RoI ------------------------------------------------------------------------------------
     def roi_inside_outside(self, maps: FCISMaps, rois: Tensor) -> Tensor:

@@ -67,6 +67,4 @@ class FCClassHead(nn.Module):
         counts = torch.bincount(rois[:, 0].long(), minlength=x[0].shape[0]).tolist()
         boxes = [Boxes(b) for b in rois[order, 1:].to(x[0].dtype).split(counts)]
         logits = self.cls_score(self.box_head(self.pooler(x, boxes)))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return logits[inverse]
+        return logits[torch.argsort(order)]  # argsort: the inverse permutation

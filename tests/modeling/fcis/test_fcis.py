@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 from detectron2.utils.visualizer import Visualizer
 
 from conftest import REPO_ROOT
+from reader_spy import spy_inside_outside
 from tiny_models import R18_GN_FROM_SCRATCH, square_disc_sample
 from instfcn_d2.config import get_instfcn_cfg
 from instfcn_d2.core.fcis import CLASS_LOGITS_ROIS_PER_CHUNK, FCISMaps, FCISReader
@@ -838,14 +839,7 @@ def test_roi_class_logits_chunked_equal_the_unchunked_ones(monkeypatch):
     with torch.no_grad():
         maps = heads.score_maps(model.backbone(torch.randn(2, 3, 96, 96) * 50))
         expected = inside_outside_class_logits(heads.reader.roi_inside_outside(maps, rois))
-        sizes = []
-        original = FCISReader.roi_inside_outside
-
-        def spy(self, maps, rois):
-            sizes.append(len(rois))
-            return original(self, maps, rois)
-
-        monkeypatch.setattr(FCISReader, "roi_inside_outside", spy)
+        sizes = spy_inside_outside(monkeypatch, FCISReader)
         logits = heads.reader.roi_class_logits_chunked(maps, rois)
         assert sizes == [CLASS_LOGITS_ROIS_PER_CHUNK, CLASS_LOGITS_ROIS_PER_CHUNK, 5]
         torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
